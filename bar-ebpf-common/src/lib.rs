@@ -1,0 +1,414 @@
+//! The contract between bar's kernel programs and its collector.
+//!
+//! Everything that crosses the user/kernel boundary is defined here once: the records the
+//! programs write into the per-CPU perf buffers, the configuration the loader writes into the
+//! programs' read-only data before loading, and the names of maps and programs. Records are
+//! `#[repr(C)]`, plain old data, with explicit padding so both sides agree byte for byte.
+#![no_std]
+
+/// Names of maps, as both sides spell them.
+pub mod maps {
+    /// Per-CPU perf event array every record goes through.
+    pub const EVENTS: &str = "EVENTS";
+    /// Stack traces referenced by id from records.
+    pub const STACKS: &str = "STACKS";
+    /// Per-CPU counters, indexed by [`crate::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Off-CPU: the switch-out state of target threads, keyed by thread id.
+    pub const OFFCPU_START: &str = "OFFCPU_START";
+    /// TCP: connect attempts in flight, keyed by socket address.
+    pub const TCP_START: &str = "TCP_START";
+}
+
+/// Name of the read-only global holding [`Config`].
+pub const CONFIG_GLOBAL: &str = "BAR_CONFIG";
+
+/// Default number of stack traces the kernel keeps. A stack map entry is 1016 bytes (127
+/// frames); 32768 entries is 32 MiB of locked kernel memory, enough for tens of thousands of
+/// distinct stacks before collisions show up as `[stack lost]` frames.
+pub const DEFAULT_STACK_MAP_ENTRIES: u32 = 32768;
+/// Threads that can be off-CPU at once in the off-CPU start map (LRU: the oldest is evicted).
+pub const OFFCPU_MAP_ENTRIES: u32 = 65536;
+/// TCP connects that can be in flight at once.
+pub const TCP_MAP_ENTRIES: u32 = 16384;
+
+/// Record kinds, the first field of every record after the timestamp.
+pub mod kind {
+    /// On-CPU sample from the cpu-clock perf event: [`crate::Header`] only.
+    pub const CPU: u32 = 1;
+    /// Page fault: [`crate::FaultRecord`].
+    pub const FAULT: u32 = 2;
+    /// A target thread ran again after being off CPU: [`crate::OffCpuRecord`].
+    pub const OFFCPU: u32 = 3;
+    /// A TCP connect attempt finished: [`crate::TcpRecord`].
+    pub const TCP: u32 = 4;
+    /// A task moved or swapped between NUMA nodes: [`crate::NumaTaskRecord`].
+    pub const NUMA_TASK: u32 = 5;
+    /// A batch of page migrations finished: [`crate::NumaPagesRecord`].
+    pub const NUMA_PAGES: u32 = 6;
+    /// One past the largest kind; sizes arrays indexed by kind.
+    pub const COUNT: u32 = 7;
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// `bpf_perf_event_output` failed (buffer full) for a record of kind `k`: index `DROPPED + k`.
+    pub const DROPPED: u32 = 0;
+    /// The off-CPU start map refused an insert.
+    pub const OFFCPU_MAP_FULL: u32 = super::kind::COUNT;
+    /// The TCP start map refused an insert.
+    pub const TCP_MAP_FULL: u32 = super::kind::COUNT + 1;
+    /// Number of counters.
+    pub const COUNT: u32 = super::kind::COUNT + 2;
+}
+
+/// Common first part of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Thread group id (the process id users see).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Id in the stack map of the user stack, or a negative errno when none was captured.
+    pub user_stack: i32,
+    /// Id in the stack map of the kernel stack, or a negative errno.
+    pub kernel_stack: i32,
+    pub _pad: u32,
+}
+
+/// Flags of [`FaultRecord::flags`].
+pub mod fault_flag {
+    /// The fault was taken in user mode (`page_fault_user`), not kernel mode.
+    pub const USER_MODE: u32 = 1;
+}
+
+/// A page fault of a target thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRecord {
+    pub header: Header,
+    /// The faulting data address.
+    pub address: u64,
+    /// The instruction pointer at the fault.
+    pub ip: u64,
+    /// x86 page fault error code (bit 0 protection, 1 write, 2 user, 4 instruction fetch).
+    pub error_code: u32,
+    /// [`fault_flag`] bits.
+    pub flags: u32,
+}
+
+/// Why an off-CPU thread left the CPU.
+pub mod offcpu_reason {
+    /// It went to sleep: I/O, a lock, a futex, a timer.
+    pub const BLOCKED: u32 = 1;
+    /// It was runnable but another task took the CPU.
+    pub const PREEMPTED: u32 = 2;
+}
+
+/// A target thread was off CPU for `blocked_ns` and has just been switched back in. The stacks
+/// in the header are those it had when it was switched out; `header.ts_ns` is the switch-in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuRecord {
+    pub header: Header,
+    pub blocked_ns: u64,
+    /// One of [`offcpu_reason`].
+    pub reason: u32,
+    /// Task state at switch-out as the attach point reports it.
+    pub state: u32,
+}
+
+/// Start of an off-CPU interval, kept per thread in the kernel until it runs again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuStart {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub reason: u32,
+    pub state: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    pub _pad: u32,
+}
+
+/// A TCP connect attempt, from SYN sent to established or failed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpRecord {
+    pub header: Header,
+    /// Time from entering SYN_SENT to leaving it.
+    pub latency_ns: u64,
+    /// Source and destination address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Ports in host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// 0 when established, otherwise the socket error (`ECONNREFUSED`, `ETIMEDOUT`, ...);
+    /// [`TCP_ERROR_UNKNOWN`] when the kernel did not say.
+    pub error: i32,
+    pub _pad2: u32,
+}
+
+/// [`TcpRecord::error`] of a failed attempt whose socket error could not be read.
+pub const TCP_ERROR_UNKNOWN: i32 = -1;
+
+/// A connect attempt in flight, keyed by socket address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStart {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+}
+
+/// What kind of NUMA task placement event a [`NumaTaskRecord`] is.
+pub mod numa_task_kind {
+    pub const MOVE: u32 = 1;
+    pub const SWAP: u32 = 2;
+    pub const STICK: u32 = 3;
+}
+
+/// A task placement decision of NUMA balancing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NumaTaskRecord {
+    pub header: Header,
+    pub src_cpu: i32,
+    pub dst_cpu: i32,
+    pub src_nid: i32,
+    pub dst_nid: i32,
+    /// One of [`numa_task_kind`].
+    pub what: u32,
+    pub _pad: u32,
+}
+
+/// A `migrate_pages()` batch finished in the context of a target thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NumaPagesRecord {
+    pub header: Header,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub thp_succeeded: u64,
+    pub thp_failed: u64,
+    /// `enum migrate_mode`.
+    pub mode: u32,
+    /// `enum migrate_reason`.
+    pub reason: u32,
+    /// Destination node when the attach point knows it, otherwise -1.
+    pub dst_nid: i32,
+    pub _pad: u32,
+}
+
+/// Byte offsets the programs cannot know at compile time: fields of classic tracepoint records
+/// (read from tracefs `format` files) and of kernel structures (read from BTF). The loader fills
+/// what the chosen attach points need; a field that is not known stays [`Layout::UNKNOWN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    // exceptions:page_fault_{user,kernel}
+    pub fault_address: u32,
+    pub fault_ip: u32,
+    pub fault_error_code: u32,
+    // sched:sched_switch
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    // sock:inet_sock_set_state
+    pub sock_skaddr: u32,
+    pub sock_oldstate: u32,
+    pub sock_newstate: u32,
+    pub sock_sport: u32,
+    pub sock_dport: u32,
+    pub sock_family: u32,
+    pub sock_protocol: u32,
+    pub sock_saddr: u32,
+    pub sock_daddr: u32,
+    pub sock_saddr_v6: u32,
+    pub sock_daddr_v6: u32,
+    // sched:sched_move_numa, sched:sched_stick_numa
+    pub numa_tgid: u32,
+    pub numa_src_cpu: u32,
+    pub numa_src_nid: u32,
+    pub numa_dst_cpu: u32,
+    pub numa_dst_nid: u32,
+    // sched:sched_swap_numa
+    pub swap_src_tgid: u32,
+    pub swap_src_cpu: u32,
+    pub swap_src_nid: u32,
+    pub swap_dst_tgid: u32,
+    pub swap_dst_cpu: u32,
+    pub swap_dst_nid: u32,
+    // migrate:mm_migrate_pages
+    pub mig_succeeded: u32,
+    pub mig_failed: u32,
+    pub mig_thp_succeeded: u32,
+    pub mig_thp_failed: u32,
+    pub mig_mode: u32,
+    pub mig_reason: u32,
+    // Kernel structures (BTF)
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub sock_sk_err: u32,
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_state: u32,
+    pub pt_regs_ip: u32,
+    pub _pad: u32,
+}
+
+impl Layout {
+    /// Marks an offset the loader did not find.
+    pub const UNKNOWN: u32 = u32::MAX;
+
+    /// A layout with every offset unknown.
+    pub const fn unknown() -> Self {
+        let u = Self::UNKNOWN;
+        Self {
+            fault_address: u,
+            fault_ip: u,
+            fault_error_code: u,
+            switch_prev_state: u,
+            switch_next_pid: u,
+            sock_skaddr: u,
+            sock_oldstate: u,
+            sock_newstate: u,
+            sock_sport: u,
+            sock_dport: u,
+            sock_family: u,
+            sock_protocol: u,
+            sock_saddr: u,
+            sock_daddr: u,
+            sock_saddr_v6: u,
+            sock_daddr_v6: u,
+            numa_tgid: u,
+            numa_src_cpu: u,
+            numa_src_nid: u,
+            numa_dst_cpu: u,
+            numa_dst_nid: u,
+            swap_src_tgid: u,
+            swap_src_cpu: u,
+            swap_src_nid: u,
+            swap_dst_tgid: u,
+            swap_dst_cpu: u,
+            swap_dst_nid: u,
+            mig_succeeded: u,
+            mig_failed: u,
+            mig_thp_succeeded: u,
+            mig_thp_failed: u,
+            mig_mode: u,
+            mig_reason: u,
+            task_pid: u,
+            task_tgid: u,
+            sock_sk_err: u,
+            skc_family: u,
+            skc_daddr: u,
+            skc_rcv_saddr: u,
+            skc_dport: u,
+            skc_num: u,
+            skc_v6_daddr: u,
+            skc_v6_rcv_saddr: u,
+            skc_state: u,
+            pt_regs_ip: u,
+            _pad: 0,
+        }
+    }
+}
+
+/// Configuration written into the programs' read-only data before loading; the verifier sees
+/// these as constants, so a disabled branch costs nothing at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Thread group to trace; 0 traces every process (except `self_tgid` and the idle task).
+    pub target_tgid: u32,
+    /// The collector itself, never traced.
+    pub self_tgid: u32,
+    /// When non-zero, only tasks in this cgroup (v2 id) are traced.
+    pub cgroup_id: u64,
+    /// Off-CPU intervals shorter than this are not reported.
+    pub min_block_ns: u64,
+    /// Non-zero: programs return right after the filter without recording anything. This is the
+    /// floor against which the cost of recording is measured.
+    pub null_mode: u32,
+    pub _pad: u32,
+    pub layout: Layout,
+}
+
+impl Config {
+    pub const fn new() -> Self {
+        Self {
+            target_tgid: 0,
+            self_tgid: 0,
+            cgroup_id: 0,
+            min_block_ns: 0,
+            null_mode: 0,
+            _pad: 0,
+            layout: Layout::unknown(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Names of the programs in the object, grouped by the attach point they are written for.
+pub mod programs {
+    pub const CPU_PERF_EVENT: &str = "bar_cpu";
+    pub const FAULT_USER_BTF: &str = "bar_fault_user_btf";
+    pub const FAULT_KERNEL_BTF: &str = "bar_fault_kernel_btf";
+    pub const FAULT_USER_TP: &str = "bar_fault_user_tp";
+    pub const FAULT_KERNEL_TP: &str = "bar_fault_kernel_tp";
+}
+
+// The two sides must agree byte for byte and Pod must hold: no implicit padding anywhere.
+const _: () = {
+    assert!(size_of::<Header>() == 32);
+    assert!(size_of::<FaultRecord>() == 56);
+    assert!(size_of::<OffCpuRecord>() == 48);
+    assert!(size_of::<OffCpuStart>() == 32);
+    assert!(size_of::<TcpRecord>() == 88);
+    assert!(size_of::<TcpStart>() == 24);
+    assert!(size_of::<NumaTaskRecord>() == 56);
+    assert!(size_of::<NumaPagesRecord>() == 80);
+    assert!(size_of::<Layout>() == 46 * 4);
+    assert!(size_of::<Config>() == 32 + 46 * 4);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{
+        Config, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, OffCpuStart,
+        TcpRecord, TcpStart,
+    };
+
+    // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
+    // every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Header {}
+    unsafe impl aya::Pod for FaultRecord {}
+    unsafe impl aya::Pod for OffCpuRecord {}
+    unsafe impl aya::Pod for OffCpuStart {}
+    unsafe impl aya::Pod for TcpRecord {}
+    unsafe impl aya::Pod for TcpStart {}
+    unsafe impl aya::Pod for NumaTaskRecord {}
+    unsafe impl aya::Pod for NumaPagesRecord {}
+}

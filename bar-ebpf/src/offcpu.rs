@@ -1,0 +1,134 @@
+//! Off-CPU time. At `sched_switch` the task being switched out is still `current`: if it is a
+//! target thread, its stacks and the time are kept in `OFFCPU_START` under its thread id. When
+//! that thread is switched back in, the interval is reported and the entry removed. The map is
+//! an LRU hash of bounded size, and `sched_process_exit` removes the entry of a thread that
+//! exits, so nothing accumulates over a long capture.
+//!
+//! Attach points: `tp_btf/sched_switch` (arguments direct, needs the four-argument form with
+//! `prev_state`, Linux 5.18+), else the classic `sched:sched_switch` tracepoint.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::LruHashMap,
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
+};
+use bar_ebpf_common::{
+    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, counter, kind, offcpu_reason,
+};
+
+use crate::shared::{bump, config, emit, now, null_mode, offset, read, stacks, traced_current};
+
+#[map]
+static OFFCPU_START: LruHashMap<u32, OffCpuStart> =
+    LruHashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
+
+/// The state of `prev` as this attach point reports it, reduced to what off-CPU needs.
+struct Prev {
+    preempted: bool,
+    exiting: bool,
+    state: u32,
+}
+
+#[inline(always)]
+fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
+    let ts = now();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !prev.exiting && traced_current(pid_tgid) && !null_mode() {
+        let (user_stack, kernel_stack) = stacks(ctx);
+        let start = OffCpuStart {
+            ts_ns: ts,
+            pid: (pid_tgid >> 32) as u32,
+            reason: if prev.preempted {
+                offcpu_reason::PREEMPTED
+            } else {
+                offcpu_reason::BLOCKED
+            },
+            state: prev.state,
+            user_stack,
+            kernel_stack,
+            _pad: 0,
+        };
+        if OFFCPU_START.insert(pid_tgid as u32, start, 0).is_err() {
+            bump(counter::OFFCPU_MAP_FULL);
+        }
+    }
+    if next_tid == 0 {
+        return;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { OFFCPU_START.get(next_tid) }).copied() else {
+        return;
+    };
+    let _ = OFFCPU_START.remove(next_tid);
+    let blocked_ns = ts.saturating_sub(start.ts_ns);
+    if blocked_ns < config!(min_block_ns) {
+        return;
+    }
+    let record = OffCpuRecord {
+        header: Header {
+            ts_ns: ts,
+            kind: kind::OFFCPU,
+            pid: start.pid,
+            tid: next_tid,
+            user_stack: start.user_stack,
+            kernel_stack: start.kernel_stack,
+            _pad: 0,
+        },
+        blocked_ns,
+        reason: start.reason,
+        state: start.state,
+    };
+    emit(ctx, kind::OFFCPU, &record);
+}
+
+// Raw `__state` bit of a task that has finished exiting (include/linux/sched.h).
+const TASK_DEAD: u32 = 0x80;
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn bar_switch_btf(ctx: BtfTracePointContext) -> u32 {
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+    //              unsigned int prev_state)
+    let preempt: u64 = ctx.arg(0);
+    let next: *const c_void = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    let state = prev_state as u32;
+    let next_tid = read::<u32>(next, offset!(task_pid)).unwrap_or(0);
+    let prev = Prev {
+        preempted: preempt & 1 != 0 || state == 0,
+        exiting: state & TASK_DEAD != 0,
+        state,
+    };
+    switch(&ctx, prev, next_tid);
+    0
+}
+
+// The classic tracepoint reports `prev_state` as a one-hot index of the task state letter;
+// preemption shows as TASK_REPORT_MAX (0x100 on current kernels) with the low byte clear, and
+// the exit states as X (0x10) or Z (0x20).
+const REPORT_STATE_MASK: u32 = 0xff;
+const REPORT_EXIT: u32 = 0x10 | 0x20;
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
+    let base = ctx.as_ptr().cast_const();
+    let state = read::<u64>(base, offset!(switch_prev_state)).unwrap_or(0) as u32;
+    let next_tid = read::<u32>(base, offset!(switch_next_pid)).unwrap_or(0);
+    let prev = Prev {
+        preempted: state & REPORT_STATE_MASK == 0,
+        exiting: state & REPORT_EXIT != 0,
+        state,
+    };
+    switch(&ctx, prev, next_tid);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn bar_thread_exit_tp(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = OFFCPU_START.remove(tid);
+    0
+}

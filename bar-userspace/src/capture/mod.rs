@@ -1,0 +1,329 @@
+//! Store: the capture file (`capture.bar`), written block by block while recording and read
+//! back by `report`, `diff`, `export` and `info`.
+//!
+//! Layout: an 16-byte file header (`BARCAPT\0`, format version as u32 LE, 4 reserved bytes),
+//! then blocks, each `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`, where the
+//! payload is a protobuf `Block` (see `proto.rs` and `docs/capture.proto`). The first block is
+//! `Meta`, the last of a complete file is `Trailer`. Frames and stacks are written before the
+//! events that refer to them, and each block is flushed whole, so a file cut short by a crash or
+//! SIGKILL still reads up to its last complete block.
+
+pub mod proto;
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use prost::Message;
+
+pub use self::proto::block::Body;
+
+pub const MAGIC: &[u8; 8] = b"BARCAPT\0";
+/// Format version this build writes and the newest it reads.
+pub const VERSION: u32 = 1;
+const FILE_HEADER_LEN: usize = 16;
+const BLOCK_HEADER_LEN: usize = 8;
+/// No block is larger than this; a larger length means a corrupt header.
+const MAX_BLOCK: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} is not a bar capture (bad magic)")]
+    NotACapture(PathBuf),
+    #[error(
+        "{path} is capture format version {version}, newer than this bar-probe reads ({VERSION}); use a newer bar-probe"
+    )]
+    TooNew { path: PathBuf, version: u32 },
+    #[error("{0} has no metadata block: the recording never got started")]
+    NoMeta(PathBuf),
+}
+
+/// Writes a capture incrementally.
+pub struct Writer {
+    file: BufWriter<File>,
+    path: PathBuf,
+    blocks: u64,
+    crc: crc32fast::Hasher,
+    size: u64,
+}
+
+impl Writer {
+    /// Creates the file (mode 0600: a capture holds command lines and symbols of the host) and
+    /// writes the header and the metadata block.
+    pub fn create(path: &Path, meta: proto::Meta) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut w = Self {
+            file: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_owned(),
+            blocks: 0,
+            crc: crc32fast::Hasher::new(),
+            size: 0,
+        };
+        let mut header = [0u8; FILE_HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        w.file.write_all(&header)?;
+        w.size = FILE_HEADER_LEN as u64;
+        w.write(Body::Meta(meta))?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far.
+    pub const fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one block and pushes it to the kernel, so that it survives a crash of bar.
+    pub fn write(&mut self, body: Body) -> io::Result<()> {
+        let payload = proto::Block { body: Some(body) }.encode_to_vec();
+        let crc = crc32fast::hash(&payload);
+        self.file.write_all(&(payload.len() as u32).to_le_bytes())?;
+        self.file.write_all(&crc.to_le_bytes())?;
+        self.file.write_all(&payload)?;
+        self.file.flush()?;
+        self.crc.update(&payload);
+        self.blocks += 1;
+        self.size += (BLOCK_HEADER_LEN + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Writes the trailer and syncs the file.
+    pub fn finish(mut self, mut trailer: proto::Trailer) -> io::Result<PathBuf> {
+        trailer.blocks = self.blocks;
+        trailer.checksum = self.crc.clone().finalize();
+        self.write(Body::Trailer(trailer))?;
+        self.file.get_ref().sync_all()?;
+        Ok(self.path)
+    }
+}
+
+/// Where and why reading stopped before the end of a damaged file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    pub block: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped at byte {} (block {}): {}",
+            self.offset, self.block, self.reason
+        )
+    }
+}
+
+/// Reads blocks from a capture held in memory.
+pub struct Reader {
+    data: Vec<u8>,
+    pos: usize,
+    block: u64,
+    crc: crc32fast::Hasher,
+    /// Set once a damaged block was met; no block after it is returned.
+    pub damage: Option<Damage>,
+    /// Whether the trailer was read and its checksum matched.
+    pub complete: bool,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        let data = std::fs::read(path).map_err(|source| CaptureError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(data, path)
+    }
+
+    pub fn from_bytes(data: Vec<u8>, path: &Path) -> Result<Self, CaptureError> {
+        if data.len() < FILE_HEADER_LEN || &data[..8] != MAGIC {
+            return Err(CaptureError::NotACapture(path.to_owned()));
+        }
+        let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        if version > VERSION {
+            return Err(CaptureError::TooNew {
+                path: path.to_owned(),
+                version,
+            });
+        }
+        Ok(Self {
+            data,
+            pos: FILE_HEADER_LEN,
+            block: 0,
+            crc: crc32fast::Hasher::new(),
+            damage: None,
+            complete: false,
+        })
+    }
+
+    fn fail(&mut self, reason: impl Into<String>) -> Option<Body> {
+        self.damage = Some(Damage {
+            offset: self.pos as u64,
+            block: self.block,
+            reason: reason.into(),
+        });
+        None
+    }
+
+    /// The next intact block, or None at the end or at the first damage (see `damage`).
+    pub fn next_block(&mut self) -> Option<Body> {
+        if self.damage.is_some() || self.complete {
+            return None;
+        }
+        let rest = self.data.len() - self.pos;
+        if rest == 0 {
+            return self.fail("the file ends without a trailer (recording was interrupted)");
+        }
+        if rest < BLOCK_HEADER_LEN {
+            return self.fail("a block header is cut short");
+        }
+        let p = self.pos;
+        let len = u32::from_le_bytes(self.data[p..p + 4].try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(self.data[p + 4..p + 8].try_into().ok()?);
+        if len > MAX_BLOCK {
+            return self.fail(format!("a block claims {len} bytes"));
+        }
+        if rest - BLOCK_HEADER_LEN < len {
+            return self.fail(format!(
+                "a block of {len} bytes is cut short after {} bytes",
+                rest - BLOCK_HEADER_LEN
+            ));
+        }
+        let payload = &self.data[p + BLOCK_HEADER_LEN..p + BLOCK_HEADER_LEN + len];
+        if crc32fast::hash(payload) != crc {
+            return self.fail("checksum mismatch");
+        }
+        let block = match proto::Block::decode(payload) {
+            Ok(b) => b,
+            Err(e) => return self.fail(format!("undecodable block: {e}")),
+        };
+        let Some(body) = block.body else {
+            return self.fail("empty block");
+        };
+        if let Body::Trailer(t) = &body {
+            let expected = self.crc.clone().finalize();
+            if t.checksum != expected || t.blocks != self.block {
+                return self.fail("the trailer does not match the blocks before it");
+            }
+            self.complete = true;
+        } else {
+            self.crc.update(payload);
+        }
+        self.pos += BLOCK_HEADER_LEN + len;
+        self.block += 1;
+        Some(body)
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Body;
+    fn next(&mut self) -> Option<Body> {
+        self.next_block()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("c.bar");
+        let meta = proto::Meta {
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        let mut w = Writer::create(&path, meta).unwrap();
+        let events = proto::Events {
+            events: (0..100)
+                .map(|i| proto::Event {
+                    ts: i,
+                    kind: 1,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        w.write(Body::Events(events.clone())).unwrap();
+        w.write(Body::Events(events)).unwrap();
+        w.finish(proto::Trailer {
+            events: 200,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bar-capture-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_is_complete() {
+        let dir = tempdir();
+        let path = sample(&dir);
+        let mut r = Reader::open(&path).unwrap();
+        let bodies: Vec<Body> = r.by_ref().collect();
+        assert_eq!(bodies.len(), 4);
+        assert!(matches!(bodies[0], Body::Meta(_)));
+        assert!(r.complete, "{:?}", r.damage);
+        assert_eq!(r.damage, None);
+    }
+
+    #[test]
+    fn every_truncation_keeps_the_intact_prefix() {
+        let dir = tempdir();
+        let data = std::fs::read(sample(&dir)).unwrap();
+        for cut in FILE_HEADER_LEN..data.len() {
+            let mut r = Reader::from_bytes(data[..cut].to_vec(), Path::new("x")).unwrap();
+            let n = r.by_ref().count();
+            assert!(!r.complete);
+            assert!(r.damage.is_some(), "cut at {cut}");
+            assert!(n <= 3);
+        }
+    }
+
+    #[test]
+    fn corruption_is_reported_not_panicked() {
+        let dir = tempdir();
+        let mut data = std::fs::read(sample(&dir)).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0xff;
+        let mut r = Reader::from_bytes(data, Path::new("x")).unwrap();
+        let _ = r.by_ref().count();
+        assert!(r.damage.unwrap().reason.contains("checksum"));
+    }
+
+    #[test]
+    fn refuses_other_files_and_newer_versions() {
+        assert!(matches!(
+            Reader::from_bytes(b"hello world, not a capture".to_vec(), Path::new("x")),
+            Err(CaptureError::NotACapture(_))
+        ));
+        let mut data = MAGIC.to_vec();
+        data.extend(99u32.to_le_bytes());
+        data.extend([0; 4]);
+        assert!(matches!(
+            Reader::from_bytes(data, Path::new("x")),
+            Err(CaptureError::TooNew { version: 99, .. })
+        ));
+    }
+}

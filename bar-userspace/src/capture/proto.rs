@@ -1,0 +1,325 @@
+//! The messages of a capture file, as protobuf (prost). `docs/capture.proto` is the same schema
+//! for readers in other languages; field numbers are the compatibility contract: add fields,
+//! never renumber or reuse them.
+
+/// One block of the file; exactly one body is set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Block {
+    #[prost(oneof = "block::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    pub body: Option<block::Body>,
+}
+
+pub mod block {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        #[prost(message, tag = "1")]
+        Meta(super::Meta),
+        #[prost(message, tag = "2")]
+        Processes(super::Processes),
+        #[prost(message, tag = "3")]
+        Frames(super::Frames),
+        #[prost(message, tag = "4")]
+        Stacks(super::Stacks),
+        #[prost(message, tag = "5")]
+        Events(super::Events),
+        #[prost(message, tag = "6")]
+        Counters(super::Counters),
+        #[prost(message, tag = "7")]
+        Marker(super::Marker),
+        #[prost(message, tag = "8")]
+        Trailer(super::Trailer),
+    }
+}
+
+/// The first block: where, when, what and how it was recorded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Meta {
+    #[prost(string, tag = "1")]
+    pub bar_version: String,
+    #[prost(string, repeated, tag = "2")]
+    pub command_line: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub hostname: String,
+    #[prost(string, tag = "4")]
+    pub kernel_release: String,
+    #[prost(string, tag = "5")]
+    pub boot_id: String,
+    #[prost(uint32, tag = "6")]
+    pub cpu_count: u32,
+    /// Add to a CLOCK_MONOTONIC timestamp to get nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "7")]
+    pub monotonic_to_realtime_ns: i64,
+    /// CLOCK_MONOTONIC when recording started.
+    #[prost(uint64, tag = "8")]
+    pub start_ns: u64,
+    #[prost(message, optional, tag = "9")]
+    pub target: Option<Target>,
+    /// "pid", "all" or "cgroup".
+    #[prost(string, tag = "10")]
+    pub scope: String,
+    #[prost(string, tag = "11")]
+    pub cgroup: String,
+    #[prost(message, repeated, tag = "12")]
+    pub families: Vec<FamilyStatus>,
+    #[prost(uint64, tag = "13")]
+    pub frequency: u64,
+    #[prost(uint64, tag = "14")]
+    pub min_block_ns: u64,
+    #[prost(uint32, repeated, tag = "15")]
+    pub numa_nodes: Vec<u32>,
+    /// `kernel.numa_balancing`, -1 when the kernel has no such setting.
+    #[prost(int32, tag = "16")]
+    pub numa_balancing: i32,
+    #[prost(uint32, tag = "17")]
+    pub stack_map_entries: u32,
+    #[prost(bool, tag = "18")]
+    pub null_mode: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Target {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(string, tag = "2")]
+    pub comm: String,
+    #[prost(string, repeated, tag = "3")]
+    pub cmdline: Vec<String>,
+    #[prost(string, tag = "4")]
+    pub exe: String,
+    /// Hex GNU build id of the executable, empty when it has none.
+    #[prost(string, tag = "5")]
+    pub build_id: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FamilyStatus {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The attach point in use; empty when none worked.
+    #[prost(string, tag = "2")]
+    pub method: String,
+    #[prost(message, repeated, tag = "3")]
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rejected {
+    #[prost(string, tag = "1")]
+    pub attach: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// Processes seen, by thread group id, with their name when first seen.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Processes {
+    #[prost(message, repeated, tag = "1")]
+    pub processes: Vec<Process>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Process {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(string, tag = "2")]
+    pub comm: String,
+}
+
+/// Symbolized frames; a frame's id is its position among all frames of the file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frames {
+    #[prost(message, repeated, tag = "1")]
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    /// Function name, or `[module+0xoffset]` when it could not be resolved.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Object file (path of the ELF, `[kernel.kallsyms]`, a kernel module...).
+    #[prost(string, tag = "2")]
+    pub module: String,
+    #[prost(bool, tag = "3")]
+    pub kernel: bool,
+}
+
+/// Interned stacks; a stack's id is its position among all stacks of the file, plus one
+/// (0 means "no stack").
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stacks {
+    #[prost(message, repeated, tag = "1")]
+    pub stacks: Vec<Stack>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stack {
+    /// Frame ids, outermost (root) first: user frames, then kernel frames.
+    #[prost(uint32, repeated, tag = "1")]
+    pub frames: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Events {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    #[prost(uint64, tag = "1")]
+    pub ts: u64,
+    /// Record kind (bar-ebpf-common `kind`).
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(uint32, tag = "3")]
+    pub cpu: u32,
+    #[prost(uint32, tag = "4")]
+    pub pid: u32,
+    #[prost(uint32, tag = "5")]
+    pub tid: u32,
+    /// Stack id (see `Stacks`), 0 for none.
+    #[prost(uint32, tag = "6")]
+    pub stack: u32,
+    #[prost(oneof = "event::Detail", tags = "10, 11, 12, 13, 14")]
+    pub detail: Option<event::Detail>,
+}
+
+pub mod event {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Detail {
+        #[prost(message, tag = "10")]
+        Fault(super::Fault),
+        #[prost(message, tag = "11")]
+        Offcpu(super::OffCpu),
+        #[prost(message, tag = "12")]
+        Tcp(super::Tcp),
+        #[prost(message, tag = "13")]
+        NumaTask(super::NumaTask),
+        #[prost(message, tag = "14")]
+        NumaPages(super::NumaPages),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fault {
+    #[prost(uint64, tag = "1")]
+    pub address: u64,
+    #[prost(uint64, tag = "2")]
+    pub ip: u64,
+    #[prost(uint32, tag = "3")]
+    pub error_code: u32,
+    #[prost(bool, tag = "4")]
+    pub user_mode: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OffCpu {
+    #[prost(uint64, tag = "1")]
+    pub blocked_ns: u64,
+    /// 1 blocked, 2 preempted.
+    #[prost(uint32, tag = "2")]
+    pub reason: u32,
+    #[prost(uint32, tag = "3")]
+    pub state: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tcp {
+    #[prost(uint64, tag = "1")]
+    pub latency_ns: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub saddr: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub daddr: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub family: u32,
+    #[prost(uint32, tag = "5")]
+    pub sport: u32,
+    #[prost(uint32, tag = "6")]
+    pub dport: u32,
+    /// 0 established, else errno; -1 unknown.
+    #[prost(int32, tag = "7")]
+    pub error: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NumaTask {
+    #[prost(int32, tag = "1")]
+    pub src_cpu: i32,
+    #[prost(int32, tag = "2")]
+    pub dst_cpu: i32,
+    #[prost(int32, tag = "3")]
+    pub src_nid: i32,
+    #[prost(int32, tag = "4")]
+    pub dst_nid: i32,
+    /// 1 move, 2 swap, 3 stick.
+    #[prost(uint32, tag = "5")]
+    pub what: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NumaPages {
+    #[prost(uint64, tag = "1")]
+    pub succeeded: u64,
+    #[prost(uint64, tag = "2")]
+    pub failed: u64,
+    #[prost(uint64, tag = "3")]
+    pub thp_succeeded: u64,
+    #[prost(uint64, tag = "4")]
+    pub thp_failed: u64,
+    #[prost(uint32, tag = "5")]
+    pub mode: u32,
+    #[prost(uint32, tag = "6")]
+    pub reason: u32,
+    #[prost(int32, tag = "7")]
+    pub dst_nid: i32,
+}
+
+/// Loss counters so far (cumulative: the last block wins).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Counters {
+    /// Records lost because a CPU's perf buffer was full, per CPU.
+    #[prost(uint64, repeated, tag = "1")]
+    pub lost_per_cpu: Vec<u64>,
+    /// Records the kernel could not output, per record kind (index = kind).
+    #[prost(uint64, repeated, tag = "2")]
+    pub dropped_per_kind: Vec<u64>,
+    #[prost(uint64, tag = "3")]
+    pub malformed: u64,
+    #[prost(uint64, tag = "4")]
+    pub offcpu_map_full: u64,
+    #[prost(uint64, tag = "5")]
+    pub tcp_map_full: u64,
+}
+
+/// A phase marker: `name` starts at `ts` (or ends there when `end`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Marker {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub ts: u64,
+    #[prost(bool, tag = "3")]
+    pub end: bool,
+}
+
+/// The last block of a complete file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Trailer {
+    /// CLOCK_MONOTONIC when recording stopped.
+    #[prost(uint64, tag = "1")]
+    pub end_ns: u64,
+    #[prost(uint64, tag = "2")]
+    pub events: u64,
+    /// duration, signal, target-exited, max-size.
+    #[prost(string, tag = "3")]
+    pub stop_reason: String,
+    /// Blocks before this one.
+    #[prost(uint64, tag = "4")]
+    pub blocks: u64,
+    /// CRC-32 of the payloads of all blocks before this one, in order.
+    #[prost(uint32, tag = "5")]
+    pub checksum: u32,
+}

@@ -1,0 +1,264 @@
+//! Collect: one tokio task per CPU drains that CPU's perf ring buffer, decodes the records
+//! defined in bar-ebpf-common and hands them on in batches. Buffer overflows arrive as perf
+//! "lost" records and are counted per CPU.
+
+use std::{mem::size_of, ptr, time::Duration};
+
+use aya::maps::{
+    MapData,
+    perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
+};
+use bar_ebpf_common::{
+    FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, TcpRecord, kind,
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+/// A record as the kernel wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Cpu(Header),
+    Fault(FaultRecord),
+    OffCpu(OffCpuRecord),
+    Tcp(TcpRecord),
+    NumaTask(NumaTaskRecord),
+    NumaPages(NumaPagesRecord),
+}
+
+impl Record {
+    pub const fn header(&self) -> &Header {
+        match self {
+            Self::Cpu(h) => h,
+            Self::Fault(r) => &r.header,
+            Self::OffCpu(r) => &r.header,
+            Self::Tcp(r) => &r.header,
+            Self::NumaTask(r) => &r.header,
+            Self::NumaPages(r) => &r.header,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than a header")]
+    Short(usize),
+    #[error("record of kind {kind} has {len} bytes, needs {need}")]
+    Truncated { kind: u32, len: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+fn read_as<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Truncated {
+            kind,
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: T is a plain-old-data record from bar-ebpf-common and the slice holds at least
+    // size_of::<T>() bytes; perf data carries no alignment guarantee, hence read_unaligned.
+    Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one perf sample. The kernel pads samples to 8 bytes, so trailing bytes are allowed.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < size_of::<Header>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let header: Header = read_as(bytes, 0)?;
+    Ok(match header.kind {
+        kind::CPU => Record::Cpu(header),
+        kind::FAULT => Record::Fault(read_as(bytes, header.kind)?),
+        kind::OFFCPU => Record::OffCpu(read_as(bytes, header.kind)?),
+        kind::TCP => Record::Tcp(read_as(bytes, header.kind)?),
+        kind::NUMA_TASK => Record::NumaTask(read_as(bytes, header.kind)?),
+        kind::NUMA_PAGES => Record::NumaPages(read_as(bytes, header.kind)?),
+        other => return Err(DecodeError::UnknownKind(other)),
+    })
+}
+
+/// What one CPU's reader handed on after one drain.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub cpu: u32,
+    pub records: Vec<Record>,
+    /// Records the kernel could not write to this buffer since the last batch.
+    pub lost: u64,
+    /// Samples that did not decode (a bug if ever non-zero).
+    pub malformed: u64,
+}
+
+/// Perf buffer sizing and pacing.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderOptions {
+    /// Pages per CPU buffer (a power of two).
+    pub pages: usize,
+    /// After a drain, a reader waits this long before draining again, so that a storm of
+    /// events costs a few wakeups per second rather than one per event.
+    pub min_interval: Duration,
+}
+
+fn drain(buf: &mut PerfEventArrayBuffer<MapData>, cpu: u32) -> Batch {
+    let mut batch = Batch {
+        cpu,
+        ..Batch::default()
+    };
+    let mut scratch = [0u8; 256];
+    buf.for_each(|event| match event {
+        PerfEvent::Sample { head, tail } => {
+            let len = head.len() + tail.len();
+            // A record that straddles the end of the ring comes in two pieces.
+            let bytes = if tail.is_empty() {
+                head
+            } else if len <= scratch.len() {
+                scratch[..head.len()].copy_from_slice(head);
+                scratch[head.len()..len].copy_from_slice(tail);
+                &scratch[..len]
+            } else {
+                batch.malformed += 1;
+                return;
+            };
+            match decode(bytes) {
+                Ok(r) => batch.records.push(r),
+                Err(_) => batch.malformed += 1,
+            }
+        }
+        PerfEvent::Lost { count } => batch.lost += count,
+    });
+    batch
+}
+
+/// Opens a buffer per CPU and spawns its reader. Readers drain one last time and end when
+/// `stop` turns true.
+pub fn spawn_readers(
+    mut events: PerfEventArray<MapData>,
+    cpus: &[u32],
+    opts: ReaderOptions,
+    tx: mpsc::Sender<Batch>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for &cpu in cpus {
+        let buf = events
+            .open(cpu, Some(opts.pages))
+            .map_err(|e| anyhow::anyhow!("opening the perf buffer of CPU {cpu} failed: {e}"))?;
+        // SAFETY: the buffer owns its perf event fd until it is dropped with the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(buf, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the perf buffer of CPU {cpu} failed: {e}"))?;
+        let tx = tx.clone();
+        let mut stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut fd = fd;
+            loop {
+                let stopping = tokio::select! {
+                    ready = fd.readable_mut() => {
+                        match ready {
+                            Ok(mut guard) => { guard.clear_ready(); false }
+                            Err(_) => true,
+                        }
+                    }
+                    _ = stop.changed() => true,
+                };
+                let batch = drain(fd.get_mut(), cpu);
+                if (!batch.records.is_empty() || batch.lost > 0 || batch.malformed > 0)
+                    && tx.send(batch).await.is_err()
+                {
+                    return;
+                }
+                if stopping || *stop.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(opts.min_interval) => {}
+                    _ = stop.changed() => {
+                        let batch = drain(fd.get_mut(), cpu);
+                        let _ = tx.send(batch).await;
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: records are plain data without uninitialised padding.
+        unsafe { std::slice::from_raw_parts(ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_each_kind_with_kernel_padding() {
+        let header = Header {
+            ts_ns: 7,
+            kind: kind::FAULT,
+            pid: 10,
+            tid: 11,
+            user_stack: 3,
+            kernel_stack: -14,
+            _pad: 0,
+        };
+        let fault = FaultRecord {
+            header,
+            address: 0x1000,
+            ip: 0x4000,
+            error_code: 6,
+            flags: 1,
+        };
+        let mut bytes = bytes_of(&fault);
+        bytes.extend([0, 0, 0, 0]);
+        assert_eq!(decode(&bytes), Ok(Record::Fault(fault)));
+
+        let cpu = Header {
+            kind: kind::CPU,
+            ..header
+        };
+        assert_eq!(decode(&bytes_of(&cpu)), Ok(Record::Cpu(cpu)));
+
+        let off = OffCpuRecord {
+            header: Header {
+                kind: kind::OFFCPU,
+                ..header
+            },
+            blocked_ns: 5,
+            reason: 1,
+            state: 1,
+        };
+        assert_eq!(decode(&bytes_of(&off)), Ok(Record::OffCpu(off)));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::Short(8)));
+        let header = Header {
+            kind: kind::TCP,
+            ..Header::default()
+        };
+        assert_eq!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::Truncated {
+                kind: kind::TCP,
+                len: 32,
+                need: size_of::<TcpRecord>()
+            })
+        );
+        let header = Header {
+            kind: 99,
+            ..Header::default()
+        };
+        assert_eq!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::UnknownKind(99))
+        );
+    }
+}

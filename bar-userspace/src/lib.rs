@@ -1,0 +1,25 @@
+//! bar: an eBPF profiler for on-CPU time, off-CPU time, page faults, TCP connects and NUMA
+//! migrations.
+//!
+//! The data path, one module per stage:
+//! [`probe`] (load and attach, with a fallback chain per family) →
+//! [`collect`] (per-CPU perf buffers, tokio) →
+//! [`symbolize`] (blazesym, while the target lives) →
+//! [`capture`] (the `capture.bar` file) →
+//! [`aggregate`] (folded stacks, histograms) →
+//! [`render`] (folded, SVG, JSON).
+//! [`record`] runs the first four for a live session, [`report`] the last three for a file.
+
+pub mod aggregate;
+pub mod capture;
+pub mod cli;
+pub mod collect;
+pub mod info;
+pub mod probe;
+pub mod record;
+pub mod render;
+pub mod report;
+pub mod symbolize;
+pub mod system;
+pub mod target;
+pub mod workload;

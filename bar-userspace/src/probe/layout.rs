@@ -1,0 +1,274 @@
+//! Offsets the kernel programs need but cannot know at compile time: the fields of classic
+//! tracepoint records, read from their tracefs `format` files, and members of kernel structures,
+//! read from the kernel's BTF. Both differ between kernel versions; reading them from the running
+//! kernel is what lets one object work on 6.1, 6.12 and 6.18 alike.
+
+use std::{collections::HashMap, fs, path::Path};
+
+use bar_ebpf_common::Layout;
+use btf_rs::{Btf, Type};
+
+/// Fields of one tracepoint: name → (offset, size).
+#[derive(Debug, Default, Clone)]
+pub struct Format {
+    pub fields: HashMap<String, (u32, u32)>,
+}
+
+impl Format {
+    /// Reads `events/<category>/<name>/format` under tracefs.
+    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, String> {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("tracepoint {category}:{name} is not available ({e})"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses a tracefs format description.
+    pub fn parse(text: &str) -> Self {
+        let mut fields = HashMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
+            let mut parts = rest.split(';').map(str::trim);
+            let decl = parts.next().unwrap_or_default();
+            let mut offset = None;
+            let mut size = None;
+            for part in parts {
+                if let Some(v) = part.strip_prefix("offset:") {
+                    offset = v.parse().ok();
+                } else if let Some(v) = part.strip_prefix("size:") {
+                    size = v.parse().ok();
+                }
+            }
+            // The name is the last word of the declaration, without an array suffix.
+            let name = decl
+                .rsplit(|c: char| c.is_whitespace() || c == '*')
+                .next()
+                .unwrap_or_default();
+            let name = name.split('[').next().unwrap_or_default();
+            if let (Some(o), Some(s)) = (offset, size) {
+                fields.insert(name.to_owned(), (o, s));
+            }
+        }
+        Self { fields }
+    }
+
+    /// Offset of a field that must have the given size.
+    pub fn offset(&self, field: &str, size: u32) -> Result<u32, String> {
+        match self.fields.get(field) {
+            Some(&(o, s)) if s == size => Ok(o),
+            Some(&(_, s)) => Err(format!("field {field} has size {s}, expected {size}")),
+            None => Err(format!("field {field} is missing")),
+        }
+    }
+}
+
+/// Fills the tracepoint part of a layout: one tracepoint at a time, so that a missing or
+/// different tracepoint only disables the attach points that need it.
+pub fn fill_tracepoint(
+    layout: &mut Layout,
+    tracefs: &Path,
+    category: &str,
+    name: &str,
+) -> Result<(), String> {
+    let f = Format::read(tracefs, category, name)?;
+    let bad = |e: String| format!("tracepoint {category}:{name}: {e}");
+    match (category, name) {
+        ("exceptions", "page_fault_user" | "page_fault_kernel") => {
+            layout.fault_address = f.offset("address", 8).map_err(bad)?;
+            layout.fault_ip = f.offset("ip", 8).map_err(bad)?;
+            layout.fault_error_code = f.offset("error_code", 8).map_err(bad)?;
+        }
+        ("sched", "sched_switch") => {
+            layout.switch_prev_state = f.offset("prev_state", 8).map_err(bad)?;
+            layout.switch_next_pid = f.offset("next_pid", 4).map_err(bad)?;
+        }
+        ("sock", "inet_sock_set_state") => {
+            layout.sock_skaddr = f.offset("skaddr", 8).map_err(bad)?;
+            layout.sock_oldstate = f.offset("oldstate", 4).map_err(bad)?;
+            layout.sock_newstate = f.offset("newstate", 4).map_err(bad)?;
+            layout.sock_sport = f.offset("sport", 2).map_err(bad)?;
+            layout.sock_dport = f.offset("dport", 2).map_err(bad)?;
+            layout.sock_family = f.offset("family", 2).map_err(bad)?;
+            layout.sock_protocol = f.offset("protocol", 2).map_err(bad)?;
+            layout.sock_saddr = f.offset("saddr", 4).map_err(bad)?;
+            layout.sock_daddr = f.offset("daddr", 4).map_err(bad)?;
+            layout.sock_saddr_v6 = f.offset("saddr_v6", 16).map_err(bad)?;
+            layout.sock_daddr_v6 = f.offset("daddr_v6", 16).map_err(bad)?;
+        }
+        ("sched", "sched_move_numa" | "sched_stick_numa") => {
+            layout.numa_tgid = f.offset("tgid", 4).map_err(bad)?;
+            layout.numa_src_cpu = f.offset("src_cpu", 4).map_err(bad)?;
+            layout.numa_src_nid = f.offset("src_nid", 4).map_err(bad)?;
+            layout.numa_dst_cpu = f.offset("dst_cpu", 4).map_err(bad)?;
+            layout.numa_dst_nid = f.offset("dst_nid", 4).map_err(bad)?;
+        }
+        ("sched", "sched_swap_numa") => {
+            layout.swap_src_tgid = f.offset("src_tgid", 4).map_err(bad)?;
+            layout.swap_src_cpu = f.offset("src_cpu", 4).map_err(bad)?;
+            layout.swap_src_nid = f.offset("src_nid", 4).map_err(bad)?;
+            layout.swap_dst_tgid = f.offset("dst_tgid", 4).map_err(bad)?;
+            layout.swap_dst_cpu = f.offset("dst_cpu", 4).map_err(bad)?;
+            layout.swap_dst_nid = f.offset("dst_nid", 4).map_err(bad)?;
+        }
+        ("migrate", "mm_migrate_pages") => {
+            layout.mig_succeeded = f.offset("succeeded", 8).map_err(bad)?;
+            layout.mig_failed = f.offset("failed", 8).map_err(bad)?;
+            layout.mig_thp_succeeded = f.offset("thp_succeeded", 8).map_err(bad)?;
+            layout.mig_thp_failed = f.offset("thp_failed", 8).map_err(bad)?;
+            layout.mig_mode = f.offset("mode", 4).map_err(bad)?;
+            layout.mig_reason = f.offset("reason", 4).map_err(bad)?;
+        }
+        // Tracepoints whose fields the programs do not read (sched_process_exit).
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The kernel's BTF, for structure offsets and for checking what tp_btf/fentry can attach to.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, String> {
+        Btf::from_file(crate::system::BTF_PATH)
+            .map(|btf| Self { btf })
+            .map_err(|e| {
+                format!(
+                    "kernel BTF is not readable at {}: {e}",
+                    crate::system::BTF_PATH
+                )
+            })
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| format!("struct {name} not in BTF: {e}"))?;
+        let st = types
+            .iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| format!("struct {name} not in BTF"))?;
+        self.find_member(&st.members, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no member {member}"))
+    }
+
+    fn find_member(&self, members: &[btf_rs::Member], wanted: &str, base_bits: u32) -> Option<u32> {
+        for m in members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let off = base_bits + m.bit_offset();
+            if name == wanted {
+                return Some(off);
+            }
+            if name.is_empty() {
+                let inner = match self.btf.resolve_chained_type(m).ok()? {
+                    Type::Struct(s) => s.members,
+                    Type::Union(u) => u.members,
+                    _ => continue,
+                };
+                if let Some(found) = self.find_member(&inner, wanted, off) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// Number of arguments a BTF-enabled tracepoint passes (from `btf_trace_<name>`, whose
+    /// prototype has the context pointer first), or why it has none.
+    pub fn tracepoint_args(&self, tp: &str) -> Result<usize, String> {
+        let name = format!("btf_trace_{tp}");
+        let types = self
+            .btf
+            .resolve_types_by_name(&name)
+            .map_err(|_| format!("no BTF tracepoint {tp} in this kernel"))?;
+        let Some(Type::Typedef(td)) = types.first() else {
+            return Err(format!("no BTF tracepoint {tp} in this kernel"));
+        };
+        let mut ty = self
+            .btf
+            .resolve_chained_type(td)
+            .map_err(|e| e.to_string())?;
+        loop {
+            match ty {
+                Type::Ptr(p) => {
+                    ty = self
+                        .btf
+                        .resolve_chained_type(&p)
+                        .map_err(|e| e.to_string())?
+                }
+                Type::FuncProto(fp) => return Ok(fp.parameters.len().saturating_sub(1)),
+                _ => return Err(format!("unexpected BTF type for {name}")),
+            }
+        }
+    }
+
+    /// Whether the kernel has a function of that name in BTF (an fentry/fexit target).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
+    pub fn raw(&self) -> &Btf {
+        &self.btf
+    }
+}
+
+/// Fills the structure part of a layout from BTF. Each offset is independent: a member that is
+/// missing leaves its offset unknown and only the programs that need it are refused.
+pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
+    let get = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(Layout::UNKNOWN);
+    layout.task_pid = get("task_struct", "pid");
+    layout.task_tgid = get("task_struct", "tgid");
+    layout.sock_sk_err = get("sock", "sk_err");
+    // struct sock starts with struct sock_common, so its offsets are offsets in the socket.
+    layout.skc_family = get("sock_common", "skc_family");
+    layout.skc_daddr = get("sock_common", "skc_daddr");
+    layout.skc_rcv_saddr = get("sock_common", "skc_rcv_saddr");
+    layout.skc_dport = get("sock_common", "skc_dport");
+    layout.skc_num = get("sock_common", "skc_num");
+    layout.skc_v6_daddr = get("sock_common", "skc_v6_daddr");
+    layout.skc_v6_rcv_saddr = get("sock_common", "skc_v6_rcv_saddr");
+    layout.skc_state = get("sock_common", "skc_state");
+    layout.pt_regs_ip = get("pt_regs", "ip");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHED_SWITCH: &str = "name: sched_switch
+ID: 316
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:char prev_comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;
+\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;
+
+print fmt: \"prev_comm=%s\"";
+
+    #[test]
+    fn parses_fields_with_arrays_and_sizes() {
+        let f = Format::parse(SCHED_SWITCH);
+        assert_eq!(f.fields["prev_comm"], (8, 16));
+        assert_eq!(f.offset("prev_state", 8), Ok(32));
+        assert_eq!(f.offset("next_pid", 4), Ok(56));
+        assert!(f.offset("next_pid", 8).unwrap_err().contains("size 4"));
+        assert!(f.offset("nope", 4).unwrap_err().contains("missing"));
+    }
+}

@@ -1,0 +1,647 @@
+//! A recording session: wires the stages together. Programs are loaded and attached (probe),
+//! per-CPU readers drain the perf buffers (collect), and one aggregator thread resolves stacks
+//! (symbolize) and appends blocks to the capture (store) while the target lives. The session
+//! ends at the duration, on Ctrl-C/SIGTERM, when the target exits or when the capture reaches
+//! its size limit, and always leaves a complete capture.
+
+use std::{
+    collections::HashSet,
+    io::IsTerminal as _,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, PerCpuArray, StackTraceMap, perf::PerfEventArray};
+use bar_ebpf_common::{counter, kind, maps};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    capture::{Body, Writer, proto},
+    collect::{self, Batch, ReaderOptions, Record},
+    probe::{self, Family, FamilyStatus, Method, ProbeOptions},
+    symbolize::{self, RawStack, Symbolizer},
+    system, target,
+};
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    Pid(u32),
+    All,
+    Cgroup(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub scope: Scope,
+    pub families: Vec<Family>,
+    /// The families were named by the user (not the default `all`).
+    pub explicit: bool,
+    pub duration: Option<Duration>,
+    pub frequency: u64,
+    pub min_block_ns: u64,
+    pub null_mode: bool,
+    pub stack_map_entries: u32,
+    pub avoid: Vec<Method>,
+    pub buffer_pages: usize,
+    pub max_size: Option<u64>,
+    pub out_dir: PathBuf,
+    pub quiet: bool,
+    pub command_line: Vec<String>,
+}
+
+pub struct Recorded {
+    pub capture: PathBuf,
+    pub stop_reason: String,
+    pub status: Vec<FamilyStatus>,
+    pub events: u64,
+    pub lost: u64,
+}
+
+fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A cgroup v2 id is the inode number of its directory in cgroupfs.
+    let full = if path.is_absolute() && path.starts_with("/sys/fs/cgroup") {
+        path.to_owned()
+    } else {
+        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
+    };
+    let meta =
+        std::fs::metadata(&full).with_context(|| format!("no cgroup at {}", full.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a cgroup directory", full.display());
+    }
+    Ok(meta.ino())
+}
+
+/// Checks that `dir` can be created and written before anything is loaded.
+fn prepare_out_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let probe = dir.join(".bar-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write to output folder {}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Records until a stop condition; returns the capture's path.
+pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
+    let missing = system::missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "missing {}: run bar-probe as root (sudo) or grant it these capabilities",
+            missing.join(" and ")
+        );
+    }
+    let (target_tgid, pidfd, target_meta) = match &opts.scope {
+        Scope::Pid(pid) => {
+            let fd = target::open(*pid)?;
+            (*pid, Some(fd), Some(target::describe(*pid)))
+        }
+        _ => (0, None, None),
+    };
+    let (cgroup, cgroup_id) = match &opts.scope {
+        Scope::Cgroup(p) => (p.display().to_string(), cgroup_id(p)?),
+        _ => (String::new(), 0),
+    };
+    prepare_out_dir(&opts.out_dir)?;
+
+    let mut loaded = probe::load(&ProbeOptions {
+        families: opts.families.clone(),
+        explicit: opts.explicit,
+        target_tgid,
+        cgroup_id,
+        frequency: opts.frequency,
+        min_block_ns: opts.min_block_ns,
+        null_mode: opts.null_mode,
+        stack_map_entries: opts.stack_map_entries,
+        avoid: opts.avoid.clone(),
+    })?;
+    let take = |ebpf: &mut aya::Ebpf, name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    };
+    let events = PerfEventArray::try_from(take(&mut loaded.ebpf, maps::EVENTS)?)?;
+    let stacks = StackTraceMap::try_from(take(&mut loaded.ebpf, maps::STACKS)?)?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
+    let cpus = system::online_cpus();
+    let capture_path = opts.out_dir.join("capture.bar");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (tx, rx) = mpsc::channel::<Batch>(4096);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let outcome = rt.block_on(async {
+        // Buffers first, programs second: no event is produced with nowhere to go.
+        let readers = collect::spawn_readers(
+            events,
+            &cpus,
+            ReaderOptions { pages: opts.buffer_pages, min_interval: Duration::from_millis(10) },
+            tx.clone(),
+            stop_rx,
+        )?;
+        let status = loaded.attach();
+        let attached = check_attached(&status, opts);
+        let writer = attached.and_then(|()| {
+            Writer::create(&capture_path, meta(opts, &status, target_meta, cgroup, &cpus))
+                .with_context(|| format!("cannot write {}", capture_path.display()))
+        });
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                drop(loaded);
+                let _ = stop_tx.send(true);
+                for r in readers {
+                    let _ = r.await;
+                }
+                return Err(e);
+            }
+        };
+        let (full_tx, full_rx) = std_mpsc::channel::<()>();
+        let agg_opts = (cpus.len(), opts.quiet, opts.max_size);
+        // blazesym's symbolizer is not Send: it is created on the thread that uses it.
+        let agg_thread = std::thread::Builder::new()
+            .name("bar-aggregate".into())
+            .spawn(move || Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx).run(rx))?;
+        // A tick keeps the status line and the flushes going when no events arrive.
+        let ticker = {
+            let tx = tx.clone();
+            let mut stop = stop_tx.subscribe();
+            tokio::spawn(async move {
+                let mut iv = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tokio::select! {
+                        _ = iv.tick() => { if tx.send(Batch { cpu: u32::MAX, ..Batch::default() }).await.is_err() { return } }
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
+        drop(tx);
+        if !opts.quiet {
+            let what = match &opts.scope {
+                Scope::Pid(p) => format!("pid {p}"),
+                Scope::All => "all processes".into(),
+                Scope::Cgroup(c) => format!("cgroup {}", c.display()),
+            };
+            eprintln!("bar-probe: recording {what} into {} (Ctrl-C to stop)", opts.out_dir.display());
+        }
+        let reason = wait_for_stop(opts.duration, pidfd, full_rx).await?;
+        // Detach first so nothing new is produced, then let every reader drain once more.
+        drop(loaded);
+        let _ = stop_tx.send(true);
+        for r in readers {
+            let _ = r.await;
+        }
+        let _ = ticker.await;
+        anyhow::Ok((reason, status, agg_thread))
+    });
+    let (reason, status, agg_thread) = outcome?;
+    let (events, lost) = agg_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the aggregator thread failed"))?
+        .map_err(|e| anyhow::anyhow!("writing {} failed: {e}", capture_path.display()))
+        .and_then(|(summary, writer)| {
+            let trailer = proto::Trailer {
+                end_ns: system::monotonic_ns(),
+                events: summary.0,
+                stop_reason: reason.clone(),
+                ..Default::default()
+            };
+            writer
+                .finish(trailer)
+                .with_context(|| format!("cannot finish {}", capture_path.display()))?;
+            Ok(summary)
+        })?;
+    Ok(Recorded {
+        capture: capture_path,
+        stop_reason: reason,
+        status,
+        events,
+        lost,
+    })
+}
+
+/// Refuses a recording where a family the user asked for cannot attach; says which families
+/// fell back or were skipped.
+fn check_attached(status: &[FamilyStatus], opts: &RecordOptions) -> anyhow::Result<()> {
+    for st in status {
+        if st.method.is_some() {
+            continue;
+        }
+        let why: Vec<String> = st
+            .rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.attach, r.reason))
+            .collect();
+        if opts.explicit {
+            bail!("cannot record {}: {}", st.family, why.join("; "));
+        }
+        eprintln!(
+            "bar-probe: warning: skipping {}: {}",
+            st.family,
+            why.join("; ")
+        );
+    }
+    if status.iter().all(|s| s.method.is_none()) {
+        bail!("no event family could be attached on this kernel");
+    }
+    if !opts.quiet {
+        for st in status {
+            let Some(m) = &st.method else { continue };
+            match st
+                .rejected
+                .iter()
+                .find(|r| !r.reason.starts_with("not needed"))
+            {
+                Some(r) => eprintln!(
+                    "bar-probe: {} via {m} (fell back: {} {})",
+                    st.family, r.attach, r.reason
+                ),
+                None => eprintln!("bar-probe: {} via {m}", st.family),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn meta(
+    opts: &RecordOptions,
+    status: &[FamilyStatus],
+    target: Option<proto::Target>,
+    cgroup: String,
+    cpus: &[u32],
+) -> proto::Meta {
+    proto::Meta {
+        bar_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command_line: opts.command_line.clone(),
+        hostname: system::hostname(),
+        kernel_release: system::kernel_release(),
+        boot_id: system::boot_id(),
+        cpu_count: cpus.len() as u32,
+        monotonic_to_realtime_ns: system::monotonic_to_realtime_offset(),
+        start_ns: system::monotonic_ns(),
+        target,
+        scope: match opts.scope {
+            Scope::Pid(_) => "pid",
+            Scope::All => "all",
+            Scope::Cgroup(_) => "cgroup",
+        }
+        .to_owned(),
+        cgroup,
+        families: status
+            .iter()
+            .map(|s| proto::FamilyStatus {
+                name: s.family.name().to_owned(),
+                method: s.method.clone().unwrap_or_default(),
+                rejected: s
+                    .rejected
+                    .iter()
+                    .map(|r| proto::Rejected {
+                        attach: r.attach.clone(),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        frequency: opts.frequency,
+        min_block_ns: opts.min_block_ns,
+        numa_nodes: system::numa_nodes(),
+        numa_balancing: system::numa_balancing().map_or(-1, |v| v as i32),
+        stack_map_entries: opts.stack_map_entries,
+        null_mode: opts.null_mode,
+    }
+}
+
+async fn wait_for_stop(
+    duration: Option<Duration>,
+    pidfd: Option<OwnedFd>,
+    full: std_mpsc::Receiver<()>,
+) -> anyhow::Result<String> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let exited = async {
+        match pidfd {
+            Some(fd) => {
+                // SAFETY: the AsyncFd owns the pidfd for its whole life.
+                let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?;
+                let _ = fd.readable().await?;
+                Ok::<(), std::io::Error>(())
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let full = async {
+        loop {
+            if full.try_recv().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    Ok(tokio::select! {
+        () = sleep => "duration",
+        _ = int.recv() => "signal",
+        _ = term.recv() => "signal",
+        r = exited => { r?; "target-exited" }
+        () = full => "max-size",
+    }
+    .to_owned())
+}
+
+/// Receives batches, keeps the capture growing, prints the live status.
+struct Aggregator {
+    writer: Writer,
+    symbolizer: Symbolizer,
+    counters: PerCpuArray<MapData, u64>,
+    pending: Vec<(u32, Record)>,
+    seen_pids: HashSet<u32>,
+    new_processes: Vec<proto::Process>,
+    lost_per_cpu: Vec<u64>,
+    malformed: u64,
+    per_kind: [u64; kind::COUNT as usize],
+    per_kind_at_status: [u64; kind::COUNT as usize],
+    events: u64,
+    started: Instant,
+    last_flush: Instant,
+    last_status: Instant,
+    quiet: bool,
+    tty: bool,
+    max_size: Option<u64>,
+    full_tx: Option<std_mpsc::Sender<()>>,
+}
+
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+const FLUSH_AT: usize = 65536;
+
+impl Aggregator {
+    fn new(
+        writer: Writer,
+        symbolizer: Symbolizer,
+        counters: PerCpuArray<MapData, u64>,
+        (cpus, quiet, max_size): (usize, bool, Option<u64>),
+        full_tx: std_mpsc::Sender<()>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            writer,
+            symbolizer,
+            counters,
+            pending: Vec::new(),
+            seen_pids: HashSet::new(),
+            new_processes: Vec::new(),
+            lost_per_cpu: vec![0; cpus],
+            malformed: 0,
+            per_kind: [0; kind::COUNT as usize],
+            per_kind_at_status: [0; kind::COUNT as usize],
+            events: 0,
+            started: now,
+            last_flush: now,
+            last_status: now,
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            max_size,
+            full_tx: Some(full_tx),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> std::io::Result<((u64, u64), Writer)> {
+        while let Some(batch) = rx.blocking_recv() {
+            self.take(batch);
+            if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
+                self.flush()?;
+            }
+            self.status();
+        }
+        self.flush()?;
+        self.write_counters()?;
+        if !self.quiet && self.tty {
+            eprintln!();
+        }
+        let lost = self.lost_per_cpu.iter().sum();
+        Ok(((self.events, lost), self.writer))
+    }
+
+    fn take(&mut self, batch: Batch) {
+        if batch.cpu == u32::MAX {
+            return;
+        }
+        if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
+            *l += batch.lost;
+        }
+        self.malformed += batch.malformed;
+        for r in batch.records {
+            let h = r.header();
+            if self.seen_pids.insert(h.pid) {
+                // Name and memory map now, while the process surely exists.
+                self.symbolizer.note_process(h.pid);
+                self.new_processes.push(proto::Process {
+                    pid: h.pid,
+                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
+                });
+            }
+            if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
+                *c += 1;
+            }
+            self.pending.push((batch.cpu, r));
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.last_flush = Instant::now();
+        if self.pending.is_empty() && self.new_processes.is_empty() {
+            return Ok(());
+        }
+        let raws: Vec<RawStack> = self
+            .pending
+            .iter()
+            .map(|(_, r)| {
+                let h = r.header();
+                RawStack {
+                    pid: h.pid,
+                    user: h.user_stack,
+                    kernel: h.kernel_stack,
+                }
+            })
+            .collect();
+        let stack_ids = self.symbolizer.resolve(&raws);
+        let (frames, stacks) = self.symbolizer.interner.take_new();
+        if !self.new_processes.is_empty() {
+            self.writer.write(Body::Processes(proto::Processes {
+                processes: std::mem::take(&mut self.new_processes),
+            }))?;
+        }
+        if !frames.is_empty() {
+            self.writer.write(Body::Frames(proto::Frames { frames }))?;
+        }
+        if !stacks.is_empty() {
+            self.writer.write(Body::Stacks(proto::Stacks { stacks }))?;
+        }
+        let events: Vec<proto::Event> = self
+            .pending
+            .drain(..)
+            .zip(stack_ids)
+            .map(|((cpu, r), stack)| to_event(cpu, &r, stack))
+            .collect();
+        if !events.is_empty() {
+            self.events += events.len() as u64;
+            self.writer.write(Body::Events(proto::Events { events }))?;
+        }
+        self.write_counters()?;
+        if let Some(max) = self.max_size {
+            if self.writer.size() >= max {
+                if let Some(tx) = self.full_tx.take() {
+                    if !self.quiet {
+                        eprintln!(
+                            "\nbar-probe: the capture reached --max-size ({max} bytes); stopping"
+                        );
+                    }
+                    let _ = tx.send(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_counters(&mut self) -> std::io::Result<()> {
+        let mut sums = vec![0u64; counter::COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *sum = values.iter().sum();
+            }
+        }
+        let d = counter::DROPPED as usize;
+        self.writer.write(Body::Counters(proto::Counters {
+            lost_per_cpu: self.lost_per_cpu.clone(),
+            dropped_per_kind: sums[d..d + kind::COUNT as usize].to_vec(),
+            malformed: self.malformed,
+            offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
+            tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
+        }))
+    }
+
+    fn status(&mut self) {
+        let every = if self.tty {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        let elapsed = self.last_status.elapsed();
+        if self.quiet || elapsed < every {
+            return;
+        }
+        self.last_status = Instant::now();
+        let secs = elapsed.as_secs_f64();
+        let mut parts = vec![format!(
+            "bar-probe: {:>5.1}s",
+            self.started.elapsed().as_secs_f64()
+        )];
+        for (k, name) in [
+            (kind::CPU, "cpu"),
+            (kind::OFFCPU, "offcpu"),
+            (kind::FAULT, "faults"),
+            (kind::TCP, "tcp"),
+            (kind::NUMA_TASK, "numa-task"),
+            (kind::NUMA_PAGES, "numa-pages"),
+        ] {
+            let (now, before) = (
+                self.per_kind[k as usize],
+                self.per_kind_at_status[k as usize],
+            );
+            if now > 0 {
+                parts.push(format!("{name} {}/s", human((now - before) as f64 / secs)));
+            }
+        }
+        self.per_kind_at_status = self.per_kind;
+        parts.push(format!("lost {}", self.lost_per_cpu.iter().sum::<u64>()));
+        let line = parts.join("  ");
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
+    use crate::capture::proto::event::Detail;
+    let h = r.header();
+    let detail = match r {
+        Record::Cpu(_) => None,
+        Record::Fault(f) => Some(Detail::Fault(proto::Fault {
+            address: f.address,
+            ip: f.ip,
+            error_code: f.error_code,
+            user_mode: f.flags & bar_ebpf_common::fault_flag::USER_MODE != 0,
+        })),
+        Record::OffCpu(o) => Some(Detail::Offcpu(proto::OffCpu {
+            blocked_ns: o.blocked_ns,
+            reason: o.reason,
+            state: o.state,
+        })),
+        Record::Tcp(t) => {
+            let n = if t.family == 10 { 16 } else { 4 };
+            Some(Detail::Tcp(proto::Tcp {
+                latency_ns: t.latency_ns,
+                saddr: t.saddr[..n].to_vec(),
+                daddr: t.daddr[..n].to_vec(),
+                family: u32::from(t.family),
+                sport: u32::from(t.sport),
+                dport: u32::from(t.dport),
+                error: t.error,
+            }))
+        }
+        Record::NumaTask(n) => Some(Detail::NumaTask(proto::NumaTask {
+            src_cpu: n.src_cpu,
+            dst_cpu: n.dst_cpu,
+            src_nid: n.src_nid,
+            dst_nid: n.dst_nid,
+            what: n.what,
+        })),
+        Record::NumaPages(p) => Some(Detail::NumaPages(proto::NumaPages {
+            succeeded: p.succeeded,
+            failed: p.failed,
+            thp_succeeded: p.thp_succeeded,
+            thp_failed: p.thp_failed,
+            mode: p.mode,
+            reason: p.reason,
+            dst_nid: p.dst_nid,
+        })),
+    };
+    proto::Event {
+        ts: h.ts_ns,
+        kind: h.kind,
+        cpu,
+        pid: h.pid,
+        tid: h.tid,
+        stack,
+        detail,
+    }
+}

@@ -1,0 +1,591 @@
+//! Symbolize: turns the kernel's stack ids into interned stacks of named frames, in batches,
+//! while the traced processes are still alive.
+//!
+//! User addresses are first mapped to (object file, file offset) with a snapshot of the
+//! process's memory map taken when the process is first seen and refreshed when an address
+//! falls outside it; names then come from the object files through blazesym, so a process
+//! that exits mid-capture still gets named frames. JIT code is looked up in the process's perf
+//! map (`/tmp/perf-PID.map`). Kernel addresses go through kallsyms (modules included). A frame
+//! that cannot be named keeps its module and offset, e.g. `[libfoo.so+0x1a2b]`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapData, StackTraceMap};
+use blazesym::{
+    MaybeDefault,
+    symbolize::{
+        Input, Symbolized, Symbolizer as Blaze,
+        source::{Elf, Kernel, Source},
+    },
+};
+
+use crate::capture::proto;
+
+/// errno values bpf_get_stackid returns.
+const EFAULT: i32 = 14;
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+
+/// Kernel functions that run a tracing program; they end every stack a program captures.
+fn is_tracing_frame(name: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__bpf_prog_run",
+        "bpf_get_stack",
+        "perf_trace_",
+        "perf_tp_event",
+        "trace_call_bpf",
+        "__traceiter_",
+        "bpf_trampoline_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// One line of /proc/PID/maps that maps a file or is anonymous executable memory.
+#[derive(Debug, Clone)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    /// Path as the process sees it; empty for anonymous memory, `[vdso]` etc. for specials.
+    path: String,
+}
+
+/// What the symbolizer knows about one process.
+#[derive(Debug, Default)]
+struct ProcessInfo {
+    mappings: Vec<Mapping>,
+    /// Prefix under which this process's paths are visible to us (`/proc/PID/root` for a
+    /// process in another mount namespace, empty otherwise).
+    root: String,
+    alive: bool,
+    perf_map: Option<Vec<(u64, u64, String)>>,
+}
+
+fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms), Some(offset)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !perms.contains('x') {
+            continue;
+        }
+        let _dev = parts.next();
+        let _inode = parts.next();
+        let path = parts.collect::<Vec<_>>().join(" ");
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(offset)) = (
+            u64::from_str_radix(s, 16),
+            u64::from_str_radix(e, 16),
+            u64::from_str_radix(offset, 16),
+        ) else {
+            continue;
+        };
+        out.push(Mapping {
+            start,
+            end,
+            offset,
+            path,
+        });
+    }
+    Some(out)
+}
+
+/// `/proc/PID/root` when the process lives in another mount namespace than ours.
+fn process_root(pid: u32) -> String {
+    let theirs = fs::metadata(format!("/proc/{pid}/root"));
+    let ours = fs::metadata("/");
+    match (theirs, ours) {
+        (Ok(t), Ok(o)) if t.dev() != o.dev() || t.ino() != o.ino() => format!("/proc/{pid}/root"),
+        _ => String::new(),
+    }
+}
+
+fn read_perf_map(pid: u32, root: &str) -> Option<Vec<(u64, u64, String)>> {
+    let text = fs::read_to_string(format!("{root}/tmp/perf-{pid}.map")).ok()?;
+    let mut out: Vec<(u64, u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+            let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+            Some((start, start + size, it.next()?.to_owned()))
+        })
+        .collect();
+    out.sort_by_key(|e| e.0);
+    Some(out)
+}
+
+/// Reads a process's name (`comm`).
+pub fn process_comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+}
+
+/// A stack as the kernel reported it for one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawStack {
+    pub pid: u32,
+    pub user: i32,
+    pub kernel: i32,
+}
+
+/// Interns frames and stacks and remembers which are new since the last `take_new`.
+#[derive(Default)]
+pub struct Interner {
+    frame_ids: HashMap<(bool, String, String), u32>,
+    stack_ids: HashMap<Vec<u32>, u32>,
+    new_frames: Vec<proto::Frame>,
+    new_stacks: Vec<proto::Stack>,
+}
+
+impl Interner {
+    pub fn frame(&mut self, kernel: bool, name: String, module: String) -> u32 {
+        let next = self.frame_ids.len() as u32;
+        *self
+            .frame_ids
+            .entry((kernel, name.clone(), module.clone()))
+            .or_insert_with(|| {
+                self.new_frames.push(proto::Frame {
+                    name,
+                    module,
+                    kernel,
+                });
+                next
+            })
+    }
+
+    /// Stack id as stored in events: position + 1 (0 is "no stack").
+    pub fn stack(&mut self, frames: Vec<u32>) -> u32 {
+        if frames.is_empty() {
+            return 0;
+        }
+        let next = self.stack_ids.len() as u32 + 1;
+        *self.stack_ids.entry(frames.clone()).or_insert_with(|| {
+            self.new_stacks.push(proto::Stack { frames });
+            next
+        })
+    }
+
+    /// Frames and stacks interned since the last call, to be written before the events that
+    /// use them.
+    pub fn take_new(&mut self) -> (Vec<proto::Frame>, Vec<proto::Stack>) {
+        (
+            std::mem::take(&mut self.new_frames),
+            std::mem::take(&mut self.new_stacks),
+        )
+    }
+}
+
+/// Counters of what could not be resolved, for the summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SymbolStats {
+    /// Stacks the kernel could not store (stack map full or hash collision).
+    pub stacks_lost: u64,
+    pub frames_unresolved: u64,
+}
+
+pub struct Symbolizer {
+    blaze: Blaze,
+    stacks: StackTraceMap<MapData>,
+    processes: HashMap<u32, ProcessInfo>,
+    kernel_frames: HashMap<i32, Vec<u32>>,
+    user_frames: HashMap<(u32, i32), Vec<u32>>,
+    resolved: HashMap<RawStack, u32>,
+    pub interner: Interner,
+    pub stats: SymbolStats,
+}
+
+impl Symbolizer {
+    pub fn new(stacks: StackTraceMap<MapData>) -> Self {
+        Self {
+            blaze: Blaze::builder()
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .build(),
+            stacks,
+            processes: HashMap::new(),
+            kernel_frames: HashMap::new(),
+            user_frames: HashMap::new(),
+            resolved: HashMap::new(),
+            interner: Interner::default(),
+            stats: SymbolStats::default(),
+        }
+    }
+
+    /// Takes a snapshot of a process's mappings the first time it is seen.
+    pub fn note_process(&mut self, pid: u32) {
+        if self.processes.contains_key(&pid) {
+            return;
+        }
+        let root = process_root(pid);
+        let maps = read_maps(pid);
+        let info = ProcessInfo {
+            alive: maps.is_some(),
+            mappings: maps.unwrap_or_default(),
+            perf_map: read_perf_map(pid, &root),
+            root,
+        };
+        self.processes.insert(pid, info);
+    }
+
+    /// Refreshes the snapshot of every process: new mappings (dlopen, JIT) become known, and
+    /// a process that has exited keeps its last snapshot.
+    pub fn refresh_processes(&mut self) {
+        for (&pid, info) in &mut self.processes {
+            if !info.alive {
+                continue;
+            }
+            match read_maps(pid) {
+                Some(m) => {
+                    info.mappings = m;
+                    if let Some(pm) = read_perf_map(pid, &info.root) {
+                        info.perf_map = Some(pm);
+                    }
+                }
+                None => info.alive = false,
+            }
+        }
+    }
+
+    /// Resolves a batch of raw stacks to capture stack ids.
+    pub fn resolve(&mut self, raws: &[RawStack]) -> Vec<u32> {
+        let mut new_kernel: HashSet<i32> = HashSet::new();
+        let mut new_user: HashSet<(u32, i32)> = HashSet::new();
+        for r in raws {
+            if self.resolved.contains_key(r) {
+                continue;
+            }
+            if r.kernel >= 0 && !self.kernel_frames.contains_key(&r.kernel) {
+                new_kernel.insert(r.kernel);
+            }
+            if r.user >= 0 && !self.user_frames.contains_key(&(r.pid, r.user)) {
+                new_user.insert((r.pid, r.user));
+            }
+        }
+        self.resolve_kernel(new_kernel);
+        self.resolve_user(new_user);
+        raws.iter()
+            .map(|r| {
+                if let Some(&id) = self.resolved.get(r) {
+                    return id;
+                }
+                let mut frames = Vec::new();
+                self.push_part(&mut frames, r.user, false, |s| {
+                    s.user_frames.get(&(r.pid, r.user))
+                });
+                self.push_part(&mut frames, r.kernel, true, |s| {
+                    s.kernel_frames.get(&r.kernel)
+                });
+                let id = self.interner.stack(frames);
+                self.resolved.insert(*r, id);
+                id
+            })
+            .collect()
+    }
+
+    fn push_part(
+        &mut self,
+        frames: &mut Vec<u32>,
+        id: i32,
+        kernel: bool,
+        get: impl Fn(&Self) -> Option<&Vec<u32>>,
+    ) {
+        if id >= 0 {
+            if let Some(f) = get(self) {
+                frames.extend_from_slice(f);
+            }
+            return;
+        }
+        // A stack that exists but could not be stored is shown, never silently dropped.
+        if -id == EEXIST || -id == ENOMEM {
+            self.stats.stacks_lost += 1;
+            let why = if -id == EEXIST {
+                "collision"
+            } else {
+                "map full"
+            };
+            let name = format!(
+                "[{} stack lost: {why}]",
+                if kernel { "kernel" } else { "user" }
+            );
+            frames.push(self.interner.frame(kernel, name, String::new()));
+        } else if -id != EFAULT {
+            let name = format!(
+                "[{} stack error {}]",
+                if kernel { "kernel" } else { "user" },
+                -id
+            );
+            frames.push(self.interner.frame(kernel, name, String::new()));
+        }
+    }
+
+    /// Addresses of a stack id, root first, with return addresses moved back into the call
+    /// instruction (all but the leaf), as perf does.
+    fn read_stack(&self, id: i32) -> Vec<u64> {
+        let Ok(trace) = self.stacks.get(&(id as u32), 0) else {
+            return Vec::new();
+        };
+        let frames = trace.frames();
+        let mut addrs: Vec<u64> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| if i == 0 { f.ip } else { f.ip.saturating_sub(1) })
+            .collect();
+        addrs.reverse();
+        addrs
+    }
+
+    fn resolve_kernel(&mut self, ids: HashSet<i32>) {
+        if ids.is_empty() {
+            return;
+        }
+        let stacks: Vec<(i32, Vec<u64>)> = ids
+            .into_iter()
+            .map(|id| (id, self.read_stack(id)))
+            .collect();
+        let mut all: Vec<u64> = stacks.iter().flat_map(|(_, a)| a.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        let src = Source::Kernel(Kernel {
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        });
+        let names: HashMap<u64, (String, String)> =
+            match self.blaze.symbolize(&src, Input::AbsAddr(&all)) {
+                Ok(syms) => all
+                    .iter()
+                    .zip(syms)
+                    .map(|(&a, s)| {
+                        let named = match s {
+                            Symbolized::Sym(sym) => {
+                                let module = sym
+                                    .module
+                                    .as_ref()
+                                    .map(|m| m.to_string_lossy().into_owned())
+                                    .unwrap_or_default();
+                                (sym.name.into_owned(), module)
+                            }
+                            Symbolized::Unknown(_) => (format!("[unknown 0x{a:x}]"), String::new()),
+                        };
+                        (a, named)
+                    })
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+        for (id, addrs) in stacks {
+            let mut named: Vec<(String, String)> = addrs
+                .iter()
+                .map(|a| {
+                    names
+                        .get(a)
+                        .cloned()
+                        .unwrap_or_else(|| (format!("[unknown 0x{a:x}]"), String::new()))
+                })
+                .collect();
+            // The leaf end of a stack taken inside a tracing program is the tracing machinery
+            // (the BPF program, bpf_trace_run, perf_trace_*): it is bar, not the target.
+            while named.last().is_some_and(|(n, _)| is_tracing_frame(n)) {
+                named.pop();
+            }
+            let frames = named
+                .into_iter()
+                .map(|(name, module)| {
+                    if name.starts_with("[unknown") {
+                        self.stats.frames_unresolved += 1;
+                    }
+                    let module = if module.is_empty() {
+                        "[kernel.kallsyms]".to_owned()
+                    } else {
+                        module
+                    };
+                    self.interner.frame(true, name, module)
+                })
+                .collect();
+            self.kernel_frames.insert(id, frames);
+        }
+    }
+
+    fn resolve_user(&mut self, keys: HashSet<(u32, i32)>) {
+        if keys.is_empty() {
+            return;
+        }
+        let stacks: Vec<((u32, i32), Vec<u64>)> = keys
+            .into_iter()
+            .map(|k| (k, self.read_stack(k.1)))
+            .collect();
+        // Per pid: make sure the snapshot covers the addresses (refresh once if not).
+        let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
+        for ((pid, _), addrs) in &stacks {
+            by_pid.entry(*pid).or_default().extend(addrs);
+        }
+        for (pid, addrs) in &by_pid {
+            self.note_process(*pid);
+            let Some(info) = self.processes.get_mut(pid) else {
+                continue;
+            };
+            let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
+            if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
+                match read_maps(*pid) {
+                    Some(m) => info.mappings = m,
+                    None => info.alive = false,
+                }
+                if let Some(pm) = read_perf_map(*pid, &info.root) {
+                    info.perf_map = Some(pm);
+                }
+            }
+        }
+        // Map every address to (object, file offset) and group by object for batch lookup.
+        enum Place {
+            File(PathBuf, u64, String),
+            Jit(String),
+            Unknown(String),
+        }
+        let mut places: HashMap<(u32, u64), Place> = HashMap::new();
+        let mut per_object: HashMap<PathBuf, Vec<u64>> = HashMap::new();
+        for (pid, addrs) in &by_pid {
+            let info = self.processes.get(pid);
+            for &a in addrs {
+                if places.contains_key(&(*pid, a)) {
+                    continue;
+                }
+                let place = info.map_or_else(
+                    || Place::Unknown(format!("[unknown 0x{a:x}]")),
+                    |info| locate(info, *pid, a),
+                );
+                if let Place::File(path, off, _) = &place {
+                    per_object.entry(path.clone()).or_default().push(*off);
+                }
+                places.insert((*pid, a), place);
+            }
+        }
+        let mut names: HashMap<(PathBuf, u64), String> = HashMap::new();
+        for (path, mut offs) in per_object {
+            offs.sort_unstable();
+            offs.dedup();
+            let src = Source::Elf(Elf::new(&path));
+            if let Ok(syms) = self.blaze.symbolize(&src, Input::FileOffset(&offs)) {
+                for (off, s) in offs.iter().zip(syms) {
+                    if let Symbolized::Sym(sym) = s {
+                        names.insert((path.clone(), *off), sym.name.into_owned());
+                    }
+                }
+            }
+        }
+        for ((pid, id), addrs) in stacks {
+            let frames = addrs
+                .iter()
+                .map(|a| {
+                    let (name, module) = match places.get(&(pid, *a)) {
+                        Some(Place::File(path, off, module)) => {
+                            match names.get(&(path.clone(), *off)) {
+                                Some(n) => (n.clone(), module.clone()),
+                                None => {
+                                    self.stats.frames_unresolved += 1;
+                                    let base = Path::new(module).file_name().map_or_else(
+                                        || module.clone(),
+                                        |b| b.to_string_lossy().into_owned(),
+                                    );
+                                    (format!("[{base}+0x{off:x}]"), module.clone())
+                                }
+                            }
+                        }
+                        Some(Place::Jit(n)) => (n.clone(), format!("[perf-{pid}.map]")),
+                        Some(Place::Unknown(n)) => {
+                            self.stats.frames_unresolved += 1;
+                            (n.clone(), String::new())
+                        }
+                        None => (format!("[unknown 0x{a:x}]"), String::new()),
+                    };
+                    self.interner.frame(false, name, module)
+                })
+                .collect();
+            self.user_frames.insert((pid, id), frames);
+        }
+
+        fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
+            if let Some(m) = info.mappings.iter().find(|m| m.start <= a && a < m.end) {
+                let file_offset = a - m.start + m.offset;
+                if m.path.starts_with('/') {
+                    let (path, deleted) = match m.path.strip_suffix(" (deleted)") {
+                        Some(p) => (p, true),
+                        None => (m.path.as_str(), false),
+                    };
+                    let open = if deleted && info.alive {
+                        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
+                    } else {
+                        PathBuf::from(format!("{}{path}", info.root))
+                    };
+                    return Place::File(open, file_offset, path.to_owned());
+                }
+                if !m.path.is_empty() && m.path != "[anon]" && !m.path.starts_with("[anon:") {
+                    return Place::Unknown(format!(
+                        "[{}+0x{:x}]",
+                        m.path.trim_matches(['[', ']']),
+                        a - m.start
+                    ));
+                }
+            }
+            if let Some(pm) = &info.perf_map {
+                let idx = pm.partition_point(|e| e.0 <= a);
+                if idx > 0 && a < pm[idx - 1].1 {
+                    return Place::Jit(pm[idx - 1].2.clone());
+                }
+            }
+            Place::Unknown(format!("[unknown 0x{a:x}]"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_dedups_and_reports_new_once() {
+        let mut i = Interner::default();
+        let a = i.frame(false, "main".into(), "/bin/x".into());
+        let b = i.frame(true, "schedule".into(), "[kernel.kallsyms]".into());
+        assert_eq!(i.frame(false, "main".into(), "/bin/x".into()), a);
+        assert_ne!(a, b);
+        let s1 = i.stack(vec![a, b]);
+        assert_eq!(i.stack(vec![a, b]), s1);
+        assert_eq!(s1, 1);
+        assert_eq!(i.stack(vec![]), 0);
+        let (frames, stacks) = i.take_new();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(stacks.len(), 1);
+        assert_eq!(i.take_new().0.len(), 0);
+    }
+
+    #[test]
+    fn reads_own_maps_and_symbolizes_own_function() {
+        let pid = std::process::id();
+        let maps = read_maps(pid).unwrap();
+        assert!(maps.iter().any(|m| {
+            m.path.ends_with(
+                std::env::current_exe()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+            )
+        }));
+    }
+}

@@ -1,0 +1,246 @@
+//! Facts about the machine bar runs on, read before anything is loaded: kernel release, BTF,
+//! tracefs, privileges, kprobe support, NUMA nodes, clocks. Nothing here guesses from the
+//! kernel version; every answer comes from what the kernel exposes.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain data, uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates the field.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn btf_present() -> bool {
+    Path::new(BTF_PATH).exists()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// CPUs that perf buffers and cpu-clock events are opened on.
+pub fn online_cpus() -> Vec<u32> {
+    aya::util::online_cpus().unwrap_or_else(|_| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n as u32).collect()
+    })
+}
+
+/// Capabilities the effective set lacks among those bar needs.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let eff = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+/// Whether the bpf() syscall lets this process create a map: the cheapest real test of "may
+/// I use eBPF here".
+pub fn bpf_allowed() -> Result<(), String> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, ...
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: a valid attr buffer of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, // BPF_MAP_CREATE
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: we own the fd just returned.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Where tracefs is mounted, mounting it at /sys/kernel/tracing when it is not and we may.
+pub fn tracefs() -> Result<PathBuf, String> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(dir.into());
+        }
+    }
+    if !is_root() {
+        return Err("tracefs is not mounted and only root can mount it".into());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok("/sys/kernel/tracing".into())
+}
+
+/// Why kprobes cannot be used here, if they cannot.
+pub fn kprobes_unavailable(tracefs: Option<&Path>) -> Option<String> {
+    if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return None;
+    }
+    if tracefs.is_some_and(|t| t.join("kprobe_events").exists()) {
+        return None;
+    }
+    Some("this kernel has no kprobe support (no kprobe PMU, no kprobe_events; CONFIG_KPROBES is off)".into())
+}
+
+/// NUMA nodes with memory or CPUs.
+pub fn numa_nodes() -> Vec<u32> {
+    let mut nodes: Vec<u32> = fs::read_dir("/sys/devices/system/node")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("node"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    nodes.sort_unstable();
+    if nodes.is_empty() {
+        nodes.push(0);
+    }
+    nodes
+}
+
+/// `kernel.numa_balancing`, when the kernel has it.
+pub fn numa_balancing() -> Option<u32> {
+    fs::read_to_string("/proc/sys/kernel/numa_balancing")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC now (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// Nanoseconds since the Unix epoch now.
+pub fn realtime_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) as i64
+}
+
+/// Offset to add to a CLOCK_MONOTONIC timestamp to get wall-clock nanoseconds since the epoch,
+/// from the tightest of several paired readings.
+pub fn monotonic_to_realtime_offset() -> i64 {
+    let mut best: Option<(i128, i128)> = None;
+    for _ in 0..16 {
+        let m0 = clock_ns(libc::CLOCK_MONOTONIC);
+        let r = clock_ns(libc::CLOCK_REALTIME);
+        let m1 = clock_ns(libc::CLOCK_MONOTONIC);
+        let gap = m1 - m0;
+        let offset = r - (m0 + gap / 2);
+        if best.is_none_or(|(g, _)| gap < g) {
+            best = Some((gap, offset));
+        }
+    }
+    best.map_or(0, |(_, o)| o as i64)
+}
+
+/// The machine-level part of `bar-probe info`.
+#[derive(Debug, Serialize)]
+pub struct Facts {
+    pub kernel_release: String,
+    pub btf: bool,
+    pub tracefs: Result<PathBuf, String>,
+    pub root: bool,
+    pub missing_capabilities: Vec<&'static str>,
+    pub bpf: Result<(), String>,
+    pub kprobes: Option<String>,
+    pub numa_nodes: Vec<u32>,
+    pub numa_balancing: Option<u32>,
+    pub cpus: usize,
+}
+
+impl Facts {
+    pub fn gather() -> Self {
+        let tracefs = tracefs();
+        Self {
+            kernel_release: kernel_release(),
+            btf: btf_present(),
+            kprobes: kprobes_unavailable(tracefs.as_deref().ok()),
+            tracefs,
+            root: is_root(),
+            missing_capabilities: missing_capabilities(),
+            bpf: bpf_allowed(),
+            numa_nodes: numa_nodes(),
+            numa_balancing: numa_balancing(),
+            cpus: online_cpus().len(),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Built-in workloads: processes with known behaviour in functions with telling names, for the
+//! demo, the integration tests and the benchmarks. Each prints one JSON line to stdout with
+//! what it did (pages touched, sleeps, connects...), so a test can compare bar's view with the
+//! truth. Functions are `#[inline(never)]` so they keep their own frames.
+
+use std::{
+    hint::black_box,
+    io::{BufRead as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Burns CPU in `burn_cpu_hot_loop` and page-faults in `touch_fresh_pages` (the demo).
+    Demo,
+    /// Burns CPU in `burn_cpu_hot_loop`.
+    Cpu,
+    /// Touches `--count` fresh pages in `touch_fresh_pages`.
+    Faults,
+    /// Sleeps `--count` times for `--micros` in `sleep_in_named_function`.
+    Sleep,
+    /// Two CPU-bound threads pinned to one CPU, preempting each other.
+    Preempt,
+    /// `--count` connects to a loopback listener and `--refused` to a closed port.
+    Tcp,
+    /// Two threads ping-ponging a byte over pipes `--count` times (context-switch storm).
+    Pingpong,
+    /// Migrates its own pages with migrate_pages(2) and asks the kernel to compact memory.
+    Migrate,
+    /// Phase A in `phase_a_parse`, phase B in `phase_b_render`, `--seconds` each.
+    Phases,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// How many units of work (pages, sleeps, connects, round trips).
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Connects to a closed port (tcp).
+    #[arg(long, default_value_t = 0)]
+    pub refused: u64,
+    /// Length of each sleep (sleep).
+    #[arg(long, default_value_t = 1000)]
+    pub micros: u64,
+    /// Run for this long instead of a count (cpu, demo, preempt, phases per phase).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Wait for a line on stdin before starting, so a tracer can attach first.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+const PAGE: usize = 4096;
+
+#[inline(never)]
+pub fn burn_cpu_hot_loop(iterations: u64) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..iterations {
+        x = black_box(x.rotate_left(5) ^ i).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    }
+    x
+}
+
+/// Maps `pages` fresh anonymous pages, writes one byte in each (one page fault per page) and
+/// unmaps them. Returns the pages touched.
+#[inline(never)]
+pub fn touch_fresh_pages(pages: usize) -> usize {
+    // SAFETY: anonymous private mapping of the given length; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return 0;
+    }
+    let base = p.cast::<u8>();
+    for i in 0..pages {
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::write_volatile(base.add(i * PAGE), 1) };
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, pages * PAGE) };
+    pages
+}
+
+#[inline(never)]
+pub fn sleep_in_named_function(d: Duration) {
+    std::thread::sleep(d);
+}
+
+#[inline(never)]
+pub fn connect_to_listener(addr: std::net::SocketAddr) -> bool {
+    TcpStream::connect(addr).is_ok()
+}
+
+#[inline(never)]
+pub fn connect_to_closed_port(addr: std::net::SocketAddr) -> bool {
+    TcpStream::connect(addr).is_err()
+}
+
+#[inline(never)]
+pub fn phase_a_parse(until: Instant) -> u64 {
+    let mut n = 0;
+    while Instant::now() < until {
+        n += burn_cpu_hot_loop(10_000);
+    }
+    n
+}
+
+#[inline(never)]
+pub fn phase_b_render(until: Instant) -> u64 {
+    let mut n = 0;
+    while Instant::now() < until {
+        n += burn_cpu_hot_loop(10_000);
+    }
+    n
+}
+
+#[inline(never)]
+fn ping_pong_round_trips(count: u64) -> u64 {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    // SAFETY: valid out arrays.
+    unsafe {
+        libc::pipe(a.as_mut_ptr());
+        libc::pipe(b.as_mut_ptr());
+    }
+    let (a_read, a_write, b_read, b_write) = (a[0], a[1], b[0], b[1]);
+    let peer = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        for _ in 0..count {
+            // SAFETY: valid fds and buffer.
+            unsafe {
+                libc::read(a_read, byte.as_mut_ptr().cast(), 1);
+                libc::write(b_write, byte.as_ptr().cast(), 1);
+            }
+        }
+    });
+    let mut byte = [7u8; 1];
+    for _ in 0..count {
+        // SAFETY: valid fds and buffer.
+        unsafe {
+            libc::write(a_write, byte.as_ptr().cast(), 1);
+            libc::read(b_read, byte.as_mut_ptr().cast(), 1);
+        }
+    }
+    let _ = peer.join();
+    count
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[inline(never)]
+fn migrate_own_pages(pages: usize) -> (usize, bool) {
+    // Touch pages so there is something to migrate, then ask the kernel to move them from
+    // every node to every node (on one node it migrates nothing but exercises the path), and
+    // compact memory, which migrates movable pages in this thread's context.
+    let mut v = vec![0u8; pages * PAGE];
+    for i in (0..v.len()).step_by(PAGE) {
+        v[i] = 1;
+    }
+    let nodes = crate::system::numa_nodes();
+    let mask: u64 = nodes.iter().fold(0, |m, n| m | (1 << n));
+    if nodes.len() > 1 {
+        let from = 1u64 << nodes[0];
+        let to = mask & !from;
+        // SAFETY: valid masks of 64 nodes.
+        unsafe { libc::syscall(libc::SYS_migrate_pages, 0, 64, &from, &to) };
+    }
+    let compacted = std::fs::write("/proc/sys/vm/compact_memory", b"1").is_ok();
+    black_box(&v);
+    (pages, compacted)
+}
+
+fn wait_for_go() {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+fn report(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
+    if args.wait {
+        wait_for_go();
+    }
+    let start = Instant::now();
+    let until = |default: f64| start + Duration::from_secs_f64(args.seconds.unwrap_or(default));
+    match args.workload {
+        Workload::Demo => {
+            let end = until(3600.0);
+            let (mut spins, mut pages) = (0u64, 0usize);
+            while Instant::now() < end {
+                spins += black_box(burn_cpu_hot_loop(2_000_000)) & 1;
+                pages += touch_fresh_pages(256);
+            }
+            report(&json!({"workload": "demo", "spins": spins, "pages": pages}));
+        }
+        Workload::Cpu => {
+            let end = until(10.0);
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
+            }
+            report(&json!({"workload": "cpu", "result": n & 1}));
+        }
+        Workload::Faults => {
+            let mut pages = 0;
+            let mut left = args.count as usize;
+            while left > 0 {
+                let chunk = left.min(1024);
+                pages += touch_fresh_pages(chunk);
+                left -= chunk;
+            }
+            report(&json!({"workload": "faults", "pages": pages}));
+        }
+        Workload::Sleep => {
+            let d = Duration::from_micros(args.micros);
+            for _ in 0..args.count {
+                sleep_in_named_function(d);
+            }
+            report(
+                &json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
+                           "total_us": args.count * args.micros, "elapsed_us": start.elapsed().as_micros() as u64}),
+            );
+        }
+        Workload::Preempt => {
+            let end = until(3.0);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        pin_to_cpu(0);
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            n = n.wrapping_add(burn_cpu_hot_loop(100_000));
+                        }
+                        n
+                    })
+                })
+                .collect();
+            for t in threads {
+                let _ = t.join();
+            }
+            report(&json!({"workload": "preempt"}));
+        }
+        Workload::Tcp => {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let acceptor =
+                std::thread::spawn(move || for _ in listener.incoming().take(usize::MAX) {});
+            drop(acceptor);
+            // A port that was just bound and released is closed: connects get a reset.
+            let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let mut ok = 0;
+            for _ in 0..args.count {
+                ok += u64::from(connect_to_listener(addr));
+            }
+            let mut refused = 0;
+            for _ in 0..args.refused {
+                refused += u64::from(connect_to_closed_port(closed));
+            }
+            report(
+                &json!({"workload": "tcp", "listener": addr.to_string(), "closed": closed.to_string(),
+                           "established": ok, "refused": refused}),
+            );
+        }
+        Workload::Pingpong => {
+            let n = ping_pong_round_trips(args.count);
+            report(&json!({"workload": "pingpong", "round_trips": n}));
+        }
+        Workload::Migrate => {
+            let (pages, compacted) = migrate_own_pages(args.count as usize);
+            report(&json!({"workload": "migrate", "pages": pages, "compacted": compacted}));
+        }
+        Workload::Phases => {
+            let each = args.seconds.unwrap_or(2.0);
+            let a_end = start + Duration::from_secs_f64(each);
+            let a_start_wall = jiff::Timestamp::now();
+            black_box(phase_a_parse(a_end));
+            let b_start_wall = jiff::Timestamp::now();
+            black_box(phase_b_render(a_end + Duration::from_secs_f64(each)));
+            let b_end_wall = jiff::Timestamp::now();
+            report(&json!({"workload": "phases",
+                           "phases": [{"name": "A", "start": a_start_wall.to_string(), "end": b_start_wall.to_string()},
+                                      {"name": "B", "start": b_start_wall.to_string(), "end": b_end_wall.to_string()}]}));
+        }
+    }
+    Ok(())
+}
