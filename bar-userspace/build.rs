@@ -10,14 +10,14 @@ fn main() -> anyhow::Result<()> {
     let tools = env::var_os("BAR_TOOLS_DIR")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bar-tools")));
-    if let Some(bin) = tools.map(|t| t.join("bin")) {
-        if bin.join("bpf-linker").exists() {
-            let path = env::var_os("PATH").unwrap_or_default();
-            let mut paths = vec![bin];
-            paths.extend(env::split_paths(&path));
-            // SAFETY: build scripts are single-threaded at this point.
-            unsafe { env::set_var("PATH", env::join_paths(paths)?) };
-        }
+    if let Some(bin) = tools.map(|t| t.join("bin"))
+        && bin.join("bpf-linker").exists()
+    {
+        let path = env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin];
+        paths.extend(env::split_paths(&path));
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { env::set_var("PATH", env::join_paths(paths)?) };
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../bar-ebpf");
     println!("cargo:rerun-if-changed={root}/../bar-ebpf-common/src");

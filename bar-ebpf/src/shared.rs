@@ -139,7 +139,7 @@ pub(crate) fn emit<C: EbpfContext, T>(ctx: &C, kind: u32, record: &T) {
         bpf_perf_event_output(
             ctx.as_ptr(),
             (&raw const EVENTS).cast_mut().cast::<c_void>(),
-            u64::from(BPF_F_CURRENT_CPU),
+            BPF_F_CURRENT_CPU,
             core::ptr::from_ref(record).cast_mut().cast::<c_void>(),
             size_of::<T>() as u64,
         )

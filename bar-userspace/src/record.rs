@@ -505,17 +505,14 @@ impl Aggregator {
             self.writer.write(Body::Events(proto::Events { events }))?;
         }
         self.write_counters()?;
-        if let Some(max) = self.max_size {
-            if self.writer.size() >= max {
-                if let Some(tx) = self.full_tx.take() {
-                    if !self.quiet {
-                        eprintln!(
-                            "\nbar-probe: the capture reached --max-size ({max} bytes); stopping"
-                        );
-                    }
-                    let _ = tx.send(());
-                }
+        if let Some(max) = self.max_size
+            && self.writer.size() >= max
+            && let Some(tx) = self.full_tx.take()
+        {
+            if !self.quiet {
+                eprintln!("\nbar-probe: the capture reached --max-size ({max} bytes); stopping");
             }
+            let _ = tx.send(());
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ pub fn write_atomic(
             .and_then(|e| e.to_str())
             .unwrap_or_default()
     ));
-    {
+    let result = (|| {
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -39,8 +39,12 @@ pub fn write_atomic(
         let mut w = io::BufWriter::new(file);
         write(&mut w)?;
         w.flush()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)
+    result
 }
 
 /// RFC 3339 with nanoseconds, UTC.
@@ -86,20 +90,27 @@ fn flame_options(profile: &Profile, view: View, title: &str) -> flamegraph::Opti
     o
 }
 
-/// Writes a flame graph of folded lines; an empty profile gets a graph saying so.
+/// Writes a flame graph of folded lines; an empty profile gets a picture saying so (inferno
+/// has nothing to draw without weight).
 pub fn write_svg(
     path: &Path,
     lines: &[String],
     mut options: flamegraph::Options<'_>,
 ) -> io::Result<()> {
     write_atomic(path, |w| {
-        let result = if lines.is_empty() {
-            // inferno refuses empty input; show the root alone with zero weight.
-            flamegraph::from_lines(&mut options, ["[no events] 0"].iter().copied(), w)
-        } else {
-            flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
-        };
-        result.map_err(|e| io::Error::other(e.to_string()))
+        if lines.is_empty() {
+            let title = options.title.replace('&', "&amp;").replace('<', "&lt;");
+            return write!(
+                w,
+                "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+                 <svg version=\"1.1\" width=\"1200\" height=\"80\" xmlns=\"http://www.w3.org/2000/svg\">\n\
+                 <text x=\"600\" y=\"30\" text-anchor=\"middle\" font-family=\"Verdana\" font-size=\"17\">{title}</text>\n\
+                 <text x=\"600\" y=\"60\" text-anchor=\"middle\" font-family=\"Verdana\" font-size=\"12\">no events were recorded</text>\n\
+                 </svg>\n"
+            );
+        }
+        flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
+            .map_err(|e| io::Error::other(e.to_string()))
     })
 }
 

@@ -399,9 +399,12 @@ impl Symbolizer {
                 })
                 .collect();
             // The leaf end of a stack taken inside a tracing program is the tracing machinery
-            // (the BPF program, bpf_trace_run, perf_trace_*): it is bar, not the target.
-            while named.last().is_some_and(|(n, _)| is_tracing_frame(n)) {
-                named.pop();
+            // (bpf_trace_run, perf_trace_*, the JITed program, which kallsyms may even name
+            // after an unrelated symbol): it is bar, not the target. Cut at the outermost
+            // machinery frame among the last few.
+            let tail = named.len().saturating_sub(8);
+            if let Some(cut) = named[tail..].iter().position(|(n, _)| is_tracing_frame(n)) {
+                named.truncate(tail + cut);
             }
             let frames = named
                 .into_iter()

@@ -43,10 +43,9 @@ pub fn open(pid: u32) -> Result<OwnedFd, TargetError> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse::<u32>().ok())
+        && tgid != pid
     {
-        if tgid != pid {
-            return Err(TargetError::Thread { tid: pid, tgid });
-        }
+        return Err(TargetError::Thread { tid: pid, tgid });
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| TargetError::NoSuchProcess(pid))?;

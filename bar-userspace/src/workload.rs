@@ -94,19 +94,33 @@ pub fn touch_fresh_pages(pages: usize) -> usize {
     pages
 }
 
+/// Sleeps through a helper: with frame pointers, the function that calls into libc's frameless
+/// syscall wrapper is the one frame a stack walk cannot see, so the named function stays one
+/// call above it.
 #[inline(never)]
 pub fn sleep_in_named_function(d: Duration) {
+    nap(d);
+    black_box(());
+}
+
+#[inline(never)]
+fn nap(d: Duration) {
     std::thread::sleep(d);
 }
 
 #[inline(never)]
 pub fn connect_to_listener(addr: std::net::SocketAddr) -> bool {
-    TcpStream::connect(addr).is_ok()
+    black_box(connect(addr))
 }
 
 #[inline(never)]
 pub fn connect_to_closed_port(addr: std::net::SocketAddr) -> bool {
-    TcpStream::connect(addr).is_err()
+    !black_box(connect(addr))
+}
+
+#[inline(never)]
+fn connect(addr: std::net::SocketAddr) -> bool {
+    TcpStream::connect(addr).is_ok()
 }
 
 #[inline(never)]

@@ -1,1 +1,250 @@
+//! Helpers for bar's integration tests: find bar-probe, start the built-in workloads, run the
+//! product as a user would, and read what it wrote.
+//!
+//! Tests that load programs need root. Without it they print why and pass, unless
+//! `BAR_REQUIRE_ROOT=1` (set by `cargo xtask test`), where skipping would hide a failure.
 
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The bar-probe binary: `$BAR_PROBE`, or the one built next to this test.
+pub fn bar_probe() -> PathBuf {
+    if let Some(p) = std::env::var_os("BAR_PROBE") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/bar-probe
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join("bar-probe");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p bar-userspace` first or set BAR_PROBE",
+        p.display()
+    );
+    p
+}
+
+/// True when the test may load programs; prints the reason and returns false otherwise.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BAR_REQUIRE_ROOT").is_none(),
+        "{test}: needs root, and BAR_REQUIRE_ROOT is set"
+    );
+    eprintln!("skipped {test}: loading eBPF programs needs root");
+    false
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A fresh output folder under the target directory.
+pub fn out_dir(name: &str) -> PathBuf {
+    let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = base.join(format!("bar-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A built-in workload started with `--wait`: it runs when `go` is called.
+pub struct Workload {
+    pub child: Child,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Self {
+        let child = Command::new(bar_probe())
+            .arg("workload")
+            .args(args)
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start workload");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the workload start its work.
+    pub fn go(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("write go");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for the workload to finish and returns its JSON report.
+    pub fn finish(self) -> Value {
+        let out = self.child.wait_with_output().expect("workload output");
+        assert!(out.status.success(), "workload failed: {:?}", out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().expect("a report line")).expect("json report")
+    }
+}
+
+/// A running `bar-probe` recording.
+pub struct Recording {
+    pub child: Child,
+    pub dir: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Recording {
+    /// Starts `bar-probe <args> -o DIR` and waits until it says it is recording.
+    pub fn start(args: &[&str], dir: &Path) -> Self {
+        let mut child = Command::new(bar_probe())
+            .args(args)
+            .arg("-o")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bar-probe");
+        let stderr: ChildStderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rec = Self {
+            child,
+            dir: dir.to_owned(),
+            stderr_lines: rx,
+            stderr: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rec.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("recording ");
+                    rec.stderr.push(line);
+                    if ready {
+                        return rec;
+                    }
+                }
+                Err(_) => {
+                    let _ = rec.child.kill();
+                    let out = rec.child.wait_with_output().expect("bar-probe output");
+                    panic!(
+                        "bar-probe did not start recording: {:?}\nstderr: {}",
+                        out.status,
+                        rec.stderr.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for bar-probe to finish and checks it succeeded.
+    pub fn finish(mut self) -> Self {
+        let status = self.child.wait().expect("wait bar-probe");
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            self.stderr.push(line);
+        }
+        assert!(
+            status.success(),
+            "bar-probe failed: {status:?}\nstderr:\n{}",
+            self.stderr.join("\n")
+        );
+        self
+    }
+
+    /// Stops bar-probe with SIGINT (as Ctrl-C would) and waits for it.
+    pub fn interrupt(self) -> Self {
+        // SAFETY: sending a signal to our child.
+        unsafe { kill(self.child.id() as i32, 2) };
+        self.finish()
+    }
+
+    pub fn summary(&self) -> Value {
+        read_json(&self.dir.join("summary.json"))
+    }
+
+    pub fn folded(&self, view: &str) -> Folded {
+        Folded::read(&self.dir.join(format!("{view}.folded")))
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// A folded-stacks file: stack -> weight.
+#[derive(Debug, Default)]
+pub struct Folded {
+    pub stacks: BTreeMap<String, u64>,
+}
+
+impl Folded {
+    pub fn read(path: &Path) -> Self {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let mut stacks = BTreeMap::new();
+        for line in text.lines() {
+            let (stack, weight) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad folded line: {line}"));
+            let w: u64 = weight
+                .parse()
+                .unwrap_or_else(|_| panic!("bad weight in: {line}"));
+            *stacks.entry(stack.to_owned()).or_default() += w;
+        }
+        Self { stacks }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.stacks.values().sum()
+    }
+
+    /// Total weight of stacks containing a frame that contains `needle`.
+    pub fn weight_with(&self, needle: &str) -> u64 {
+        self.stacks
+            .iter()
+            .filter(|(s, _)| s.split(';').any(|f| f.contains(needle)))
+            .map(|(_, w)| w)
+            .sum()
+    }
+
+    /// Total weight of stacks matching a predicate.
+    pub fn weight_where(&self, f: impl Fn(&str) -> bool) -> u64 {
+        self.stacks
+            .iter()
+            .filter(|(s, _)| f(s))
+            .map(|(_, w)| w)
+            .sum()
+    }
+}
+
+/// Runs bar-probe to completion and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bar_probe())
+        .args(args)
+        .output()
+        .expect("run bar-probe")
+}

@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask`: orchestration around cargo, as in aya's own xtask.
+//!
+//!   cargo xtask demo      set up, build, run `bar-probe demo` (the README's first command)
+//!   cargo xtask test      set up, fmt, clippy, unit and integration tests as root (the second)
+//!   cargo xtask setup     only install what the build needs
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build prerequisites (idempotent).
+    Setup,
+    /// Build bar-probe and run its demo.
+    Demo {
+        /// Arguments passed to `bar-probe demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: formatting, lints, unit tests, root integration tests.
+    Test {
+        /// Only run integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// A command run as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(program);
+        c
+    }
+}
+
+/// PATH with the tools scripts/setup.sh installs (bpf-linker) in front.
+fn path_with_tools() -> std::ffi::OsString {
+    let tools = std::env::var_os("BAR_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bar-tools")
+        });
+    let mut paths = vec![tools.join("bin")];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn setup(group: &str) -> anyhow::Result<()> {
+    run(Command::new(root().join("scripts/setup.sh")).arg(group))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup("build"),
+        Cmd::Demo { args } => {
+            setup("build")?;
+            run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
+            run(as_root(&root().join("target/release/bar-probe"))
+                .arg("demo")
+                .args(args))
+        }
+        Cmd::Test { filter } => {
+            setup("build")?;
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            // The kernel programs only build for the BPF target, with the nightly toolchain.
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "bar-ebpf",
+                "--all-targets",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "bar-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("PATH", path_with_tools()))?;
+            run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
+            // Unit tests of every crate but the integration suite.
+            run(cargo().args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "bar-tests",
+                "--exclude",
+                "bar-ebpf",
+            ]))?;
+            // Integration tests load programs into the running kernel: root, one at a time
+            // (they share the kernel and the CPUs), and no silent skipping.
+            run(cargo().args(["test", "--release", "-p", "bar-tests", "--no-run"]))?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--release", "-p", "bar-tests", "--"]);
+            cmd.arg("--test-threads=1");
+            if let Some(f) = filter {
+                cmd.arg(f);
+            }
+            cmd.env("BAR_REQUIRE_ROOT", "1")
+                .env("BAR_PROBE", root().join("target/release/bar-probe"));
+            if !is_root() {
+                bail!("the integration tests load eBPF programs: run `sudo -E cargo xtask test`");
+            }
+            run(&mut cmd)
+        }
+    }
+}

@@ -11,6 +11,10 @@ pub struct Block {
 
 pub mod block {
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[expect(
+        clippy::large_enum_variant,
+        reason = "one block at a time is alive; boxing buys nothing"
+    )]
     pub enum Body {
         #[prost(message, tag = "1")]
         Meta(super::Meta),

@@ -1,0 +1,165 @@
+//! `bar-probe attach` against workloads of bar's own, on the running kernel: the functions
+//! that burn CPU and fault pages must show up by name, with the weights the workloads report.
+
+use bar_tests::{Recording, Workload, out_dir, root_or_skip};
+
+#[test]
+fn faults_are_counted_and_attributed_with_kernel_stacks() {
+    if !root_or_skip("faults_are_counted_and_attributed_with_kernel_stacks") {
+        return;
+    }
+    let dir = out_dir("faults");
+    let mut w = Workload::start(&["faults", "--count", "40000"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "faults"], &dir);
+    w.go();
+    let report = w.finish();
+    let rec = rec.finish();
+    let pages = report["pages"].as_u64().expect("pages");
+    assert_eq!(pages, 40000);
+
+    let folded = rec.folded("faults");
+    let in_touch = folded.weight_with("touch_fresh_pages");
+    assert!(
+        in_touch * 10 >= pages * 9,
+        "faults in touch_fresh_pages: {in_touch}, pages touched: {pages}\n{:#?}",
+        folded.stacks
+    );
+    // No more than a few extra faults per page either (the workload touches each page once).
+    assert!(
+        in_touch <= pages + pages / 10,
+        "{in_touch} faults for {pages} pages"
+    );
+    // Stacks are root first: the process name, then user frames, then kernel frames.
+    let (stack, _) = folded
+        .stacks
+        .iter()
+        .max_by_key(|(_, w)| **w)
+        .expect("a stack");
+    let frames: Vec<&str> = stack.split(';').collect();
+    assert_eq!(
+        frames[0], "bar-probe",
+        "root frame is the process name: {stack}"
+    );
+    let touch = frames
+        .iter()
+        .position(|f| f.contains("touch_fresh_pages"))
+        .expect("touch frame");
+    let kernel = frames
+        .iter()
+        .position(|f| f.ends_with("_[k]"))
+        .expect("kernel frames in fault stacks");
+    assert!(touch < kernel, "user frames before kernel frames: {stack}");
+    assert!(
+        frames.iter().any(|f| f.contains("page_fault")),
+        "fault entry in kernel part: {stack}"
+    );
+
+    let s = rec.summary();
+    assert_eq!(s["target"]["pid"].as_u64(), Some(u64::from(w_pid(&pid))));
+    assert_eq!(s["target"]["comm"], "bar-probe");
+    assert_eq!(s["stop_reason"], "target-exited");
+    assert_eq!(s["complete"], true);
+    let faults = &s["kinds"]["faults"];
+    assert_eq!(faults["weight_unit"], "faults");
+    assert!(
+        faults["attach"].as_str().is_some_and(|a| !a.is_empty()),
+        "{faults}"
+    );
+    assert_eq!(faults["events"].as_u64(), Some(folded.total()));
+    assert!(faults["lost"].is_u64(), "lost is reported: {faults}");
+    assert!(s["lost"]["total"].is_u64());
+    assert_eq!(s["kernel_release"].as_str().map(str::is_empty), Some(false));
+    assert!(s["start"].as_str().unwrap() < s["end"].as_str().unwrap());
+    assert!(dir.join("faults.svg").exists());
+}
+
+fn w_pid(pid: &str) -> u32 {
+    pid.parse().expect("pid")
+}
+
+#[test]
+fn cpu_samples_land_in_the_burning_function_at_the_asked_frequency() {
+    if !root_or_skip("cpu_samples_land_in_the_burning_function_at_the_asked_frequency") {
+        return;
+    }
+    let dir = out_dir("cpu");
+    let mut w = Workload::start(&["cpu", "--seconds", "3"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--events",
+            "cpu",
+            "--frequency",
+            "199",
+        ],
+        &dir,
+    );
+    w.go();
+    w.finish();
+    let rec = rec.finish();
+    let folded = rec.folded("cpu");
+    let total = folded.total();
+    let hot = folded.weight_with("burn_cpu_hot_loop");
+    // One thread busy for 3 s at 199 Hz: about 600 samples (the clock is per CPU, so a
+    // busy thread gets about one sample per period).
+    assert!(
+        (420..=780).contains(&total),
+        "{total} samples for 3 s at 199 Hz"
+    );
+    // Frame-pointer unwinding loses the caller of a sample taken in a callee's prologue, so a
+    // few samples miss the frame; most must have it.
+    assert!(
+        hot * 4 >= total * 3,
+        "{hot} of {total} samples in burn_cpu_hot_loop"
+    );
+    let s = rec.summary();
+    assert_eq!(s["kinds"]["cpu"]["attach"], "perf_event:cpu-clock");
+    assert_eq!(s["kinds"]["cpu"]["frequency_hz"], 199);
+    assert_eq!(s["kinds"]["cpu"]["events"].as_u64(), Some(total));
+    assert!(dir.join("cpu.svg").exists());
+    let svg = std::fs::read_to_string(dir.join("cpu.svg")).unwrap();
+    assert!(
+        svg.contains("burn_cpu_hot_loop"),
+        "flame graph names the hot function"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_and_writes_complete_outputs() {
+    if !root_or_skip("ctrl_c_stops_and_writes_complete_outputs") {
+        return;
+    }
+    let dir = out_dir("sigint");
+    let mut w = Workload::start(&["cpu", "--seconds", "30"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu,faults"], &dir);
+    w.go();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let rec = rec.interrupt();
+    let _ = w.child.kill();
+    let s = rec.summary();
+    assert_eq!(s["stop_reason"], "signal");
+    assert_eq!(s["complete"], true);
+    assert!(rec.folded("cpu").weight_with("burn_cpu_hot_loop") > 50);
+    for f in [
+        "cpu.folded",
+        "cpu.svg",
+        "faults.folded",
+        "faults.svg",
+        "summary.json",
+        "capture.bar",
+    ] {
+        assert!(dir.join(f).exists(), "{f} written");
+    }
+    // Nothing half-written is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

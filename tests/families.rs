@@ -1,0 +1,252 @@
+//! Off-CPU, TCP connect and NUMA migration families against workloads of bar's own.
+
+use bar_tests::{Recording, Workload, out_dir, root_or_skip};
+
+#[test]
+fn offcpu_blocked_time_matches_the_sleeps() {
+    if !root_or_skip("offcpu_blocked_time_matches_the_sleeps") {
+        return;
+    }
+    let dir = out_dir("offcpu");
+    let mut w = Workload::start(&["sleep", "--count", "200", "--micros", "5000"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu"], &dir);
+    w.go();
+    let report = w.finish();
+    let rec = rec.finish();
+    let slept_us = report["total_us"].as_u64().expect("total_us");
+    let folded = rec.folded("offcpu");
+    let blocked =
+        folded.weight_where(|s| s.contains("sleep_in_named_function") && s.ends_with("[blocked]"));
+    let lo = slept_us * 85 / 100;
+    let hi = slept_us * 115 / 100;
+    assert!(
+        (lo..=hi).contains(&blocked),
+        "blocked {blocked} us in sleep_in_named_function, slept {slept_us} us\n{:#?}",
+        folded.stacks
+    );
+    // The kernel part shows where it blocked.
+    assert!(
+        folded
+            .stacks
+            .keys()
+            .any(|s| s.contains("sleep_in_named_function") && s.contains("schedule_[k]"))
+    );
+    let s = rec.summary();
+    let off = &s["kinds"]["offcpu"];
+    let p50 = off["blocked_us"]["p50"].as_u64().expect("p50");
+    assert!((5000..6500).contains(&p50), "p50 of 5 ms sleeps: {p50}");
+    assert!(off["blocked_us"]["p99"].as_u64() >= Some(p50));
+    assert!(off["blocked_us"]["max"].as_u64() >= off["blocked_us"]["p99"].as_u64());
+    assert!(
+        off["attach"]
+            .as_str()
+            .is_some_and(|a| a.contains("sched_switch"))
+    );
+}
+
+#[test]
+fn offcpu_shows_preemption_of_threads_sharing_a_cpu() {
+    if !root_or_skip("offcpu_shows_preemption_of_threads_sharing_a_cpu") {
+        return;
+    }
+    let dir = out_dir("preempt");
+    let mut w = Workload::start(&["preempt", "--seconds", "2"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu,cpu"], &dir);
+    w.go();
+    w.finish();
+    let rec = rec.finish();
+    let folded = rec.folded("offcpu");
+    let preempted =
+        folded.weight_where(|s| s.ends_with("[preempted]") && s.contains("burn_cpu_hot_loop"));
+    // Two busy threads on one CPU for 2 s: each waits about half the time.
+    assert!(
+        preempted > 1_000_000,
+        "preempted time in burn_cpu_hot_loop: {preempted} us\n{:#?}",
+        folded.stacks
+    );
+}
+
+#[test]
+fn tcp_connects_established_and_refused_with_caller_stacks() {
+    if !root_or_skip("tcp_connects_established_and_refused_with_caller_stacks") {
+        return;
+    }
+    let dir = out_dir("tcp");
+    let mut w = Workload::start(&["tcp", "--count", "20", "--refused", "7"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "tcp"], &dir);
+    w.go();
+    let report = w.finish();
+    let rec = rec.finish();
+    assert_eq!(report["established"], 20);
+    assert_eq!(report["refused"], 7);
+    let folded = rec.folded("tcp");
+    let ok =
+        folded.weight_where(|s| s.contains("connect_to_listener") && s.ends_with("[established]"));
+    let refused =
+        folded.weight_where(|s| s.contains("connect_to_closed_port") && s.ends_with("[refused]"));
+    assert_eq!((ok, refused), (20, 7), "{:#?}", folded.stacks);
+    let listener = report["listener"].as_str().unwrap();
+    let closed = report["closed"].as_str().unwrap();
+    let s = rec.summary();
+    let dests = s["kinds"]["tcp"]["destinations"]
+        .as_array()
+        .expect("destinations");
+    let find = |d: &str| {
+        dests
+            .iter()
+            .find(|x| x["destination"] == d)
+            .unwrap_or_else(|| panic!("{d} in {dests:?}"))
+    };
+    assert_eq!(find(listener)["attempts"], 20);
+    assert_eq!(find(listener)["established"], 20);
+    assert_eq!(find(closed)["failures"]["refused"], 7);
+    for d in [find(listener), find(closed)] {
+        let lat = &d["latency_us"];
+        assert!(lat["p50"].as_u64() > Some(0), "{lat}");
+        assert!(lat["max"].as_u64() < Some(100_000), "{lat}");
+        assert!(lat["p90"].as_u64() <= lat["p99"].as_u64());
+    }
+    // One line per attempt, with wall-clock time and the caller's stack.
+    let jsonl = std::fs::read_to_string(dir.join("tcp.jsonl")).unwrap();
+    let lines: Vec<bar_tests::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 27);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].as_str().is_some_and(|t| t.starts_with("20")))
+    );
+    assert_eq!(lines.iter().filter(|l| l["result"] == "refused").count(), 7);
+    assert!(lines.iter().any(|l| {
+        l["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("connect_to_closed_port"))
+    }));
+}
+
+#[test]
+fn numa_page_migrations_are_recorded_with_reason() {
+    if !root_or_skip("numa_page_migrations_are_recorded_with_reason") {
+        return;
+    }
+    let dir = out_dir("numa");
+    let mut w = Workload::start(&["migrate", "--count", "20000"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "numa"], &dir);
+    w.go();
+    let report = w.finish();
+    let rec = rec.finish();
+    assert_eq!(
+        report["compacted"], true,
+        "the workload could compact memory"
+    );
+    let s = rec.summary();
+    let numa = &s["kinds"]["numa"];
+    // Compaction triggered by the workload migrates pages in its own context.
+    let by_reason = &numa["pages_by_reason"];
+    assert!(
+        by_reason["compaction"]["succeeded"].as_u64().unwrap_or(0) > 0,
+        "{numa}"
+    );
+    let folded = rec.folded("numa");
+    assert!(
+        folded.weight_where(
+            |s| s.contains("migrate_own_pages") && s.ends_with("[migrate pages: compaction]")
+        ) > 0,
+        "{:#?}",
+        folded.stacks
+    );
+    assert!(
+        numa["attach"]
+            .as_str()
+            .is_some_and(|a| a.contains("mm_migrate_pages"))
+    );
+}
+
+#[test]
+fn every_family_attaches_by_default() {
+    if !root_or_skip("every_family_attaches_by_default") {
+        return;
+    }
+    let dir = out_dir("all");
+    let mut w = Workload::start(&["demo", "--seconds", "1"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid], &dir);
+    w.go();
+    w.finish();
+    let rec = rec.finish();
+    let s = rec.summary();
+    for kind in ["cpu", "offcpu", "faults", "tcp", "numa"] {
+        let k = &s["kinds"][kind];
+        assert!(
+            k["attach"].as_str().is_some_and(|a| !a.is_empty()),
+            "{kind}: {k}"
+        );
+        assert!(dir.join(format!("{kind}.folded")).exists());
+        assert!(dir.join(format!("{kind}.svg")).exists());
+    }
+}
+
+#[test]
+fn fallback_to_classic_tracepoints_when_tp_btf_is_off() {
+    if !root_or_skip("fallback_to_classic_tracepoints_when_tp_btf_is_off") {
+        return;
+    }
+    // The preferred point of offcpu, faults and tcp is tp_btf here; turning it off must land
+    // each on its classic tracepoint, with the same results.
+    let dir = out_dir("fallback");
+    let mut w = Workload::start(&["tcp", "--count", "5", "--refused", "3"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--events",
+            "offcpu,faults,tcp",
+            "--avoid",
+            "tp_btf",
+        ],
+        &dir,
+    );
+    w.go();
+    w.finish();
+    let rec = rec.finish();
+    let s = rec.summary();
+    for (kind, tp) in [
+        ("offcpu", "tracepoint:sched:sched_switch"),
+        ("faults", "tracepoint:exceptions:page_fault_user"),
+        ("tcp", "tracepoint:sock:inet_sock_set_state"),
+    ] {
+        let k = &s["kinds"][kind];
+        assert!(
+            k["attach"].as_str().is_some_and(|a| a.starts_with(tp)),
+            "{kind}: {k}"
+        );
+        let rejected = k["rejected"].as_array().unwrap();
+        assert!(
+            rejected
+                .iter()
+                .any(|r| r["attach"].as_str().unwrap().starts_with("tp_btf")
+                    && r["reason"].as_str().unwrap().contains("--avoid")),
+            "{k}"
+        );
+    }
+    assert!(
+        rec.stderr
+            .iter()
+            .any(|l| l.contains("tcp via tracepoint") && l.contains("fell back")),
+        "{:?}",
+        rec.stderr
+    );
+    let folded = rec.folded("tcp");
+    assert_eq!(folded.weight_where(|s| s.ends_with("[refused]")), 3);
+    assert_eq!(folded.weight_where(|s| s.ends_with("[established]")), 5);
+}
