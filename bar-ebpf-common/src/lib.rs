@@ -46,8 +46,11 @@ pub mod kind {
     pub const NUMA_TASK: u32 = 5;
     /// A batch of page migrations finished: [`crate::NumaPagesRecord`].
     pub const NUMA_PAGES: u32 = 6;
+    /// A traced process called exec: [`crate::Header`] only. Its memory map and name change,
+    /// so the collector starts a new generation of its symbols.
+    pub const EXEC: u32 = 7;
     /// One past the largest kind; sizes arrays indexed by kind.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indices into the per-CPU `COUNTERS` array.

@@ -118,11 +118,11 @@ pub struct NumaStats {
 pub struct ViewAgg {
     pub events: u64,
     pub weight: u64,
-    /// Folded stacks: (process name, stack id, leaf annotations) -> weight.
+    /// Folded stacks: (process name id, stack id, leaf annotations) -> weight.
     pub stacks: HashMap<(u32, u32, Vec<String>), u64>,
     pub blocked_us: Histogram<u64>,
     pub preempted_us: Histogram<u64>,
-    /// Off-CPU: blocked time per stack (process, stack), for the top stacks in the summary.
+    /// Off-CPU: blocked time per (process name id, stack), for the top stacks in the summary.
     pub per_stack_us: HashMap<(u32, u32), Histogram<u64>>,
     pub user_mode: u64,
     pub kernel_mode: u64,
@@ -233,12 +233,13 @@ fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
 }
 
 impl ViewAgg {
-    pub fn add(&mut self, ev: &proto::Event) {
+    /// Adds one event; `process` is the id of its process name ([`Profile::name`]).
+    pub fn add(&mut self, ev: &proto::Event, process: u32) {
         let (weight, leaf) = weigh(ev);
         self.events += 1;
         self.weight += weight;
         if weight > 0 {
-            *self.stacks.entry((ev.pid, ev.stack, leaf)).or_default() += weight;
+            *self.stacks.entry((process, ev.stack, leaf)).or_default() += weight;
         }
         match &ev.detail {
             Some(Detail::Fault(f)) => {
@@ -259,7 +260,7 @@ impl ViewAgg {
                 if o.reason != offcpu_reason::PREEMPTED {
                     let _ = self
                         .per_stack_us
-                        .entry((ev.pid, ev.stack))
+                        .entry((process, ev.stack))
                         .or_insert_with(new_histogram)
                         .record(us);
                 }
@@ -315,7 +316,11 @@ impl ViewAgg {
 #[derive(Debug, Default)]
 pub struct Profile {
     pub meta: proto::Meta,
-    pub processes: HashMap<u32, String>,
+    /// Names of a process over time: (since, name id), sorted by time.
+    pub processes: HashMap<u32, Vec<(u64, u32)>>,
+    /// Interned process names; stacks are keyed by name id.
+    pub names: Vec<String>,
+    name_ids: HashMap<String, u32>,
     pub frames: Vec<proto::Frame>,
     pub stacks: Vec<proto::Stack>,
     pub views: BTreeMap<View, ViewAgg>,
@@ -330,6 +335,8 @@ pub struct Profile {
     /// TCP and NUMA events, kept whole for their `.jsonl` files (they are rare next to
     /// samples and faults).
     pub detail_events: Vec<proto::Event>,
+    /// Per process (pid): events and weight per view.
+    pub per_process: HashMap<u32, BTreeMap<View, (u64, u64)>>,
 }
 
 impl Profile {
@@ -349,7 +356,10 @@ impl Profile {
             Body::Meta(m) => self.meta = m,
             Body::Processes(ps) => {
                 for pr in ps.processes {
-                    self.processes.insert(pr.pid, pr.comm);
+                    let id = self.intern_name(pr.comm);
+                    let gens = self.processes.entry(pr.pid).or_default();
+                    gens.push((pr.since_ns, id));
+                    gens.sort_by_key(|g| g.0);
                 }
             }
             Body::Frames(f) => self.frames.extend(f.frames),
@@ -378,17 +388,62 @@ impl Profile {
             .or_default()
             .entry(view)
             .or_default() += 1;
-        self.views.entry(view).or_default().add(ev);
+        let process = self.process_at(ev.pid, ev.ts);
+        let agg = self.views.entry(view).or_default();
+        let weight_before = agg.weight;
+        agg.add(ev, process);
+        let weight = agg.weight - weight_before;
+        let totals = self
+            .per_process
+            .entry(ev.pid)
+            .or_default()
+            .entry(view)
+            .or_default();
+        totals.0 += 1;
+        totals.1 += weight;
         if matches!(view, View::Tcp | View::Numa) {
             self.detail_events.push(ev.clone());
         }
     }
 
-    /// The process name shown as the root frame.
-    pub fn comm(&self, pid: u32) -> String {
+    fn intern_name(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.name_ids.get(&name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.name_ids.insert(name, id);
+        id
+    }
+
+    /// Name id of process `pid` at time `ts` (its name changes when it execs).
+    pub fn process_at(&mut self, pid: u32, ts: u64) -> u32 {
+        let found = self.processes.get(&pid).and_then(|gens| {
+            let i = gens.partition_point(|g| g.0 <= ts);
+            // Before the first known name (events can precede the first sighting's timestamp
+            // by a few milliseconds), the first name holds.
+            gens.get(i.saturating_sub(1)).map(|g| g.1)
+        });
+        match found {
+            Some(id) if !self.names[id as usize].is_empty() => id,
+            _ => self.intern_name(format!("[pid {pid}]")),
+        }
+    }
+
+    /// A process name by id: the root frame of its stacks.
+    pub fn name(&self, id: u32) -> &str {
+        self.names
+            .get(id as usize)
+            .map_or("[unknown process]", String::as_str)
+    }
+
+    /// The name of process `pid` at time `ts`, for per-event outputs.
+    pub fn comm_at(&self, pid: u32, ts: u64) -> String {
         self.processes
             .get(&pid)
-            .cloned()
+            .and_then(|gens| gens.get(gens.partition_point(|g| g.0 <= ts).saturating_sub(1)))
+            .map(|g| self.name(g.1).to_owned())
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("[pid {pid}]"))
     }
 
@@ -413,8 +468,8 @@ impl Profile {
     /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
     pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
-        for ((pid, stack, leaf), w) in &agg.stacks {
-            let mut parts = vec![sanitize(&self.comm(*pid))];
+        for ((process, stack, leaf), w) in &agg.stacks {
+            let mut parts = vec![sanitize(self.name(*process))];
             parts.extend(self.stack_names(*stack));
             parts.extend(leaf.iter().map(|l| sanitize(l)));
             *merged.entry(parts.join(";")).or_default() += w;
@@ -470,6 +525,7 @@ mod tests {
         p.add_block(Body::Processes(proto::Processes {
             processes: vec![proto::Process {
                 pid: 7,
+                since_ns: 0,
                 comm: "app".into(),
             }],
         }));

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    evidence,
     probe::{self, Family, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
@@ -50,7 +51,7 @@ pub enum Cmd {
         /// Trace every process except bar-probe itself.
         #[arg(long, conflicts_with = "cgroup")]
         all: bool,
-        /// Trace the processes of this cgroup (v2 path, absolute or under /sys/fs/cgroup).
+        /// Trace the processes of this cgroup (v2 path, absolute or relative to the v2 mount).
         #[arg(long)]
         cgroup: Option<PathBuf>,
         #[command(flatten)]
@@ -188,19 +189,29 @@ impl RecordArgs {
 /// Records, then renders the capture into the same folder.
 fn record_and_report(opts: &RecordOptions) -> anyhow::Result<()> {
     let recorded = record::record(opts)?;
+    let checksum = evidence::write_checksum(&recorded.capture)
+        .with_context(|| format!("cannot checksum {}", recorded.capture.display()))?;
     let rep = report::report(&recorded.capture, &opts.out_dir)?;
+    let mut files = vec![recorded.capture.clone(), checksum];
+    files.extend(rep.written.iter().cloned());
+    evidence::hand_over(&opts.out_dir, &files).with_context(|| {
+        format!(
+            "cannot hand {} over to the sudo user",
+            opts.out_dir.display()
+        )
+    })?;
     if !opts.quiet {
         eprintln!(
             "bar-probe: stopped ({}): {} events, {} lost",
             recorded.stop_reason, recorded.events, recorded.lost
         );
-        print_written(&rep.written, &recorded.capture);
     }
+    print_written(&files);
     Ok(())
 }
 
-fn print_written(written: &[PathBuf], capture: &Path) {
-    println!("{}", capture.display());
+/// The files written, one per line on stdout (for scripts).
+fn print_written(written: &[PathBuf]) {
     for p in written {
         println!("{}", p.display());
     }
@@ -249,7 +260,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     capture.display()
                 );
             }
-            print_written(&rep.written, &capture);
+            evidence::hand_over(&out, &rep.written)
+                .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
+            print_written(&rep.written);
         }
         Cmd::Workload(args) => workload::run(&args)?,
     }

@@ -26,6 +26,7 @@ pub enum Record {
     Tcp(TcpRecord),
     NumaTask(NumaTaskRecord),
     NumaPages(NumaPagesRecord),
+    Exec(Header),
 }
 
 impl Record {
@@ -37,6 +38,7 @@ impl Record {
             Self::Tcp(r) => &r.header,
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
+            Self::Exec(h) => h,
         }
     }
 }
@@ -78,6 +80,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::TCP => Record::Tcp(read_as(bytes, header.kind)?),
         kind::NUMA_TASK => Record::NumaTask(read_as(bytes, header.kind)?),
         kind::NUMA_PAGES => Record::NumaPages(read_as(bytes, header.kind)?),
+        kind::EXEC => Record::Exec(header),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

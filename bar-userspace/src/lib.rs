@@ -14,6 +14,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod cli;
 pub mod collect;
+pub mod evidence;
 pub mod info;
 pub mod probe;
 pub mod record;

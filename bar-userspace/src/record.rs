@@ -9,7 +9,6 @@ use std::{
     io::IsTerminal as _,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,7 @@ use bar_ebpf_common::{counter, kind, maps};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 
 use crate::{
@@ -65,22 +64,6 @@ pub struct Recorded {
     pub lost: u64,
 }
 
-fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    // A cgroup v2 id is the inode number of its directory in cgroupfs.
-    let full = if path.is_absolute() && path.starts_with("/sys/fs/cgroup") {
-        path.to_owned()
-    } else {
-        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
-    };
-    let meta =
-        std::fs::metadata(&full).with_context(|| format!("no cgroup at {}", full.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a cgroup directory", full.display());
-    }
-    Ok(meta.ino())
-}
-
 /// Checks that `dir` can be created and written before anything is loaded.
 fn prepare_out_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
@@ -109,7 +92,10 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         _ => (0, None, None),
     };
     let (cgroup, cgroup_id) = match &opts.scope {
-        Scope::Cgroup(p) => (p.display().to_string(), cgroup_id(p)?),
+        Scope::Cgroup(p) => {
+            let (full, id) = system::cgroup_id(p).map_err(anyhow::Error::msg)?;
+            (full.display().to_string(), id)
+        }
         _ => (String::new(), 0),
     };
     prepare_out_dir(&opts.out_dir)?;
@@ -151,6 +137,9 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
             stop_rx,
         )?;
         let status = loaded.attach();
+        if let Err(e) = loaded.attach_exec_tracking() {
+            eprintln!("bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}");
+        }
         let attached = check_attached(&status, opts);
         let writer = attached.and_then(|()| {
             Writer::create(&capture_path, meta(opts, &status, target_meta, cgroup, &cpus))
@@ -167,7 +156,7 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 return Err(e);
             }
         };
-        let (full_tx, full_rx) = std_mpsc::channel::<()>();
+        let (full_tx, full_rx) = oneshot::channel::<()>();
         let agg_opts = (cpus.len(), opts.quiet, opts.max_size);
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
@@ -326,7 +315,7 @@ fn meta(
 async fn wait_for_stop(
     duration: Option<Duration>,
     pidfd: Option<OwnedFd>,
-    full: std_mpsc::Receiver<()>,
+    full: oneshot::Receiver<()>,
 ) -> anyhow::Result<String> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -349,11 +338,9 @@ async fn wait_for_stop(
         }
     };
     let full = async {
-        loop {
-            if full.try_recv().is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // A dropped sender (aggregator gone) is not a size stop: wait for another reason.
+        if full.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
     Ok(tokio::select! {
@@ -385,11 +372,15 @@ struct Aggregator {
     quiet: bool,
     tty: bool,
     max_size: Option<u64>,
-    full_tx: Option<std_mpsc::Sender<()>>,
+    /// Taken (and fired) when the capture reaches --max-size; from then on events are
+    /// discarded and counted.
+    full_tx: Option<oneshot::Sender<()>>,
+    discarded: u64,
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FLUSH_AT: usize = 65536;
+const EVENTS_PER_BLOCK: usize = 8192;
 
 impl Aggregator {
     fn new(
@@ -397,7 +388,7 @@ impl Aggregator {
         symbolizer: Symbolizer,
         counters: PerCpuArray<MapData, u64>,
         (cpus, quiet, max_size): (usize, bool, Option<u64>),
-        full_tx: std_mpsc::Sender<()>,
+        full_tx: oneshot::Sender<()>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -419,6 +410,7 @@ impl Aggregator {
             tty: std::io::stderr().is_terminal(),
             max_size,
             full_tx: Some(full_tx),
+            discarded: 0,
         }
     }
 
@@ -448,14 +440,25 @@ impl Aggregator {
         }
         self.malformed += batch.malformed;
         for r in batch.records {
-            let h = r.header();
+            let h = *r.header();
             if self.seen_pids.insert(h.pid) {
                 // Name and memory map now, while the process surely exists.
                 self.symbolizer.note_process(h.pid);
                 self.new_processes.push(proto::Process {
                     pid: h.pid,
                     comm: symbolize::process_comm(h.pid).unwrap_or_default(),
+                    since_ns: 0,
                 });
+            }
+            if let Record::Exec(_) = r {
+                // A new program: new memory map and name from now on.
+                self.symbolizer.exec(h.pid, h.ts_ns);
+                self.new_processes.push(proto::Process {
+                    pid: h.pid,
+                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
+                    since_ns: h.ts_ns,
+                });
+                continue;
             }
             if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
                 *c += 1;
@@ -476,6 +479,7 @@ impl Aggregator {
                 let h = r.header();
                 RawStack {
                     pid: h.pid,
+                    generation: self.symbolizer.generation(h.pid, h.ts_ns),
                     user: h.user_stack,
                     kernel: h.kernel_stack,
                 }
@@ -500,21 +504,29 @@ impl Aggregator {
             .zip(stack_ids)
             .map(|((cpu, r), stack)| to_event(cpu, &r, stack))
             .collect();
-        if !events.is_empty() {
-            self.events += events.len() as u64;
-            self.writer.write(Body::Events(proto::Events { events }))?;
-        }
-        self.write_counters()?;
-        if let Some(max) = self.max_size
-            && self.writer.size() >= max
-            && let Some(tx) = self.full_tx.take()
-        {
-            if !self.quiet {
-                eprintln!("\nbar-probe: the capture reached --max-size ({max} bytes); stopping");
+        // Blocks of bounded size, so that --max-size is kept to within one block.
+        for chunk in events.chunks(EVENTS_PER_BLOCK) {
+            if self.full_tx.is_none() {
+                self.discarded += chunk.len() as u64;
+                continue;
             }
-            let _ = tx.send(());
+            self.events += chunk.len() as u64;
+            self.writer.write(Body::Events(proto::Events {
+                events: chunk.to_vec(),
+            }))?;
+            if let Some(max) = self.max_size
+                && self.writer.size() >= max
+                && let Some(tx) = self.full_tx.take()
+            {
+                if !self.quiet {
+                    eprintln!(
+                        "\nbar-probe: the capture reached --max-size ({max} bytes); stopping"
+                    );
+                }
+                let _ = tx.send(());
+            }
         }
-        Ok(())
+        self.write_counters()
     }
 
     fn write_counters(&mut self) -> std::io::Result<()> {
@@ -531,6 +543,7 @@ impl Aggregator {
             malformed: self.malformed,
             offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
             tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
+            discarded_at_max_size: self.discarded,
         }))
     }
 
@@ -622,6 +635,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             dst_nid: n.dst_nid,
             what: n.what,
         })),
+        Record::Exec(_) => None,
         Record::NumaPages(p) => Some(Detail::NumaPages(proto::NumaPages {
             succeeded: p.succeeded,
             failed: p.failed,

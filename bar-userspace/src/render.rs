@@ -194,7 +194,7 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
                 .into_iter()
                 .take(10)
                 .map(|((pid, stack), h)| {
-                    let mut frames = vec![profile.comm(*pid)];
+                    let mut frames = vec![profile.name(*pid).to_owned()];
                     frames.extend(profile.stack_names(*stack));
                     json!({ "stack": frames.join(";"), "blocked_us": percentiles(h, P50_P99) })
                 })
@@ -247,6 +247,33 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
         }
     }
     v
+}
+
+/// Per-process totals, busiest first (at most 100; the count of all is kept).
+fn process_table(profile: &Profile) -> Value {
+    let mut rows: Vec<(u32, u64, _)> = profile
+        .per_process
+        .iter()
+        .map(|(pid, kinds)| (*pid, kinds.values().map(|v| v.0).sum(), kinds))
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<Value> = rows
+        .iter()
+        .take(100)
+        .map(|(pid, events, kinds)| {
+            let per_kind: BTreeMap<&str, Value> = kinds
+                .iter()
+                .map(|(v, (e, w))| (v.name(), json!({"events": e, "weight": w})))
+                .collect();
+            json!({
+                "pid": pid,
+                "comm": profile.comm_at(*pid, u64::MAX),
+                "events": events,
+                "kinds": per_kind,
+            })
+        })
+        .collect();
+    json!({ "count": rows.len(), "top": top })
 }
 
 /// The whole `summary.json`.
@@ -305,7 +332,9 @@ pub fn summary(profile: &Profile) -> Value {
             "total": profile.counters.lost_per_cpu.iter().sum::<u64>(),
             "per_cpu": profile.counters.lost_per_cpu,
             "malformed": profile.counters.malformed,
+            "discarded_at_max_size": profile.counters.discarded_at_max_size,
         },
+        "processes": process_table(profile),
         "symbols": SymbolSummary { stacks_lost, frames: profile.frames.len(), unresolved_frames: unresolved },
         "kinds": kinds,
         "phases": profile.markers.iter().map(|m| json!({"name": m.name, "at": rfc3339(profile.wall_ns(m.ts)), "end": m.end})).collect::<Vec<_>>(),
@@ -315,7 +344,7 @@ pub fn summary(profile: &Profile) -> Value {
 /// One JSON object per line for each TCP attempt or NUMA event, with wall-clock times.
 fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(View, Value)> {
     let at = rfc3339(profile.wall_ns(ev.ts));
-    let comm = profile.comm(ev.pid);
+    let comm = profile.comm_at(ev.pid, ev.ts);
     let stack = profile.stack_names(ev.stack);
     match &ev.detail {
         Some(Detail::Tcp(t)) => Some((

@@ -401,24 +401,27 @@ impl Offer {
         };
         let mut layout = Layout::unknown();
         let mut tracepoint_errors = Vec::new();
-        for family in families {
-            for point in family.chain() {
-                for prog in point.programs {
-                    let Prog::Tracepoint { category, name, .. } = prog else {
-                        continue;
-                    };
-                    let key = format!("{category}:{name}");
-                    if tracepoint_errors.iter().any(|(k, _)| *k == key) {
-                        continue;
-                    }
-                    let result = match &tracefs {
-                        Ok(dir) => layout::fill_tracepoint(&mut layout, dir, category, name),
-                        Err(e) => Err(e.clone()),
-                    };
-                    if let Err(e) = result {
-                        tracepoint_errors.push((key, e));
-                    }
-                }
+        // The tracepoints of every attach point of the families, and the exec tracker's.
+        let tracepoints = families
+            .iter()
+            .flat_map(|f| f.chain())
+            .flat_map(|p| p.programs)
+            .filter_map(|prog| match prog {
+                Prog::Tracepoint { category, name, .. } => Some((*category, *name)),
+                _ => None,
+            })
+            .chain([("sched", "sched_process_exec")]);
+        for (category, name) in tracepoints {
+            let key = format!("{category}:{name}");
+            if tracepoint_errors.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let result = match &tracefs {
+                Ok(dir) => layout::fill_tracepoint(&mut layout, dir, category, name),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = result {
+                tracepoint_errors.push((key, e));
             }
         }
         if let Ok(btf) = &btf {
@@ -591,6 +594,19 @@ impl Loaded {
             status.push(st);
         }
         status
+    }
+
+    /// Attaches the exec tracker every recording needs to symbolize processes that exec.
+    pub fn attach_exec_tracking(&mut self) -> Result<(), String> {
+        if let Some((_, e)) = self
+            .offer
+            .tracepoint_errors
+            .iter()
+            .find(|(k, _)| k == "sched:sched_process_exec")
+        {
+            return Err(e.clone());
+        }
+        attach_tracepoint(&mut self.ebpf, "bar_exec_tp", "sched", "sched_process_exec")
     }
 }
 
