@@ -10,9 +10,12 @@ use std::{
 use bar_ebpf_common::{kind, numa_task_kind, offcpu_reason};
 use hdrhistogram::Histogram;
 
-use crate::capture::{
-    Body, Damage, Reader,
-    proto::{self, event::Detail},
+use crate::{
+    capture::{
+        Body, Damage, Reader,
+        proto::{self, event::Detail},
+    },
+    phases::{self, Phase, PhaseError, WallPhase},
 };
 
 /// An output view: one folded file, one flame graph, one entry in `summary.json`.
@@ -51,6 +54,17 @@ impl View {
             kind::NUMA_TASK | kind::NUMA_PAGES => Self::Numa,
             _ => return None,
         })
+    }
+
+    /// Record kinds that make up the view.
+    pub const fn kinds(self) -> &'static [u32] {
+        match self {
+            Self::Cpu => &[kind::CPU],
+            Self::Offcpu => &[kind::OFFCPU],
+            Self::Faults => &[kind::FAULT],
+            Self::Tcp => &[kind::TCP],
+            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
+        }
     }
 
     /// What one unit of weight is.
@@ -127,6 +141,8 @@ pub struct ViewAgg {
     pub user_mode: u64,
     pub kernel_mode: u64,
     pub tcp: BTreeMap<String, TcpDest>,
+    /// TCP connect latency over every destination.
+    pub tcp_latency_us: Histogram<u64>,
     pub numa: NumaStats,
 }
 
@@ -142,6 +158,7 @@ impl Default for ViewAgg {
             user_mode: 0,
             kernel_mode: 0,
             tcp: BTreeMap::new(),
+            tcp_latency_us: new_histogram(),
             numa: NumaStats::default(),
         }
     }
@@ -277,7 +294,9 @@ impl ViewAgg {
                     "timed_out" => dest.timed_out += 1,
                     _ => dest.other += 1,
                 }
-                let _ = dest.latency_us.record((t.latency_ns / 1000).max(1));
+                let us = (t.latency_ns / 1000).max(1);
+                let _ = dest.latency_us.record(us);
+                let _ = self.tcp_latency_us.record(us);
             }
             Some(Detail::NumaTask(n)) => {
                 match n.what {
@@ -337,18 +356,74 @@ pub struct Profile {
     pub detail_events: Vec<proto::Event>,
     /// Per process (pid): events and weight per view.
     pub per_process: HashMap<u32, BTreeMap<View, (u64, u64)>>,
+    /// Phases, sorted and non-overlapping, and the views aggregated within each.
+    pub phases: Vec<Phase>,
+    pub phase_views: Vec<BTreeMap<View, ViewAgg>>,
+    /// Remarks on the phases (e.g. clipped to the capture).
+    pub phase_notes: Vec<String>,
+    /// Every counters block, in order, for losses per phase.
+    pub counter_series: Vec<proto::Counters>,
 }
 
 impl Profile {
-    /// Reads and aggregates a whole capture. A damaged file aggregates up to the damage, which
-    /// is kept in `damage`.
+    /// Reads and aggregates a whole capture, with the phases its markers define. A damaged file
+    /// aggregates up to the damage, which is kept in `damage`.
     pub fn from_reader(reader: &mut Reader) -> Self {
+        // Phases from markers always lie within the capture, so this cannot fail.
+        Self::load(reader, None).unwrap_or_default()
+    }
+
+    /// Reads and aggregates a capture in two passes: the first finds the time range and the
+    /// phases (from `file_phases` when given, else from the capture's markers), the second
+    /// aggregates every event into the whole-capture views and its phase's views.
+    pub fn load(
+        reader: &mut Reader,
+        file_phases: Option<&[WallPhase]>,
+    ) -> Result<Self, PhaseError> {
         let mut p = Self::default();
+        let mut markers = Vec::new();
+        let mut end = None;
+        let mut last_counters = None;
+        while let Some(body) = reader.next_block() {
+            match body {
+                Body::Meta(m) => p.meta = m,
+                Body::Marker(m) => markers.push(m),
+                Body::Trailer(t) => end = Some(t.end_ns),
+                Body::Counters(c) => last_counters = Some(c.ts),
+                _ => {}
+            }
+        }
+        let start = p.meta.start_ns;
+        let end = end.or(last_counters).unwrap_or(start).max(start);
+        let offset = p.meta.monotonic_to_realtime_ns;
+        let (phases, notes) = match file_phases {
+            Some(fp) => phases::fit_wall(fp, offset, start, end)?,
+            None => {
+                let wall = |t: u64| crate::render::rfc3339(i128::from(t) + i128::from(offset));
+                phases::fit(phases::from_markers(&markers, end), start, end, wall)?
+            }
+        };
+        p.phase_views = phases.iter().map(|_| BTreeMap::new()).collect();
+        p.phases = phases;
+        p.phase_notes = notes;
+        reader.rewind();
         while let Some(body) = reader.next_block() {
             p.add_block(body);
         }
         p.damage = reader.damage.clone();
-        p
+        Ok(p)
+    }
+
+    /// The phase an instant falls in.
+    pub fn phase_at(&self, ts: u64) -> Option<usize> {
+        let i = self.phases.partition_point(|ph| ph.start_ns <= ts);
+        (i > 0 && ts < self.phases[i - 1].end_ns).then(|| i - 1)
+    }
+
+    /// Loss counts (total, per kind) as of `ts`: the last counters read at or before it.
+    pub fn counters_at(&self, ts: u64) -> Option<&proto::Counters> {
+        let i = self.counter_series.partition_point(|c| c.ts <= ts);
+        i.checked_sub(1).map(|i| &self.counter_series[i])
     }
 
     pub fn add_block(&mut self, body: Body) {
@@ -369,7 +444,10 @@ impl Profile {
                     self.add_event(ev);
                 }
             }
-            Body::Counters(c) => self.counters = c,
+            Body::Counters(c) => {
+                self.counter_series.push(c.clone());
+                self.counters = c;
+            }
             Body::Marker(m) => self.markers.push(m),
             Body::Trailer(t) => self.trailer = Some(t),
         }
@@ -401,6 +479,12 @@ impl Profile {
             .or_default();
         totals.0 += 1;
         totals.1 += weight;
+        if let Some(i) = self.phase_at(ev.ts) {
+            self.phase_views[i]
+                .entry(view)
+                .or_default()
+                .add(ev, process);
+        }
         if matches!(view, View::Tcp | View::Numa) {
             self.detail_events.push(ev.clone());
         }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    evidence,
+    evidence, markers, phases,
     probe::{self, Family, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
@@ -74,6 +74,37 @@ pub enum Cmd {
         /// Output folder (default: the capture's folder).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Phases to cut the capture into, instead of the markers it holds: JSON
+        /// `[{"name","start","end"}]` or CSV `name,start,end`, times as RFC 3339 or Unix seconds.
+        #[arg(long)]
+        phases: Option<PathBuf>,
+    },
+    /// Send a phase marker to every running recording: NAME starts phase NAME (and ends the
+    /// phase before), `--end` ends it.
+    Mark {
+        name: String,
+        #[arg(long)]
+        end: bool,
+    },
+    /// Record through the phases of a load test, timing them itself: each `--phase NAME=DURATION`
+    /// (optionally `NAME=DURATION:COMMAND`, run for the phase's duration) follows the one before.
+    /// A LOAD_CMD after `--` runs through all phases; without --pid/--all/--cgroup, it is the
+    /// process recorded.
+    Run {
+        #[arg(long, short, conflicts_with_all = ["all", "cgroup"])]
+        pid: Option<u32>,
+        #[arg(long, conflicts_with = "cgroup")]
+        all: bool,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// A phase: NAME=DURATION or NAME=DURATION:COMMAND (e.g. spike=20s:'wrk -c 400 ...').
+        #[arg(long = "phase", required = true, value_parser = parse_planned_phase)]
+        phases: Vec<record::PlannedPhase>,
+        #[command(flatten)]
+        rec: RecordArgs,
+        /// A load command to run through every phase.
+        #[arg(last = true)]
+        load: Vec<String>,
     },
     /// A built-in workload with known behaviour (used by the demo, tests and benchmarks).
     #[command(hide = true)]
@@ -116,6 +147,41 @@ pub struct RecordArgs {
     /// Attach programs that only filter and return: measures the floor of bar's overhead.
     #[arg(long)]
     pub null: bool,
+    /// Phases to record as markers: JSON `[{"name","start","end"}]` or CSV `name,start,end`,
+    /// times as RFC 3339 or Unix seconds.
+    #[arg(long, value_parser = parse_phase_file)]
+    pub phases: Option<PhaseFile>,
+    /// Also read live markers (lines `NAME` or `NAME --end`) from this FIFO (created if missing).
+    #[arg(long)]
+    pub marker_fifo: Option<PathBuf>,
+}
+
+/// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
+#[derive(Debug, Clone)]
+pub struct PhaseFile(pub Vec<phases::WallPhase>);
+
+fn parse_phase_file(s: &str) -> Result<PhaseFile, String> {
+    phases::parse_file(Path::new(s))
+        .map(PhaseFile)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not NAME=DURATION or NAME=DURATION:COMMAND"))?;
+    let (dur, command) = match rest.split_once(':') {
+        Some((d, c)) => (d, Some(c.to_owned())),
+        None => (rest, None),
+    };
+    if name.is_empty() || name.contains(['/', ' ']) {
+        return Err(format!("'{name}' is not a phase name (no spaces or '/')"));
+    }
+    Ok(record::PlannedPhase {
+        name: name.to_owned(),
+        duration: parse_duration(dur)?,
+        command: command.filter(|c| !c.trim().is_empty()),
+    })
 }
 
 impl Method {
@@ -182,13 +248,21 @@ impl RecordArgs {
                 .unwrap_or_else(|| PathBuf::from(default_dir)),
             quiet: self.quiet,
             command_line: std::env::args().collect(),
+            phases: self.phases.clone().map(|p| p.0).unwrap_or_default(),
+            marker_fifo: self.marker_fifo.clone(),
+            plan: Vec::new(),
         }
     }
 }
 
 /// Records, then renders the capture into the same folder.
 fn record_and_report(opts: &RecordOptions) -> anyhow::Result<()> {
-    let recorded = record::record(opts)?;
+    record_and_report_then(opts, || {})
+}
+
+/// Records (calling `on_start` once recording), then renders the capture into the same folder.
+fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<()> {
+    let recorded = record::record(opts, on_start)?;
     let checksum = evidence::write_checksum(&recorded.capture)
         .with_context(|| format!("cannot checksum {}", recorded.capture.display()))?;
     let rep = report::report(&recorded.capture, &opts.out_dir)?;
@@ -247,13 +321,36 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             quiet,
         } => demo(output, duration, quiet)?,
-        Cmd::Report { capture, output } => {
+        Cmd::Mark { name, end } => {
+            let n = markers::send_all(&name, end)?;
+            eprintln!(
+                "bar-probe: marked {n} recording{}",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        Cmd::Run {
+            pid,
+            all,
+            cgroup,
+            phases,
+            rec,
+            load,
+        } => run_phases(pid, all, cgroup, phases, rec, &load)?,
+        Cmd::Report {
+            capture,
+            output,
+            phases,
+        } => {
             let out = output.unwrap_or_else(|| {
                 capture
                     .parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
             });
-            let rep = report::report(&capture, &out)?;
+            let phases = phases.map(|p| phases::parse_file(&p)).transpose()?;
+            let rep = report::report_with(&capture, &out, phases.as_deref())?;
+            for note in &rep.profile.phase_notes {
+                eprintln!("bar-probe: note: {note}");
+            }
             if let Some(d) = &rep.damage {
                 eprintln!(
                     "bar-probe: warning: {} is damaged, rendered what was valid: {d}",
@@ -267,6 +364,79 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Workload(args) => workload::run(&args)?,
     }
     Ok(0)
+}
+
+/// `bar-probe run`: records through timed phases, with a load command running through all of
+/// them (and recorded itself when no other target is named).
+fn run_phases(
+    pid: Option<u32>,
+    all: bool,
+    cgroup: Option<PathBuf>,
+    plan: Vec<record::PlannedPhase>,
+    rec: RecordArgs,
+    load: &[String],
+) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::process::CommandExt as _};
+    let total: Duration = plan.iter().map(|p| p.duration).sum();
+    // The load command waits on a pipe until the recording runs, then execs: its whole life is
+    // recorded, and the exec is followed like any other.
+    let mut gate = None;
+    let mut child = None;
+    if let Some((program, args)) = load.split_first() {
+        let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("read _ <&3; exec 3<&-; exec \"$@\"")
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .process_group(0);
+        let reader_fd = std::os::fd::OwnedFd::from(reader);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&reader_fd);
+        // SAFETY: dup2 in the child before exec, on a fd we keep open until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let c = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        drop(reader_fd);
+        gate = Some(writer);
+        child = Some(c);
+    }
+    let scope = match (pid, all, cgroup, &child) {
+        (Some(p), _, _, _) => Scope::Pid(p),
+        (None, true, _, _) => Scope::All,
+        (None, false, Some(cg), _) => Scope::Cgroup(cg),
+        (None, false, None, Some(c)) => Scope::Pid(c.id()),
+        (None, false, None, None) => {
+            bail!("say what to record: --pid, --all, --cgroup, or a load command after --")
+        }
+    };
+    let dir = match &scope {
+        Scope::Pid(p) => format!("bar-{p}-{}", now_stamp()),
+        _ => format!("bar-all-{}", now_stamp()),
+    };
+    let mut opts = rec.options(scope, dir);
+    opts.duration = Some(total);
+    opts.plan = plan;
+    let result = record_and_report_then(&opts, || {
+        if let Some(mut g) = gate.take() {
+            let _ = g.write_all(b"go\n");
+        }
+    });
+    if let Some(mut c) = child {
+        // The load ends with the last phase.
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
+        let _ = c.wait();
+    }
+    result
 }
 
 /// Starts the built-in workload as a child, records it, stops it.
@@ -297,6 +467,8 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         stack_map_size: bar_ebpf_common::DEFAULT_STACK_MAP_ENTRIES,
         avoid: Vec::new(),
         null: false,
+        phases: None,
+        marker_fifo: None,
     }
     .options(Scope::Pid(pid), String::new());
     rec.explicit = true;

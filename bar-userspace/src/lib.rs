@@ -16,6 +16,8 @@ pub mod cli;
 pub mod collect;
 pub mod evidence;
 pub mod info;
+pub mod markers;
+pub mod phases;
 pub mod probe;
 pub mod record;
 pub mod render;

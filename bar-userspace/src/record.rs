@@ -24,6 +24,8 @@ use tokio::{
 use crate::{
     capture::{Body, Writer, proto},
     collect::{self, Batch, ReaderOptions, Record},
+    markers,
+    phases::{self, WallPhase},
     probe::{self, Family, FamilyStatus, Method, ProbeOptions},
     symbolize::{self, RawStack, Symbolizer},
     system, target,
@@ -54,6 +56,20 @@ pub struct RecordOptions {
     pub out_dir: PathBuf,
     pub quiet: bool,
     pub command_line: Vec<String>,
+    /// Phases from a phase file, stored as markers at the start.
+    pub phases: Vec<WallPhase>,
+    /// A FIFO to read live markers from (created if missing).
+    pub marker_fifo: Option<PathBuf>,
+    /// Phases timed by the recording itself (`bar-probe run`), back to back from the start.
+    pub plan: Vec<PlannedPhase>,
+}
+
+/// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
+#[derive(Debug, Clone)]
+pub struct PlannedPhase {
+    pub name: String,
+    pub duration: Duration,
+    pub command: Option<String>,
 }
 
 pub struct Recorded {
@@ -75,8 +91,9 @@ fn prepare_out_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records until a stop condition; returns the capture's path.
-pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
+/// Records until a stop condition; returns the capture's path. `on_start` runs once the
+/// programs are attached and events flow (e.g. to release a load that waits for it).
+pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<Recorded> {
     let missing = system::missing_capabilities();
     if !missing.is_empty() {
         bail!(
@@ -99,6 +116,9 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         _ => (String::new(), 0),
     };
     prepare_out_dir(&opts.out_dir)?;
+    if let Some(fifo) = &opts.marker_fifo {
+        make_fifo(fifo)?;
+    }
 
     let mut loaded = probe::load(&ProbeOptions {
         families: opts.families.clone(),
@@ -125,25 +145,37 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (tx, rx) = mpsc::channel::<Batch>(4096);
+    let (tx, rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let readers = collect::spawn_readers(
             events,
             &cpus,
-            ReaderOptions { pages: opts.buffer_pages, min_interval: Duration::from_millis(10) },
+            ReaderOptions {
+                pages: opts.buffer_pages,
+                min_interval: Duration::from_millis(10),
+            },
             tx.clone(),
             stop_rx,
         )?;
         let status = loaded.attach();
         if let Err(e) = loaded.attach_exec_tracking() {
-            eprintln!("bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}");
+            eprintln!(
+                "bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}"
+            );
         }
         let attached = check_attached(&status, opts);
         let writer = attached.and_then(|()| {
-            Writer::create(&capture_path, meta(opts, &status, target_meta, cgroup, &cpus))
-                .with_context(|| format!("cannot write {}", capture_path.display()))
+            let meta = meta(opts, &status, target_meta, cgroup, &cpus);
+            let offset = meta.monotonic_to_realtime_ns;
+            let mut w = Writer::create(&capture_path, meta)
+                .with_context(|| format!("cannot write {}", capture_path.display()))?;
+            // Phases given as a file go in as markers, like live ones.
+            for m in phases::markers_of(&opts.phases, offset) {
+                w.write(Body::Marker(m))?;
+            }
+            Ok(w)
         });
         let writer = match writer {
             Ok(w) => w,
@@ -161,7 +193,10 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
-            .spawn(move || Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx).run(rx))?;
+            .spawn(move || {
+                Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx)
+                    .run(rx)
+            })?;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {
             let tx = tx.clone();
@@ -170,12 +205,16 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 let mut iv = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tokio::select! {
-                        _ = iv.tick() => { if tx.send(Batch { cpu: u32::MAX, ..Batch::default() }).await.is_err() { return } }
+                        _ = iv.tick() => { if tx.send(Input::Tick).await.is_err() { return } }
                         _ = stop.changed() => return,
                     }
                 }
             })
         };
+        let mut marker_tasks = spawn_marker_sources(opts, &tx, &stop_tx);
+        if !opts.plan.is_empty() {
+            marker_tasks.push(tokio::spawn(run_plan(opts.plan.clone(), tx.clone())));
+        }
         drop(tx);
         if !opts.quiet {
             let what = match &opts.scope {
@@ -183,8 +222,12 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 Scope::All => "all processes".into(),
                 Scope::Cgroup(c) => format!("cgroup {}", c.display()),
             };
-            eprintln!("bar-probe: recording {what} into {} (Ctrl-C to stop)", opts.out_dir.display());
+            eprintln!(
+                "bar-probe: recording {what} into {} (Ctrl-C to stop)",
+                opts.out_dir.display()
+            );
         }
+        on_start();
         let reason = wait_for_stop(opts.duration, pidfd, full_rx).await?;
         // Detach first so nothing new is produced, then let every reader drain once more.
         drop(loaded);
@@ -193,6 +236,10 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
             let _ = r.await;
         }
         let _ = ticker.await;
+        for t in marker_tasks {
+            t.abort();
+            let _ = t.await;
+        }
         anyhow::Ok((reason, status, agg_thread))
     });
     let (reason, status, agg_thread) = outcome?;
@@ -219,6 +266,161 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         events,
         lost,
     })
+}
+
+fn make_fifo(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => Ok(()),
+        Ok(_) => bail!("{} exists and is not a FIFO", path.display()),
+        Err(_) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                bail!(
+                    "cannot create FIFO {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Times the phases of `bar-probe run`: a marker at the start of each, its command (if any) run
+/// for its duration in its own process group, and an end marker after the last.
+async fn run_plan(plan: Vec<PlannedPhase>, tx: mpsc::Sender<Input>) {
+    let marker = |name: &str, end| {
+        Input::Marker(proto::Marker {
+            name: name.to_owned(),
+            ts: system::monotonic_ns(),
+            end,
+        })
+    };
+    let mut last = None;
+    for phase in plan {
+        if tx.send(marker(&phase.name, false)).await.is_err() {
+            return;
+        }
+        let child = phase.command.as_ref().and_then(|c| {
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| eprintln!("bar-probe: phase {}: cannot run `{c}`: {e}", phase.name))
+                .ok()
+        });
+        tokio::time::sleep(phase.duration).await;
+        if let Some(mut child) = child {
+            if let Some(id) = child.id() {
+                // SAFETY: signalling the process group created for this command.
+                unsafe { libc::kill(-(id as i32), libc::SIGTERM) };
+            }
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        last = Some(phase.name);
+    }
+    if let Some(name) = last {
+        let _ = tx.send(marker(&name, true)).await;
+    }
+}
+
+/// What the aggregator thread receives.
+enum Input {
+    Batch(Batch),
+    Marker(proto::Marker),
+    /// Time passes: flush and print status even when no event arrives.
+    Tick,
+}
+
+impl From<Batch> for Input {
+    fn from(b: Batch) -> Self {
+        Self::Batch(b)
+    }
+}
+
+/// Starts the live marker sources: this recording's socket (for `bar-probe mark`) and the
+/// `--marker-fifo`, if any. Both turn lines into markers stamped on arrival.
+fn spawn_marker_sources(
+    opts: &RecordOptions,
+    tx: &mpsc::Sender<Input>,
+    stop: &watch::Sender<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut tasks = Vec::new();
+    let lines_to_markers = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                            tx: mpsc::Sender<Input>| async move {
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let sent = match markers::parse_line(&line, system::monotonic_ns()) {
+                Some(Ok(m)) => tx.send(Input::Marker(m)).await.is_ok(),
+                Some(Err(e)) => {
+                    eprintln!("bar-probe: ignored marker: {e}");
+                    true
+                }
+                None => true,
+            };
+            if !sent {
+                return;
+            }
+        }
+    };
+    match markers::Listener::bind() {
+        Ok(listener) => {
+            let tx = tx.clone();
+            let mut stop = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        conn = listener.listener.accept() => {
+                            if let Ok((stream, _)) = conn {
+                                tokio::spawn(lines_to_markers(Box::new(stream), tx.clone()));
+                            }
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+        }
+        Err(e) if !opts.quiet => {
+            eprintln!(
+                "bar-probe: warning: no live markers (`bar-probe mark`) for this recording: cannot listen in {}: {e}",
+                markers::DIR
+            );
+        }
+        Err(_) => {}
+    }
+    if let Some(fifo) = &opts.marker_fifo {
+        let tx = tx.clone();
+        let fifo = fifo.clone();
+        tasks.push(tokio::spawn(async move {
+            // Reopen after each writer closes, so several tools can write in turn.
+            loop {
+                match tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_receiver(&fifo)
+                {
+                    Ok(rx) => lines_to_markers(Box::new(rx), tx.clone()).await,
+                    Err(e) => {
+                        eprintln!(
+                            "bar-probe: warning: cannot read markers from {}: {e}",
+                            fifo.display()
+                        );
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    tasks
 }
 
 /// Refuses a recording where a family the user asked for cannot attach; says which families
@@ -414,9 +616,19 @@ impl Aggregator {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> std::io::Result<((u64, u64), Writer)> {
-        while let Some(batch) = rx.blocking_recv() {
-            self.take(batch);
+    fn run(mut self, mut rx: mpsc::Receiver<Input>) -> std::io::Result<((u64, u64), Writer)> {
+        while let Some(input) = rx.blocking_recv() {
+            match input {
+                Input::Batch(batch) => self.take(batch),
+                Input::Marker(m) => {
+                    if !self.quiet {
+                        let what = if m.end { "ends" } else { "starts" };
+                        eprintln!("\nbar-probe: phase {} {what}", m.name);
+                    }
+                    self.writer.write(Body::Marker(m))?;
+                }
+                Input::Tick => {}
+            }
             if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
                 self.flush()?;
             }
@@ -432,9 +644,6 @@ impl Aggregator {
     }
 
     fn take(&mut self, batch: Batch) {
-        if batch.cpu == u32::MAX {
-            return;
-        }
         if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
             *l += batch.lost;
         }
@@ -544,6 +753,7 @@ impl Aggregator {
             offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
             tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
             discarded_at_max_size: self.discarded,
+            ts: system::monotonic_ns(),
         }))
     }
 

@@ -134,16 +134,7 @@ struct SymbolSummary {
 fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
     let meta = &profile.meta;
     let family = meta.families.iter().find(|f| f.name == view.name());
-    let kinds: &[u32] = match view {
-        View::Cpu => &[bar_ebpf_common::kind::CPU],
-        View::Offcpu => &[bar_ebpf_common::kind::OFFCPU],
-        View::Faults => &[bar_ebpf_common::kind::FAULT],
-        View::Tcp => &[bar_ebpf_common::kind::TCP],
-        View::Numa => &[
-            bar_ebpf_common::kind::NUMA_TASK,
-            bar_ebpf_common::kind::NUMA_PAGES,
-        ],
-    };
+    let kinds = view.kinds();
     let lost: u64 = kinds
         .iter()
         .map(|&k| {
@@ -337,8 +328,74 @@ pub fn summary(profile: &Profile) -> Value {
         "processes": process_table(profile),
         "symbols": SymbolSummary { stacks_lost, frames: profile.frames.len(), unresolved_frames: unresolved },
         "kinds": kinds,
-        "phases": profile.markers.iter().map(|m| json!({"name": m.name, "at": rfc3339(profile.wall_ns(m.ts)), "end": m.end})).collect::<Vec<_>>(),
+        "phases": phase_table(profile),
+        "phase_notes": profile.phase_notes,
     })
+}
+
+/// Per phase: its time range, and per kind the events, their rate, the losses within it and
+/// the latency percentiles of off-CPU and TCP.
+fn phase_table(profile: &Profile) -> Value {
+    let losses = |ts: u64| {
+        profile.counters_at(ts).map_or((0, Vec::new()), |c| {
+            (
+                c.lost_per_cpu.iter().sum::<u64>(),
+                c.dropped_per_kind.clone(),
+            )
+        })
+    };
+    let rows: Vec<Value> = profile
+        .phases
+        .iter()
+        .zip(&profile.phase_views)
+        .map(|(ph, views)| {
+            let secs = (ph.end_ns - ph.start_ns) as f64 / 1e9;
+            let (lost0, dropped0) = losses(ph.start_ns);
+            let (lost1, dropped1) = losses(ph.end_ns);
+            let dropped = |k: u32| {
+                let at = |v: &Vec<u64>| v.get(k as usize).copied().unwrap_or(0);
+                at(&dropped1).saturating_sub(at(&dropped0))
+            };
+            let kinds: BTreeMap<&str, Value> = views
+                .iter()
+                .map(|(view, agg)| {
+                    let mut k = json!({
+                        "events": agg.events,
+                        "events_per_s": if secs > 0.0 { agg.events as f64 / secs } else { 0.0 },
+                        "weight": agg.weight,
+                        "lost": view.kinds().iter().map(|&k| dropped(k)).sum::<u64>(),
+                    });
+                    let obj = k.as_object_mut().unwrap_or_else(|| unreachable!());
+                    match view {
+                        View::Offcpu => {
+                            obj.insert("blocked_us".into(), percentiles(&agg.blocked_us, P50_P99));
+                            obj.insert(
+                                "preempted_us".into(),
+                                percentiles(&agg.preempted_us, P50_P99),
+                            );
+                        }
+                        View::Tcp => {
+                            obj.insert(
+                                "latency_us".into(),
+                                percentiles(&agg.tcp_latency_us, P50_P90_P99),
+                            );
+                        }
+                        _ => {}
+                    }
+                    (view.name(), k)
+                })
+                .collect();
+            json!({
+                "name": ph.name,
+                "start": rfc3339(profile.wall_ns(ph.start_ns)),
+                "end": rfc3339(profile.wall_ns(ph.end_ns)),
+                "duration_s": secs,
+                "lost": lost1.saturating_sub(lost0),
+                "kinds": kinds,
+            })
+        })
+        .collect();
+    json!(rows)
 }
 
 /// One JSON object per line for each TCP attempt or NUMA event, with wall-clock times.
@@ -422,6 +479,26 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let path = dir.join(format!("{}.jsonl", view.name()));
         write_lines(&path, &lines)?;
         written.push(path);
+    }
+    for (phase, views) in profile.phases.iter().zip(&profile.phase_views) {
+        let pdir = dir.join("phases").join(&phase.name);
+        fs::create_dir_all(&pdir)?;
+        for view in &recorded {
+            let agg = views.get(view).unwrap_or(&empty);
+            let lines = profile.folded(agg);
+            let folded = pdir.join(format!("{}.folded", view.name()));
+            write_lines(&folded, &lines)?;
+            written.push(folded);
+            let svg = pdir.join(format!("{}.svg", view.name()));
+            let title = format!(
+                "bar {} ({}), phase {}",
+                view.name(),
+                view.unit(),
+                phase.name
+            );
+            write_svg(&svg, &lines, flame_options(profile, *view, &title))?;
+            written.push(svg);
+        }
     }
     let path = dir.join("summary.json");
     let text = serde_json::to_string_pretty(&summary(profile)).map_err(io::Error::other)?;

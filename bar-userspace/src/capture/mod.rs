@@ -171,6 +171,15 @@ impl Reader {
         })
     }
 
+    /// Starts over from the first block (the file is held in memory).
+    pub fn rewind(&mut self) {
+        self.pos = FILE_HEADER_LEN;
+        self.block = 0;
+        self.crc = crc32fast::Hasher::new();
+        self.damage = None;
+        self.complete = false;
+    }
+
     fn fail(&mut self, reason: impl Into<String>) -> Option<Body> {
         self.damage = Some(Damage {
             offset: self.pos as u64,

@@ -303,6 +303,9 @@ pub struct Counters {
     /// Records received after the capture reached --max-size, not written.
     #[prost(uint64, tag = "6")]
     pub discarded_at_max_size: u64,
+    /// CLOCK_MONOTONIC when these counts were read.
+    #[prost(uint64, tag = "7")]
+    pub ts: u64,
 }
 
 /// A phase marker: `name` starts at `ts` (or ends there when `end`).
