@@ -1,7 +1,9 @@
 //! Built-in workloads: processes with known behaviour in functions with telling names, for the
 //! demo, the integration tests and the benchmarks. Each prints one JSON line to stdout with
 //! what it did (pages touched, sleeps, connects...), so a test can compare bar's view with the
-//! truth. Functions are `#[inline(never)]` so they keep their own frames.
+//! truth, and `elapsed_us`, the time its work took (from the go signal of `--wait` to the end),
+//! which the benchmarks compare traced and untraced. Functions are `#[inline(never)]` so they
+//! keep their own frames.
 
 use std::{
     hint::black_box,
@@ -16,9 +18,9 @@ use serde_json::json;
 pub enum Workload {
     /// Burns CPU in `burn_cpu_hot_loop` and page-faults in `touch_fresh_pages` (the demo).
     Demo,
-    /// Burns CPU in `burn_cpu_hot_loop`.
+    /// Burns CPU in `burn_cpu_hot_loop`: `--count` million iterations, or for `--seconds`.
     Cpu,
-    /// Touches `--count` fresh pages in `touch_fresh_pages`.
+    /// Touches `--count` fresh pages in `touch_fresh_pages` (at `--rate` pages per second).
     Faults,
     /// Sleeps `--count` times for `--micros` in `sleep_in_named_function`.
     Sleep,
@@ -26,7 +28,8 @@ pub enum Workload {
     Preempt,
     /// `--count` connects to a loopback listener and `--refused` to a closed port.
     Tcp,
-    /// Two threads ping-ponging a byte over pipes `--count` times (context-switch storm).
+    /// Two threads ping-ponging a byte over pipes `--count` times (context-switch storm), at
+    /// `--rate` round trips per second.
     Pingpong,
     /// Migrates its own pages with migrate_pages(2) and asks the kernel to compact memory.
     Migrate,
@@ -47,9 +50,13 @@ pub struct WorkloadArgs {
     /// Length of each sleep (sleep).
     #[arg(long, default_value_t = 1000)]
     pub micros: u64,
-    /// Run for this long instead of a count (cpu, demo, preempt, phases per phase).
+    /// Run for this long instead of a count (cpu, demo, preempt, phases per phase; faults and
+    /// pingpong with `--rate`: the count is rate x seconds).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Units of work per second, spread evenly (faults, pingpong); default: as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Wait for a line on stdin before starting, so a tracer can attach first.
     #[arg(long)]
     pub wait: bool,
@@ -146,8 +153,33 @@ pub fn phase_b_render(until: Instant) -> u64 {
     n
 }
 
+/// Spreads `total` units of work over time at `rate` per second (as fast as possible without a
+/// rate): calls `work(n)` with the units due since the last call, in slices of about a
+/// millisecond, and sleeps when ahead.
+fn paced(total: u64, rate: Option<f64>, mut work: impl FnMut(u64)) {
+    let Some(rate) = rate.filter(|r| *r > 0.0) else {
+        work(total);
+        return;
+    };
+    let start = Instant::now();
+    let slice = ((rate / 1000.0) as u64).max(1);
+    let mut done = 0;
+    while done < total {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        if due > done {
+            // Behind: catch up a slice at a time, so the clock is read often.
+            let n = (due - done).min(slice);
+            work(n);
+            done += n;
+        } else {
+            let next = Duration::from_secs_f64((done + slice.min(total - done)) as f64 / rate);
+            std::thread::sleep(next.saturating_sub(start.elapsed()));
+        }
+    }
+}
+
 #[inline(never)]
-fn ping_pong_round_trips(count: u64) -> u64 {
+fn ping_pong_round_trips(count: u64, rate: Option<f64>) -> u64 {
     let mut a = [0i32; 2];
     let mut b = [0i32; 2];
     // SAFETY: valid out arrays.
@@ -167,13 +199,15 @@ fn ping_pong_round_trips(count: u64) -> u64 {
         }
     });
     let mut byte = [7u8; 1];
-    for _ in 0..count {
-        // SAFETY: valid fds and buffer.
-        unsafe {
-            libc::write(a_write, byte.as_ptr().cast(), 1);
-            libc::read(b_read, byte.as_mut_ptr().cast(), 1);
+    paced(count, rate, |n| {
+        for _ in 0..n {
+            // SAFETY: valid fds and buffer.
+            unsafe {
+                libc::write(a_write, byte.as_ptr().cast(), 1);
+                libc::read(b_read, byte.as_mut_ptr().cast(), 1);
+            }
         }
-    }
+    });
     let _ = peer.join();
     count
 }
@@ -214,10 +248,20 @@ fn wait_for_go() {
     let _ = std::io::stdin().lock().read_line(&mut line);
 }
 
-fn report(v: &serde_json::Value) {
+/// Prints the workload's JSON line, with the time its work took.
+fn report(mut v: serde_json::Value, start: Instant) {
+    v["elapsed_us"] = json!(start.elapsed().as_micros() as u64);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
+}
+
+/// Units of work: `--count`, or rate x seconds when both `--rate` and `--seconds` are given.
+fn counted(args: &WorkloadArgs) -> u64 {
+    match (args.rate, args.seconds) {
+        (Some(rate), Some(secs)) => (rate * secs) as u64,
+        _ => args.count,
+    }
 }
 
 pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
@@ -234,25 +278,37 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 spins += black_box(burn_cpu_hot_loop(2_000_000)) & 1;
                 pages += touch_fresh_pages(256);
             }
-            report(&json!({"workload": "demo", "spins": spins, "pages": pages}));
+            report(
+                json!({"workload": "demo", "spins": spins, "pages": pages}),
+                start,
+            );
         }
         Workload::Cpu => {
-            let end = until(10.0);
             let mut n = 0u64;
-            while Instant::now() < end {
-                n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
+            if args.seconds.is_some() {
+                let end = until(0.0);
+                while Instant::now() < end {
+                    n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
+                }
+            } else {
+                // A fixed amount of work, so that a slowdown shows as a longer run.
+                for _ in 0..args.count {
+                    n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
+                }
             }
-            report(&json!({"workload": "cpu", "result": n & 1}));
+            report(json!({"workload": "cpu", "result": n & 1}), start);
         }
         Workload::Faults => {
             let mut pages = 0;
-            let mut left = args.count as usize;
-            while left > 0 {
-                let chunk = left.min(1024);
-                pages += touch_fresh_pages(chunk);
-                left -= chunk;
-            }
-            report(&json!({"workload": "faults", "pages": pages}));
+            paced(counted(args), args.rate, |n| {
+                let mut left = n as usize;
+                while left > 0 {
+                    let chunk = left.min(1024);
+                    pages += touch_fresh_pages(chunk);
+                    left -= chunk;
+                }
+            });
+            report(json!({"workload": "faults", "pages": pages}), start);
         }
         Workload::Sleep => {
             let d = Duration::from_micros(args.micros);
@@ -260,8 +316,9 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 sleep_in_named_function(d);
             }
             report(
-                &json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
-                           "total_us": args.count * args.micros, "elapsed_us": start.elapsed().as_micros() as u64}),
+                json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
+                           "total_us": args.count * args.micros}),
+                start,
             );
         }
         Workload::Preempt => {
@@ -281,7 +338,7 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             for t in threads {
                 let _ = t.join();
             }
-            report(&json!({"workload": "preempt"}));
+            report(json!({"workload": "preempt"}), start);
         }
         Workload::Tcp => {
             let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -300,17 +357,21 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 refused += u64::from(connect_to_closed_port(closed));
             }
             report(
-                &json!({"workload": "tcp", "listener": addr.to_string(), "closed": closed.to_string(),
+                json!({"workload": "tcp", "listener": addr.to_string(), "closed": closed.to_string(),
                            "established": ok, "refused": refused}),
+                start,
             );
         }
         Workload::Pingpong => {
-            let n = ping_pong_round_trips(args.count);
-            report(&json!({"workload": "pingpong", "round_trips": n}));
+            let n = ping_pong_round_trips(counted(args), args.rate);
+            report(json!({"workload": "pingpong", "round_trips": n}), start);
         }
         Workload::Migrate => {
             let (pages, compacted) = migrate_own_pages(args.count as usize);
-            report(&json!({"workload": "migrate", "pages": pages, "compacted": compacted}));
+            report(
+                json!({"workload": "migrate", "pages": pages, "compacted": compacted}),
+                start,
+            );
         }
         Workload::Phases => {
             let each = args.seconds.unwrap_or(2.0);
@@ -320,9 +381,12 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             let b_start_wall = jiff::Timestamp::now();
             black_box(phase_b_render(a_end + Duration::from_secs_f64(each)));
             let b_end_wall = jiff::Timestamp::now();
-            report(&json!({"workload": "phases",
+            report(
+                json!({"workload": "phases",
                            "phases": [{"name": "A", "start": a_start_wall.to_string(), "end": b_start_wall.to_string()},
-                                      {"name": "B", "start": b_start_wall.to_string(), "end": b_end_wall.to_string()}]}));
+                                      {"name": "B", "start": b_start_wall.to_string(), "end": b_end_wall.to_string()}]}),
+                start,
+            );
         }
     }
     Ok(())
