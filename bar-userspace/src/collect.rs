@@ -2,12 +2,12 @@
 //! defined in bar-ebpf-common and hands them on in batches. Buffer overflows arrive as perf
 //! "lost" records and are counted per CPU.
 
-use std::{mem::size_of, ptr, time::Duration};
+mod ring;
 
-use aya::maps::{
-    MapData,
-    perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
-};
+use std::{mem::size_of, os::fd::AsFd as _, ptr, time::Duration};
+
+use self::ring::{PerfRing, RingEvent};
+use aya::maps::MapData;
 use bar_ebpf_common::{
     FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, TcpRecord, kind,
 };
@@ -101,19 +101,20 @@ pub struct Batch {
 pub struct ReaderOptions {
     /// Pages per CPU buffer (a power of two).
     pub pages: usize,
-    /// After a drain, a reader waits this long before draining again, so that a storm of
-    /// events costs a few wakeups per second rather than one per event.
-    pub min_interval: Duration,
+    /// A reader drains its buffer this often, and earlier when the buffer is half full: the
+    /// kernel signals the reader only then, so a storm of events costs a few wakeups per
+    /// second rather than one per event.
+    pub interval: Duration,
 }
 
-fn drain(buf: &mut PerfEventArrayBuffer<MapData>, cpu: u32) -> Batch {
+fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
     let mut batch = Batch {
         cpu,
         ..Batch::default()
     };
     let mut scratch = [0u8; 256];
-    buf.for_each(|event| match event {
-        PerfEvent::Sample { head, tail } => {
+    buf.drain(|event| match event {
+        RingEvent::Sample { head, tail } => {
             let len = head.len() + tail.len();
             // A record that straddles the end of the ring comes in two pieces.
             let bytes = if tail.is_empty() {
@@ -131,15 +132,15 @@ fn drain(buf: &mut PerfEventArrayBuffer<MapData>, cpu: u32) -> Batch {
                 Err(_) => batch.malformed += 1,
             }
         }
-        PerfEvent::Lost { count } => batch.lost += count,
+        RingEvent::Lost(count) => batch.lost += count,
     });
     batch
 }
 
-/// Opens a buffer per CPU and spawns its reader, which sends its batches as `T`. Readers drain
-/// one last time and end when `stop` turns true.
+/// Opens a buffer per CPU, puts it in the `EVENTS` perf event array and spawns its reader,
+/// which sends its batches as `T`. Readers drain one last time and end when `stop` turns true.
 pub fn spawn_readers<T: From<Batch> + Send + 'static>(
-    mut events: PerfEventArray<MapData>,
+    events: &MapData,
     cpus: &[u32],
     opts: ReaderOptions,
     tx: mpsc::Sender<T>,
@@ -147,8 +148,8 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
     for &cpu in cpus {
-        let buf = events
-            .open(cpu, Some(opts.pages))
+        let buf = PerfRing::open(cpu, opts.pages)
+            .and_then(|ring| ring.insert_into(events.fd().as_fd(), cpu).map(|()| ring))
             .map_err(|e| anyhow::anyhow!("opening the perf buffer of CPU {cpu} failed: {e}"))?;
         // SAFETY: the buffer owns its perf event fd until it is dropped with the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(buf, Interest::READABLE) }
@@ -165,6 +166,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                             Err(_) => true,
                         }
                     }
+                    () = tokio::time::sleep(opts.interval) => false,
                     _ = stop.changed() => true,
                 };
                 let batch = drain(fd.get_mut(), cpu);
@@ -175,14 +177,6 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                 }
                 if stopping || *stop.borrow() {
                     return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(opts.min_interval) => {}
-                    _ = stop.changed() => {
-                        let batch = drain(fd.get_mut(), cpu);
-                        let _ = tx.send(T::from(batch)).await;
-                        return;
-                    }
                 }
             }
         }));

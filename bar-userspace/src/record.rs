@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, PerCpuArray, StackTraceMap, perf::PerfEventArray};
+use aya::maps::{Map, MapData, PerCpuArray, StackTraceMap};
 use bar_ebpf_common::{counter, kind, maps};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -135,7 +135,11 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from the object"))
     };
-    let events = PerfEventArray::try_from(take(&mut loaded.ebpf, maps::EVENTS)?)?;
+    // The perf buffers are bar's own (collect::ring), put into the map by the readers.
+    let events = match take(&mut loaded.ebpf, maps::EVENTS)? {
+        Map::PerfEventArray(data) => data,
+        _ => bail!("map {} is not a perf event array", maps::EVENTS),
+    };
     let stacks = StackTraceMap::try_from(take(&mut loaded.ebpf, maps::STACKS)?)?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
@@ -150,11 +154,11 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let readers = collect::spawn_readers(
-            events,
+            &events,
             &cpus,
             ReaderOptions {
                 pages: opts.buffer_pages,
-                min_interval: Duration::from_millis(10),
+                interval: Duration::from_millis(10),
             },
             tx.clone(),
             stop_rx,
