@@ -12,6 +12,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Stack traces referenced by id from records.
     pub const STACKS: &str = "STACKS";
+    /// User stacks the programs walk themselves, keyed by [`crate::USER_STACK_KEY`] ids.
+    pub const USER_STACKS: &str = "USER_STACKS";
     /// Per-CPU counters, indexed by [`crate::counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Off-CPU: the switch-out state of target threads, keyed by thread id.
@@ -27,6 +29,31 @@ pub const CONFIG_GLOBAL: &str = "BAR_CONFIG";
 /// frames); 32768 entries is 32 MiB of locked kernel memory, enough for tens of thousands of
 /// distinct stacks before collisions show up as `[stack lost]` frames.
 pub const DEFAULT_STACK_MAP_ENTRIES: u32 = 32768;
+/// Frames of a user stack, as many as a stack map entry holds.
+pub const USER_STACK_FRAMES: usize = 127;
+/// A stack id with this bit set is the key of a [`UserStack`] in `USER_STACKS` (a walk of the
+/// user frame pointers by bar's programs); without it, an id in `STACKS` (`bpf_get_stackid`).
+/// Stack map ids are below the map's size, far below this bit.
+pub const USER_STACK_KEY: u32 = 1 << 30;
+
+/// Words of `struct pt_regs` the programs read to find the user registers (all of it on
+/// x86-64); offsets beyond are not used.
+pub const PT_REGS_WORDS: usize = 21;
+
+/// A user stack as bar's programs walk it: the instruction pointer at entry to the kernel,
+/// then the return addresses of the frames, innermost first (as in a stack map entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    /// Frames in `ips`.
+    pub nr: u32,
+    pub _pad: u32,
+    /// 64-bit hash of the frames: the map key is 30 bits of it, so two stacks under one key
+    /// are told apart by this without comparing frames.
+    pub hash: u64,
+    pub ips: [u64; USER_STACK_FRAMES],
+}
+
 /// Threads that can be off-CPU at once in the off-CPU start map (LRU: the oldest is evicted).
 pub const OFFCPU_MAP_ENTRIES: u32 = 65536;
 /// TCP connects that can be in flight at once.
@@ -272,6 +299,8 @@ pub struct Layout {
     pub skc_v6_rcv_saddr: u32,
     pub skc_state: u32,
     pub pt_regs_ip: u32,
+    pub pt_regs_bp: u32,
+    pub pt_regs_cs: u32,
     pub _pad: u32,
 }
 
@@ -328,6 +357,8 @@ impl Layout {
             skc_v6_rcv_saddr: u,
             skc_state: u,
             pt_regs_ip: u,
+            pt_regs_bp: u,
+            pt_regs_cs: u,
             _pad: 0,
         }
     }
@@ -349,7 +380,10 @@ pub struct Config {
     /// Non-zero: programs return right after the filter without recording anything. This is the
     /// floor against which the cost of recording is measured.
     pub null_mode: u32,
-    pub _pad: u32,
+    /// Non-zero: programs walk user frame pointers themselves into `USER_STACKS` (the kernel
+    /// has `bpf_task_pt_regs` and the layout has the `pt_regs` offsets); zero: user stacks
+    /// come from `bpf_get_stackid`.
+    pub user_walk: u32,
     pub layout: Layout,
 }
 
@@ -361,7 +395,7 @@ impl Config {
             cgroup_id: 0,
             min_block_ns: 0,
             null_mode: 0,
-            _pad: 0,
+            user_walk: 0,
             layout: Layout::unknown(),
         }
     }
@@ -392,15 +426,16 @@ const _: () = {
     assert!(size_of::<TcpStart>() == 24);
     assert!(size_of::<NumaTaskRecord>() == 56);
     assert!(size_of::<NumaPagesRecord>() == 80);
-    assert!(size_of::<Layout>() == 46 * 4);
-    assert!(size_of::<Config>() == 32 + 46 * 4);
+    assert!(size_of::<Layout>() == 48 * 4);
+    assert!(size_of::<Config>() == 32 + 48 * 4);
+    assert!(size_of::<UserStack>() == 16 + USER_STACK_FRAMES * 8);
 };
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
         Config, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, OffCpuStart,
-        TcpRecord, TcpStart,
+        TcpRecord, TcpStart, UserStack,
     };
 
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
@@ -414,4 +449,5 @@ mod user {
     unsafe impl aya::Pod for TcpStart {}
     unsafe impl aya::Pod for NumaTaskRecord {}
     unsafe impl aya::Pod for NumaPagesRecord {}
+    unsafe impl aya::Pod for UserStack {}
 }

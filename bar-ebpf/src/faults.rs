@@ -1,19 +1,30 @@
 //! Page faults of the target. Preferred: `tp_btf` on the x86 `page_fault_user` /
 //! `page_fault_kernel` tracepoints (arguments passed directly, no record formatting); fallback:
 //! the same tracepoints as classic tracepoints, whose field offsets come from tracefs.
-//! Both run before the fault is handled, so the kernel stack is the fault entry path.
+//! Both run before the fault is handled, so the kernel stack is the fault entry path. For a
+//! fault taken in user mode that path is always the same (`asm_exc_page_fault`,
+//! `exc_page_fault`, then the tracepoint), so its kernel stack is walked once per CPU and its
+//! id reused; a kernel-mode fault's stack (which kernel code touched user memory) is walked
+//! every time.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bar_ebpf_common::{FaultRecord, fault_flag, kind};
 
-use crate::shared::{current_header, emit, in_stack_walk, null_mode, offset, read, traced_current};
+use crate::shared::{
+    KernelStack, emit, header_with, in_stack_walk, null_mode, offset, read, traced_current,
+};
+
+/// The kernel stack id of a user-mode fault on this CPU, plus one (see [`KernelStack`]).
+#[map]
+static USER_FAULT_KSTACK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn record<C: StackIdContext>(
@@ -24,8 +35,13 @@ fn record<C: StackIdContext>(
     error_code: u64,
     flags: u32,
 ) {
+    let kernel = if flags & fault_flag::USER_MODE != 0 {
+        KernelStack::OncePerCpu(&USER_FAULT_KSTACK)
+    } else {
+        KernelStack::Walk
+    };
     let record = FaultRecord {
-        header: current_header(ctx, kind::FAULT, pid_tgid),
+        header: header_with(ctx, kind::FAULT, pid_tgid, kernel),
         address,
         ip,
         error_code: error_code as u32,

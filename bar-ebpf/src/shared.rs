@@ -5,13 +5,19 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_CURRENT_CPU, BPF_F_USER_STACK},
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_output},
+    bindings::{BPF_F_CURRENT_CPU, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_output,
+        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    },
     macros::map,
-    maps::{PerCpuArray, PerfEventArray, StackTrace},
+    maps::{HashMap, PerCpuArray, PerfEventArray, StackTrace},
     programs::tracing::StackIdContext,
 };
-use bar_ebpf_common::{Config, DEFAULT_STACK_MAP_ENTRIES, Header, counter};
+use bar_ebpf_common::{
+    Config, DEFAULT_STACK_MAP_ENTRIES, Header, PT_REGS_WORDS, USER_STACK_FRAMES, USER_STACK_KEY,
+    UserStack, counter,
+};
 
 #[unsafe(no_mangle)]
 pub(crate) static BAR_CONFIG: Config = Config::new();
@@ -31,6 +37,33 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// sample can interrupt a fault program).
 #[map]
 static IN_STACK_WALK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// User stacks walked by bar's programs (see [`user_stack`]), by [`USER_STACK_KEY`] id.
+#[map]
+static USER_STACKS: HashMap<u32, UserStack> =
+    HashMap::with_max_entries(DEFAULT_STACK_MAP_ENTRIES, 0);
+
+/// Bytes of user stack read at once. Each read costs about as much whatever its size (a helper
+/// call, a user access window), and callers' frames are mostly close together, so one read
+/// usually covers several frames.
+const WINDOW_WORDS: usize = 64;
+
+/// A user stack being walked: the stack as it will be interned, and the piece of user memory
+/// read last.
+#[repr(C)]
+struct UserWalk {
+    stack: UserStack,
+    /// One word more than is read, so that the verifier sees both words of a frame inside the
+    /// window at any (masked) frame offset.
+    window: [u64; WINDOW_WORDS + 1],
+}
+
+/// Where a user stack is built before it is interned: one slot per level of nesting of bar's
+/// programs on a CPU (the count in `IN_STACK_WALK`), so a program that interrupts another
+/// does not write over its walk.
+const WALK_SLOTS: u32 = 4;
+#[map]
+static USER_WALK: PerCpuArray<UserWalk> = PerCpuArray::with_max_entries(WALK_SLOTS, 0);
 
 /// Whether a bar program on this CPU is walking a stack (so the current fault is bar's own).
 #[inline(always)]
@@ -90,22 +123,179 @@ pub(crate) fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Where the kernel stack of a record comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum KernelStack {
+    /// Walked for every record.
+    Walk,
+    /// The same for every record of the program (e.g. a fault taken in user mode always enters
+    /// the kernel through the same path): walked once per CPU, its id kept in this per-CPU
+    /// slot as id + 1 (0 until taken). Walking a kernel stack costs about as much as walking
+    /// the user stack, so this halves the cost of such a record.
+    OncePerCpu(&'static PerCpuArray<u32>),
+}
+
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) => e,
+    }
+}
+
+const EFAULT: i32 = 14;
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+/// `__USER_CS`: the code segment of a 64-bit task in user mode.
+const USER_CS_64: u64 = 0x33;
+
+#[inline(always)]
+fn mix(h: u64, word: u64) -> u64 {
+    // FNV-1a over whole words: cheap, and good enough for keys checked by a second hash.
+    (h ^ word).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The user stack of the current task, as an id for the record.
+///
+/// `bpf_get_stackid` walks user frame pointers until a read fails, and the chain of every
+/// program ends with a null frame pointer (the ABI's outermost frame): each walk ends in a
+/// page fault on address 0, which the kernel handles and fixes up. That fault cost more than
+/// the rest of the walk together (about 2 us of the 2.5 us a page-fault storm paid per event
+/// here). This walk reads the same frames from the same registers (`task_pt_regs`, as
+/// `perf_callchain_user`) but stops at a null or descending frame pointer, and interns the
+/// stack in `USER_STACKS` under 30 bits of a 64-bit hash of its frames (the other bits tell
+/// two stacks with the same key apart, reported as a collision like `-EEXIST` from
+/// `bpf_get_stackid`). 32-bit tasks, and kernels without `bpf_task_pt_regs`, keep the
+/// kernel's walk.
+#[inline(always)]
+fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
+    let kernel_walk = u64::from(BPF_F_USER_STACK);
+    if config!(user_walk) == 0 {
+        return stack_id(ctx, kernel_walk);
+    }
+    // SAFETY: helpers without preconditions; the verifier checks the task pointer's type.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const c_void;
+    let Some(words) = read::<[u64; PT_REGS_WORDS]>(regs, 0) else {
+        return stack_id(ctx, kernel_walk);
+    };
+    let word = |off: u32| words.get(off as usize / 8).copied().unwrap_or(0);
+    let cs = word(config!(layout.pt_regs_cs));
+    if cs & 3 != 3 {
+        // Never in user mode: a kernel thread has no user stack.
+        return -EFAULT;
+    }
+    if cs != USER_CS_64 {
+        return stack_id(ctx, kernel_walk);
+    }
+    let Some(walk) = USER_WALK.get_ptr_mut(slot) else {
+        return stack_id(ctx, kernel_walk);
+    };
+    // SAFETY: this CPU's slot for this nesting level, used by no other program meanwhile.
+    let UserWalk {
+        stack: walk,
+        window,
+    } = unsafe { &mut *walk };
+    let ip = word(config!(layout.pt_regs_ip));
+    let mut fp = word(config!(layout.pt_regs_bp));
+    let mut hash = mix(0xcbf2_9ce4_8422_2325, ip);
+    walk.ips[0] = ip;
+    walk.nr = 1;
+    // The window holds user memory from `base` to `base + len` bytes.
+    let (mut base, mut len) = (0u64, 0u64);
+    for i in 1..USER_STACK_FRAMES {
+        if fp == 0 || fp % 8 != 0 {
+            break;
+        }
+        // A frame is the caller's frame pointer, then the return address.
+        if fp < base || fp + 16 > base + len {
+            let whole = (WINDOW_WORDS * 8) as u32;
+            let dst = window.as_mut_ptr().cast::<c_void>();
+            // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the
+            // source and fails on a bad one. A window that runs past the top of the stack
+            // fails too: then only the frame is read.
+            if unsafe { bpf_probe_read_user(dst, whole, fp as *const c_void) } == 0 {
+                len = u64::from(whole);
+            } else if unsafe { bpf_probe_read_user(dst, 16, fp as *const c_void) } == 0 {
+                len = 16;
+            } else {
+                break;
+            }
+            base = fp;
+        }
+        // The frame is inside the window (checked above); the mask only shows it.
+        let at = ((fp - base) / 8) as usize & (WINDOW_WORDS - 1);
+        let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        if let Some(slot) = walk.ips.get_mut(i) {
+            *slot = ret;
+        }
+        walk.nr = i as u32 + 1;
+        hash = mix(hash, ret);
+        // Callers' frames are higher up the stack; anything else is not a frame chain.
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    walk.hash = hash;
+    let key = ((hash ^ (hash >> 32)) as u32 & (USER_STACK_KEY - 1)) | USER_STACK_KEY;
+    // SAFETY: the value is only compared, not kept.
+    if let Some(known) = unsafe { USER_STACKS.get(key) } {
+        return if known.hash == hash {
+            key as i32
+        } else {
+            -EEXIST
+        };
+    }
+    // By reference: the stack is too big to copy onto the BPF stack.
+    let stack: &UserStack = walk;
+    match USER_STACKS.insert(key, stack, u64::from(BPF_NOEXIST)) {
+        // Another CPU interned it first: the same stack, as near as a 64-bit hash tells.
+        Ok(()) => key as i32,
+        Err(e) if e == -EEXIST => key as i32,
+        Err(_) => -ENOMEM,
+    }
+}
+
 /// User and kernel stack ids of the current task; a failure is kept as its negative errno so
 /// the collector can count it and show the frame as lost.
 #[inline(always)]
 pub(crate) fn stacks<C: StackIdContext>(ctx: &C) -> (i32, i32) {
+    stacks_with(ctx, KernelStack::Walk)
+}
+
+/// [`stacks`], with the kernel stack taken as `kernel` says.
+#[inline(always)]
+pub(crate) fn stacks_with<C: StackIdContext>(ctx: &C, kernel: KernelStack) -> (i32, i32) {
     let walking = IN_STACK_WALK.get_ptr_mut(0);
+    let mut depth = WALK_SLOTS;
     if let Some(n) = walking {
         // SAFETY: per-CPU slot.
-        unsafe { *n += 1 };
+        unsafe {
+            depth = *n;
+            *n += 1;
+        }
     }
-    let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as i32,
-        Err(e) => e,
-    };
-    let kernel = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(e) => e,
+    let user = user_stack(ctx, depth);
+    let kernel = match kernel {
+        KernelStack::Walk => stack_id(ctx, 0),
+        KernelStack::OncePerCpu(slot) => match slot.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            Some(known) if unsafe { *known } != 0 => (unsafe { *known } - 1) as i32,
+            Some(known) => {
+                let id = stack_id(ctx, 0);
+                if id >= 0 {
+                    // SAFETY: per-CPU slot.
+                    unsafe { *known = id as u32 + 1 };
+                }
+                id
+            }
+            None => stack_id(ctx, 0),
+        },
     };
     if let Some(n) = walking {
         // SAFETY: per-CPU slot.
@@ -117,7 +307,18 @@ pub(crate) fn stacks<C: StackIdContext>(ctx: &C) -> (i32, i32) {
 /// Header for a record about the current task, with its stacks.
 #[inline(always)]
 pub(crate) fn current_header<C: StackIdContext>(ctx: &C, kind: u32, pid_tgid: u64) -> Header {
-    let (user_stack, kernel_stack) = stacks(ctx);
+    header_with(ctx, kind, pid_tgid, KernelStack::Walk)
+}
+
+/// [`current_header`], with the kernel stack taken as `kernel` says.
+#[inline(always)]
+pub(crate) fn header_with<C: StackIdContext>(
+    ctx: &C,
+    kind: u32,
+    pid_tgid: u64,
+    kernel: KernelStack,
+) -> Header {
+    let (user_stack, kernel_stack) = stacks_with(ctx, kernel);
     Header {
         ts_ns: now(),
         kind,

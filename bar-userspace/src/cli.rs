@@ -138,7 +138,8 @@ pub struct RecordArgs {
     /// Pages per CPU of each perf ring buffer (a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_pages)]
     pub buffer_pages: usize,
-    /// Stack traces the kernel can hold; more distinct stacks show as `[stack lost]`.
+    /// Stack traces the kernel can hold, user and kernel stacks each; more distinct stacks show
+    /// as `[stack lost]`.
     #[arg(long, default_value_t = bar_ebpf_common::DEFAULT_STACK_MAP_ENTRIES)]
     pub stack_map_size: u32,
     /// Attach methods to pass over even where the kernel has them (e.g. tp_btf,kprobe).

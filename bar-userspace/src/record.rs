@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Map, MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, StackTraceMap};
 use bar_ebpf_common::{counter, kind, maps};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -141,6 +141,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         _ => bail!("map {} is not a perf event array", maps::EVENTS),
     };
     let stacks = StackTraceMap::try_from(take(&mut loaded.ebpf, maps::STACKS)?)?;
+    let user_stacks = BpfHashMap::try_from(take(&mut loaded.ebpf, maps::USER_STACKS)?)?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
     let cpus = system::online_cpus();
@@ -198,8 +199,14 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
             .spawn(move || {
-                Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx)
-                    .run(rx)
+                let mut agg = Aggregator::new(
+                    writer,
+                    Symbolizer::new(stacks, user_stacks),
+                    counters,
+                    agg_opts,
+                    full_tx,
+                );
+                agg.run(rx)
             })?;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {
@@ -647,6 +654,19 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
+    /// Names a process and takes its memory map the first time it shows up.
+    fn see(&mut self, pid: u32) {
+        if self.seen_pids.insert(pid) {
+            // Name and memory map now, while the process surely exists.
+            self.symbolizer.note_process(pid);
+            self.new_processes.push(proto::Process {
+                pid,
+                comm: symbolize::process_comm(pid).unwrap_or_default(),
+                since_ns: 0,
+            });
+        }
+    }
+
     fn take(&mut self, batch: Batch) {
         if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
             *l += batch.lost;
@@ -654,15 +674,7 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = *r.header();
-            if self.seen_pids.insert(h.pid) {
-                // Name and memory map now, while the process surely exists.
-                self.symbolizer.note_process(h.pid);
-                self.new_processes.push(proto::Process {
-                    pid: h.pid,
-                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
-                    since_ns: 0,
-                });
-            }
+            self.see(h.pid);
             if let Record::Exec(_) = r {
                 // A new program: new memory map and name from now on.
                 self.symbolizer.exec(h.pid, h.ts_ns);

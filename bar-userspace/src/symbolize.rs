@@ -15,7 +15,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use bar_ebpf_common::{USER_STACK_KEY, UserStack};
 use blazesym::{
     MaybeDefault,
     symbolize::{
@@ -208,6 +209,8 @@ pub struct SymbolStats {
 pub struct Symbolizer {
     blaze: Blaze,
     stacks: StackTraceMap<MapData>,
+    /// User stacks the programs walked themselves (ids with [`USER_STACK_KEY`]).
+    user_stacks: BpfHashMap<MapData, u32, UserStack>,
     /// Per pid, one snapshot per program it ran, with the time it started running it.
     processes: HashMap<u32, Vec<(u64, ProcessInfo)>>,
     kernel_frames: HashMap<i32, Vec<u32>>,
@@ -218,13 +221,17 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    pub fn new(stacks: StackTraceMap<MapData>) -> Self {
+    pub fn new(
+        stacks: StackTraceMap<MapData>,
+        user_stacks: BpfHashMap<MapData, u32, UserStack>,
+    ) -> Self {
         Self {
             blaze: Blaze::builder()
                 .enable_code_info(false)
                 .enable_inlined_fns(false)
                 .build(),
             stacks,
+            user_stacks,
             processes: HashMap::new(),
             kernel_frames: HashMap::new(),
             user_frames: HashMap::new(),
@@ -352,14 +359,22 @@ impl Symbolizer {
     /// Addresses of a stack id, root first, with return addresses moved back into the call
     /// instruction (all but the leaf), as perf does.
     fn read_stack(&self, id: i32) -> Vec<u64> {
-        let Ok(trace) = self.stacks.get(&(id as u32), 0) else {
-            return Vec::new();
+        let id = id as u32;
+        let ips: Vec<u64> = if id & USER_STACK_KEY != 0 {
+            match self.user_stacks.get(&id, 0) {
+                Ok(s) => s.ips.iter().take(s.nr as usize).copied().collect(),
+                Err(_) => return Vec::new(),
+            }
+        } else {
+            match self.stacks.get(&id, 0) {
+                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+                Err(_) => return Vec::new(),
+            }
         };
-        let frames = trace.frames();
-        let mut addrs: Vec<u64> = frames
+        let mut addrs: Vec<u64> = ips
             .iter()
             .enumerate()
-            .map(|(i, f)| if i == 0 { f.ip } else { f.ip.saturating_sub(1) })
+            .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
             .collect();
         addrs.reverse();
         addrs

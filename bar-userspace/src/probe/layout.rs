@@ -148,21 +148,31 @@ impl KernelBtf {
             })
     }
 
-    /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
-    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
+    /// The members of `struct name`. Each lookup by name scans every type, so callers look a
+    /// structure up once and then find its members with [`Self::offset_in`].
+    pub fn struct_members(&self, name: &str) -> Result<Vec<btf_rs::Member>, String> {
         let types = self
             .btf
             .resolve_types_by_name(name)
             .map_err(|e| format!("struct {name} not in BTF: {e}"))?;
-        let st = types
-            .iter()
+        types
+            .into_iter()
             .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                Type::Struct(s) if !s.members.is_empty() => Some(s.members),
                 _ => None,
             })
-            .ok_or_else(|| format!("struct {name} not in BTF"))?;
-        self.find_member(&st.members, member, 0)
-            .map(|bits| bits / 8)
+            .ok_or_else(|| format!("struct {name} not in BTF"))
+    }
+
+    /// Byte offset of `member` among `members`, looking through anonymous unions and structs.
+    pub fn offset_in(&self, members: &[btf_rs::Member], member: &str) -> Option<u32> {
+        self.find_member(members, member, 0).map(|bits| bits / 8)
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
+        let members = self.struct_members(name)?;
+        self.offset_in(&members, member)
             .ok_or_else(|| format!("struct {name} has no member {member}"))
     }
 
@@ -216,6 +226,21 @@ impl KernelBtf {
         }
     }
 
+    /// Whether the kernel knows the BPF helper `name` (`BPF_FUNC_...`, a member of its
+    /// `enum bpf_func_id`): what this kernel's programs may call, without guessing by version.
+    pub fn has_helper(&self, name: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name("bpf_func_id") else {
+            return false;
+        };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == name)),
+            _ => false,
+        })
+    }
+
     /// Whether the kernel has a function of that name in BTF (an fentry/fexit target).
     pub fn has_function(&self, name: &str) -> bool {
         self.btf
@@ -231,20 +256,36 @@ impl KernelBtf {
 /// Fills the structure part of a layout from BTF. Each offset is independent: a member that is
 /// missing leaves its offset unknown and only the programs that need it are refused.
 pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
-    let get = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(Layout::UNKNOWN);
-    layout.task_pid = get("task_struct", "pid");
-    layout.task_tgid = get("task_struct", "tgid");
-    layout.sock_sk_err = get("sock", "sk_err");
+    let task = btf.struct_members("task_struct").unwrap_or_default();
+    let sock = btf.struct_members("sock").unwrap_or_default();
+    let common = btf.struct_members("sock_common").unwrap_or_default();
+    let regs = btf.struct_members("pt_regs").unwrap_or_default();
+    let get = |s: &[btf_rs::Member], m: &str| btf.offset_in(s, m).unwrap_or(Layout::UNKNOWN);
+    layout.task_pid = get(&task, "pid");
+    layout.task_tgid = get(&task, "tgid");
+    layout.sock_sk_err = get(&sock, "sk_err");
     // struct sock starts with struct sock_common, so its offsets are offsets in the socket.
-    layout.skc_family = get("sock_common", "skc_family");
-    layout.skc_daddr = get("sock_common", "skc_daddr");
-    layout.skc_rcv_saddr = get("sock_common", "skc_rcv_saddr");
-    layout.skc_dport = get("sock_common", "skc_dport");
-    layout.skc_num = get("sock_common", "skc_num");
-    layout.skc_v6_daddr = get("sock_common", "skc_v6_daddr");
-    layout.skc_v6_rcv_saddr = get("sock_common", "skc_v6_rcv_saddr");
-    layout.skc_state = get("sock_common", "skc_state");
-    layout.pt_regs_ip = get("pt_regs", "ip");
+    layout.skc_family = get(&common, "skc_family");
+    layout.skc_daddr = get(&common, "skc_daddr");
+    layout.skc_rcv_saddr = get(&common, "skc_rcv_saddr");
+    layout.skc_dport = get(&common, "skc_dport");
+    layout.skc_num = get(&common, "skc_num");
+    layout.skc_v6_daddr = get(&common, "skc_v6_daddr");
+    layout.skc_v6_rcv_saddr = get(&common, "skc_v6_rcv_saddr");
+    layout.skc_state = get(&common, "skc_state");
+    layout.pt_regs_ip = get(&regs, "ip");
+    layout.pt_regs_bp = get(&regs, "bp");
+    layout.pt_regs_cs = get(&regs, "cs");
+}
+
+/// Whether bar's programs can walk user stacks themselves (see `user_stack` in bar-ebpf): the
+/// helpers that find a task's user registers, and where the registers are.
+pub fn can_walk_user_stacks(layout: &Layout, btf: &KernelBtf) -> bool {
+    [layout.pt_regs_ip, layout.pt_regs_bp, layout.pt_regs_cs]
+        .iter()
+        .all(|&off| (off as usize) < bar_ebpf_common::PT_REGS_WORDS * 8)
+        && btf.has_helper("BPF_FUNC_get_current_task_btf")
+        && btf.has_helper("BPF_FUNC_task_pt_regs")
 }
 
 #[cfg(test)]

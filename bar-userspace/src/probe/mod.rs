@@ -541,9 +541,16 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
     config.min_block_ns = opts.min_block_ns;
     config.null_mode = u32::from(opts.null_mode);
     config.layout = offer.layout;
+    config.user_walk = u32::from(
+        offer
+            .btf
+            .as_ref()
+            .is_ok_and(|btf| layout::can_walk_user_stacks(&offer.layout, btf)),
+    );
     let ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::STACKS, opts.stack_map_entries)
+        .map_max_entries(maps::USER_STACKS, opts.stack_map_entries)
         .load(OBJECT)
         .map_err(|e| anyhow::anyhow!("loading bar's eBPF object failed: {e}"))?;
     Ok(Loaded {
