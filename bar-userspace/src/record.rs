@@ -170,6 +170,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 "bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}"
             );
         }
+        loaded.release_kernel_types();
         let attached = check_attached(&status, opts);
         let writer = attached.and_then(|()| {
             let meta = meta(opts, &status, target_meta, cgroup, &cpus);
@@ -206,6 +207,11 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                     agg_opts,
                     full_tx,
                 );
+                // The target is known before its first record: records reach the collector
+                // up to a reader interval late, and a short-lived target may be gone by then.
+                if target_tgid != 0 {
+                    agg.see(target_tgid);
+                }
                 agg.run(rx)
             })?;
         // A tick keeps the status line and the flushes going when no events arrive.

@@ -138,7 +138,16 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn load() -> Result<Self, String> {
-        Btf::from_file(crate::system::BTF_PATH)
+        // bar reads a few dozen of the kernel's tens of thousands of types: mapped and looked
+        // up on demand, the BTF costs a tenth of the time and memory of parsing it all (which
+        // was most of bar-probe's start-up). Kernels that cannot map it get it read whole.
+        let path = crate::system::BTF_PATH;
+        Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .or_else(|_| {
+                std::fs::read(path)
+                    .map_err(btf_rs::Error::from)
+                    .and_then(|bytes| Btf::from_bytes(&bytes))
+            })
             .map(|btf| Self { btf })
             .map_err(|e| {
                 format!(

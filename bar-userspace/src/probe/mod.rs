@@ -603,6 +603,14 @@ impl Loaded {
         status
     }
 
+    /// Frees the kernel's type information once everything is attached: it is only needed to
+    /// choose and load programs, and is otherwise the largest thing bar-probe would hold for
+    /// the whole recording (tens of MB).
+    pub fn release_kernel_types(&mut self) {
+        self.offer.btf = Err("released after attaching".into());
+        self.offer.aya_btf = None;
+    }
+
     /// Attaches the exec tracker every recording needs to symbolize processes that exec.
     pub fn attach_exec_tracking(&mut self) -> Result<(), String> {
         if let Some((_, e)) = self
