@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh            build prerequisites (rust-src for nightly, bpf-linker)
 #   scripts/setup.sh vm         + qemu, busybox, cpio for the kernel matrix
-#   scripts/setup.sh bench      + the peer tracers and load tools for benchmarks
+#   scripts/setup.sh bench      + the peer tracers, bpftool, GNU time and inferno's CLI for
+#                               the benchmarks (cargo xtask bench)
 #   scripts/setup.sh report     + chromium for the HTML report test
 set -euo pipefail
 
@@ -57,10 +58,27 @@ rust_prereqs() {
         bpf-linker --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$llvm_major"
 }
 
+# inferno's command-line tools (inferno-collapse-perf, inferno-flamegraph), for the perf
+# pipeline the benchmarks compare `bar-probe report` with.
+INFERNO_VERSION="0.12.8"
+bench_tools() {
+    # The tools have no --version; cargo install keeps a record of what it installed.
+    if [ -x "$TOOLS/bin/inferno-flamegraph" ] &&
+        grep -q "^\"inferno $INFERNO_VERSION " "$TOOLS/.crates.toml" 2>/dev/null; then
+        return 0
+    fi
+    log "building inferno $INFERNO_VERSION (about a minute, once)"
+    cargo install --quiet --locked --root "$TOOLS" inferno --version "$INFERNO_VERSION"
+}
+
 case "${1:-build}" in
     build) rust_prereqs ;;
     vm) rust_prereqs; apt_install qemu-system-x86 busybox-static cpio ;;
-    bench) rust_prereqs; apt_install linux-perf bpftrace bpfcc-tools libbpf-tools stress-ng hyperfine ;;
+    bench)
+        rust_prereqs
+        apt_install linux-perf bpftrace bpfcc-tools libbpf-tools bpftool time stress-ng hyperfine
+        bench_tools
+        ;;
     report) apt_install chromium ;;
     *) log "unknown group '$1' (build, vm, bench, report)"; exit 2 ;;
 esac

@@ -2,7 +2,10 @@
 //!
 //!   cargo xtask demo      set up, build, run `bar-probe demo` (the README's first command)
 //!   cargo xtask test      set up, fmt, clippy, unit and integration tests as root (the second)
+//!   cargo xtask bench     set up the peers, build, measure, write docs/benchmarks.md
 //!   cargo xtask setup     only install what the build needs
+
+mod bench;
 
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +31,28 @@ enum Cmd {
         /// Arguments passed to `bar-probe demo`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Measure what bar costs the workloads it records, next to its peers, and write
+    /// docs/benchmarks.md (about an hour; needs root and an otherwise idle machine).
+    Bench {
+        /// Repetitions of every configuration.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Small amounts of work, to try the harness (the figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Also measure bar-probe as of this revision, for before/after figures.
+        #[arg(long, default_value = BEFORE_REV)]
+        before: String,
+        /// Leave out the before/after measurements (and the build they need).
+        #[arg(long)]
+        no_before: bool,
+        /// Start a trial only when other processes use at most this fraction of the CPUs.
+        #[arg(long, default_value_t = 0.10)]
+        max_busy: f64,
+        /// Where the report goes, relative to the workspace.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        doc: PathBuf,
     },
     /// The whole test suite: formatting, lints, unit tests, root integration tests.
     Test {
@@ -96,8 +121,36 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The last revision before the performance changes that `docs/benchmarks.md` reports.
+const BEFORE_REV: &str = "7a6c141";
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Bench {
+            reps,
+            quick,
+            before,
+            no_before,
+            max_busy,
+            doc,
+        } => {
+            if !is_root() {
+                bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
+            }
+            setup("bench")?;
+            run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
+            bench::run(
+                &root(),
+                bench::Options {
+                    reps,
+                    quick,
+                    before: (!no_before).then_some(before),
+                    max_busy,
+                    doc,
+                },
+                path_with_tools(),
+            )
+        }
         Cmd::Setup => setup("build"),
         Cmd::Demo { args } => {
             setup("build")?;
