@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { filter } => {
             setup("build")?;
+            // Headless Chromium for the report test.
+            setup("report")?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             // The kernel programs only build for the BPF target, with the nightly toolchain.
             run(cargo().args([
