@@ -9,6 +9,7 @@
 //! [`aggregate`] (folded stacks, histograms) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
+//! [`stats`] holds two-sample tests for comparing profiles.
 
 pub mod aggregate;
 pub mod capture;
@@ -19,6 +20,7 @@ pub mod probe;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod stats;
 pub mod symbolize;
 pub mod system;
 pub mod target;
