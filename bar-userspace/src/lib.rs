@@ -9,12 +9,14 @@
 //! [`aggregate`] (folded stacks, histograms) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
-//! [`stats`] holds two-sample tests for comparing profiles.
+//! [`diff`] compares two profiles read from files (captures or folded), with the tests of
+//! [`stats`].
 
 pub mod aggregate;
 pub mod capture;
 pub mod cli;
 pub mod collect;
+pub mod diff;
 pub mod info;
 pub mod probe;
 pub mod record;
