@@ -157,7 +157,8 @@ fn phase_ranges_show_the_function_that_grew_and_the_gate_fails() {
     assert_eq!(read_json(&out_a.join("diff.json"))["gate"]["failed"], true);
 
     // The same comparison for people: a table and the verdict.
-    let out = run(&args[..args.len() - 3]);
+    let table_args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
+    let out = run(&table_args);
     assert_eq!(out.status.code(), Some(3));
     let text = stdout(&out);
     assert!(text.contains("gate: FAILED"), "{text}");
