@@ -328,3 +328,66 @@ fn folded_files_diff_without_root_and_refuse_what_they_cannot_do() {
         );
     }
 }
+
+#[test]
+fn longer_sleeps_fail_the_latency_gate() {
+    if !root_or_skip("longer_sleeps_fail_the_latency_gate") {
+        return;
+    }
+    let dir = out_dir("diff-latency");
+    let record_sleeps = |count: &str, micros: &str, name: &str| -> String {
+        let mut w = Workload::start(&["sleep", "--count", count, "--micros", micros]);
+        let pid = w.pid().to_string();
+        let d = dir.join(name);
+        let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu"], &d);
+        w.go();
+        w.finish();
+        rec.finish();
+        d.join("capture.bar").to_str().unwrap().to_owned()
+    };
+    // The tail of 1 ms sleeps is scheduling delay, several ms on a busy machine: the slow
+    // side's sleeps are long enough to stand above it.
+    let base = record_sleeps("500", "1000", "base");
+    let same = record_sleeps("500", "1000", "same");
+    let slow = record_sleeps("200", "30000", "slow");
+    let o = dir.join("diff");
+    let gate = |cand: &str| {
+        let out = run(&[
+            "diff",
+            &base,
+            cand,
+            "--event",
+            "offcpu",
+            "--latency",
+            "--fail-above",
+            "100",
+            "--json",
+            "-o",
+            o.to_str().unwrap(),
+        ]);
+        let json: Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let blocked = json["latency"]
+            .as_array()
+            .expect("latency")
+            .iter()
+            .find(|l| l["name"] == "off-CPU blocked")
+            .unwrap_or_else(|| panic!("no blocked latency in {json:#}"))
+            .clone();
+        eprintln!("offcpu blocked, base vs {cand}: {blocked}");
+        (out.status.code(), blocked)
+    };
+    // Sleeps 30 times as long: the distributions hardly overlap.
+    let (status, blocked) = gate(&slow);
+    assert_eq!(status, Some(3), "{blocked}");
+    let base_p50 = blocked["base"]["p50"].as_u64().unwrap();
+    assert!((1000..2000).contains(&base_p50), "1 ms sleeps: {blocked}");
+    assert!(
+        blocked["p50_shift_pct"].as_f64().unwrap() > 1000.0,
+        "{blocked}"
+    );
+    assert!(blocked["ks_p"].as_f64().unwrap() < 1e-6, "{blocked}");
+    // The same sleeps again: whatever KS says of small differences, the p99 did not double.
+    let (status, blocked) = gate(&same);
+    assert_eq!(status, Some(0), "{blocked}");
+}
