@@ -331,6 +331,25 @@ impl ViewAgg {
     }
 }
 
+/// Events of `[start, end)` (monotonic ns) of a capture, aggregated apart from the whole: a
+/// phase, a window of one, a range a user asked for. Slices may overlap.
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub start: u64,
+    pub end: u64,
+    pub views: BTreeMap<View, ViewAgg>,
+}
+
+impl Slice {
+    pub fn new(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end,
+            views: BTreeMap::new(),
+        }
+    }
+}
+
 /// A capture, aggregated.
 #[derive(Debug, Default)]
 pub struct Profile {
@@ -363,6 +382,8 @@ pub struct Profile {
     pub phase_notes: Vec<String>,
     /// Every counters block, in order, for losses per phase.
     pub counter_series: Vec<proto::Counters>,
+    /// Time slices also aggregated (see [`Profile::from_reader_sliced`]).
+    pub slices: Vec<Slice>,
 }
 
 impl Profile {
@@ -426,6 +447,20 @@ impl Profile {
         i.checked_sub(1).map(|i| &self.counter_series[i])
     }
 
+    /// As [`Profile::from_reader`], and each event also goes to every slice whose
+    /// `[start, end)` holds its time.
+    pub fn from_reader_sliced(reader: &mut Reader, slices: Vec<Slice>) -> Self {
+        let mut p = Self {
+            slices,
+            ..Self::default()
+        };
+        while let Some(body) = reader.next_block() {
+            p.add_block(body);
+        }
+        p.damage = reader.damage.clone();
+        p
+    }
+
     pub fn add_block(&mut self, body: Body) {
         match body {
             Body::Meta(m) => self.meta = m,
@@ -484,6 +519,12 @@ impl Profile {
                 .entry(view)
                 .or_default()
                 .add(ev, process);
+        }
+        // A handful of slices (windows of a diff): a scan is cheaper than keeping them sorted.
+        for s in &mut self.slices {
+            if (s.start..s.end).contains(&ev.ts) {
+                s.views.entry(view).or_default().add(ev, process);
+            }
         }
         if matches!(view, View::Tcp | View::Numa) {
             self.detail_events.push(ev.clone());
@@ -549,8 +590,8 @@ impl Profile {
             .collect()
     }
 
-    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
-    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+    /// Folded stacks of a view: `process;frame;...;frame` -> weight.
+    pub fn folded_map(&self, agg: &ViewAgg) -> BTreeMap<String, u64> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
         for ((process, stack, leaf), w) in &agg.stacks {
             let mut parts = vec![sanitize(self.name(*process))];
@@ -559,6 +600,11 @@ impl Profile {
             *merged.entry(parts.join(";")).or_default() += w;
         }
         merged
+    }
+
+    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
+    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+        self.folded_map(agg)
             .into_iter()
             .map(|(k, w)| format!("{k} {w}"))
             .collect()
@@ -686,6 +732,26 @@ mod tests {
         let h = &p.views[&View::Offcpu].blocked_us;
         let p50 = h.value_at_quantile(0.5);
         assert!(h.equivalent(p50, 2500), "{p50}");
+    }
+
+    #[test]
+    fn slices_aggregate_their_time_range_apart() {
+        let mut p = profile();
+        let mut slices = vec![Slice::new(0, 5), Slice::new(3, 8)];
+        let events: Vec<_> = (0..10)
+            .map(|ts| proto::Event {
+                ts,
+                ..ev(kind::CPU, 7, 1, None)
+            })
+            .collect();
+        // As from_reader_sliced sets them up before the blocks arrive.
+        p.slices = std::mem::take(&mut slices);
+        p.add_block(Body::Events(proto::Events { events }));
+        assert_eq!(p.views[&View::Cpu].events, 10);
+        assert_eq!(p.slices[0].views[&View::Cpu].events, 5);
+        assert_eq!(p.slices[1].views[&View::Cpu].events, 5);
+        let folded = p.folded_map(&p.slices[1].views[&View::Cpu]);
+        assert_eq!(folded["app;main;work:x"], 5);
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! [`aggregate`] (folded stacks, histograms) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
+//! [`diff`] compares two profiles read from files (captures or folded), with the tests of
+//! [`stats`].
 
 pub mod aggregate;
 pub mod capture;
 pub mod cli;
 pub mod collect;
+pub mod diff;
 pub mod evidence;
 pub mod info;
 pub mod markers;
@@ -22,6 +25,7 @@ pub mod probe;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod stats;
 pub mod symbolize;
 pub mod system;
 pub mod target;

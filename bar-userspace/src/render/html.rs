@@ -178,6 +178,21 @@ fn table(head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
     s
 }
 
+/// A page of sections alone (e.g. the report of a `diff`).
+pub fn write_page(dir: &Path, title: &str, sections: &[Section]) -> io::Result<std::path::PathBuf> {
+    let mut h = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body><h1>{t}</h1>",
+        t = escape(title)
+    );
+    for s in sections {
+        let _ = write!(h, "<h2>{}</h2>{}", escape(&s.title), s.html);
+    }
+    h.push_str("</body></html>\n");
+    let path = dir.join("report.html");
+    write_atomic(&path, |w| w.write_all(h.as_bytes()))?;
+    Ok(path)
+}
+
 /// Writes `report.html` into `dir`, next to the flame graphs `write_all` wrote there.
 pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std::path::PathBuf> {
     let summary = super::summary(profile);

@@ -1,5 +1,5 @@
 //! Render: writes an aggregated profile as files: `<view>.folded`, `<view>.svg` (inferno),
-//! `summary.json`, `tcp.jsonl`, `numa.jsonl` and `report.html`. Every file is written to a temporary name and
+//! `summary.json`, `tcp.jsonl`, `numa.jsonl`; [`html`] writes `report.html`. Every file is written to a temporary name and
 //! renamed into place, so an output folder never holds a half-written file.
 
 pub mod html;
@@ -216,6 +216,5 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
     let text = serde_json::to_string_pretty(&summary(profile)).map_err(io::Error::other)?;
     write_atomic(&path, |w| writeln!(w, "{text}"))?;
     written.push(path);
-    written.push(html::write(profile, dir, &[])?);
     Ok(written)
 }
