@@ -191,8 +191,8 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
     }
 }
 
-/// Weight and leaf annotations of an event in its view.
-fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
+/// Weight and leaf annotations of an event in its view (also the leaf frames of `export`).
+pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
     match &ev.detail {
         None => (1, Vec::new()),
         Some(Detail::Fault(_)) => (1, Vec::new()),

@@ -9,11 +9,13 @@
 //! [`aggregate`] (folded stacks, histograms) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
+//! [`export`] writes one kind of a capture for other tools (pprof).
 
 pub mod aggregate;
 pub mod capture;
 pub mod cli;
 pub mod collect;
+pub mod export;
 pub mod info;
 pub mod probe;
 pub mod record;
