@@ -11,6 +11,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    aggregate::View,
+    export::{self, ExportOptions},
     probe::{self, Family, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
@@ -74,6 +76,19 @@ pub enum Cmd {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
+    /// (no root needed).
+    Export {
+        capture: PathBuf,
+        #[arg(long, value_enum, default_value = "pprof")]
+        format: export::Format,
+        /// Kind to export: cpu, offcpu, faults, tcp or numa (default: cpu).
+        #[arg(long, short, value_parser = parse_view)]
+        event: Option<View>,
+        /// Output file (default: <kind>.pb.gz next to the capture).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// A built-in workload with known behaviour (used by the demo, tests and benchmarks).
     #[command(hide = true)]
     Workload(workload::WorkloadArgs),
@@ -126,6 +141,12 @@ impl Method {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 10s, 500ms or 1us: {e}"))
+}
+
+fn parse_view(s: &str) -> Result<View, String> {
+    View::from_name(s).ok_or_else(|| {
+        format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp or numa)")
+    })
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -250,6 +271,32 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             print_written(&rep.written, &capture);
+        }
+        Cmd::Export {
+            capture,
+            format,
+            event,
+            output,
+        } => {
+            let done = export::export(&ExportOptions {
+                capture: capture.clone(),
+                format,
+                kind: event,
+                output,
+            })?;
+            if let Some(d) = &done.damage {
+                eprintln!(
+                    "bar-probe: warning: {} is damaged, exported what was valid: {d}",
+                    capture.display()
+                );
+            }
+            eprintln!(
+                "bar-probe: exported {} events of {} as {} samples",
+                done.events,
+                done.view.name(),
+                done.samples
+            );
+            println!("{}", done.path.display());
         }
         Cmd::Workload(args) => workload::run(&args)?,
     }
