@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { filter } => {
             setup("build")?;
+            // The export test reads bar's pprof files with `go tool pprof`.
+            setup("export")?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             // The kernel programs only build for the BPF target, with the nightly toolchain.
             run(cargo().args([
