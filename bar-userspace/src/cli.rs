@@ -79,6 +79,7 @@ pub enum Cmd {
     /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
     /// (no root needed).
     Export {
+        /// A capture.bar written by attach or record.
         capture: PathBuf,
         #[arg(long, value_enum, default_value = "pprof")]
         format: export::Format,

@@ -60,7 +60,8 @@ pub enum ExportError {
     Empty(PathBuf),
     #[error("{0} changed while it was being read; export it again once it is complete")]
     Changed(PathBuf),
-    #[error("cannot write {path}: {source}")]
+    /// The cause is the error's source, which the command line prints after this message.
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
 
@@ -408,10 +409,14 @@ mod tests {
         let cap = capture(&dir);
         let out = dir.join("no-such-dir/cpu.pb.gz");
         let err = export(&opts(&cap, None, Some(out.clone()))).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with(&format!("cannot write {}", out.display())),
-            "{err}"
+        // As the command line prints it: the message, then its cause, once.
+        let line = format!("{err:#}");
+        assert_eq!(
+            line,
+            format!(
+                "cannot write {}: No such file or directory (os error 2)",
+                out.display()
+            )
         );
     }
 
