@@ -384,6 +384,21 @@ impl Profile {
         }
     }
 
+    /// Views the capture recorded: a family that attached, or events of its kind.
+    pub fn recorded_views(&self) -> Vec<View> {
+        View::ALL
+            .into_iter()
+            .filter(|v| {
+                self.views.contains_key(v)
+                    || self
+                        .meta
+                        .families
+                        .iter()
+                        .any(|f| f.name == v.name() && !f.method.is_empty())
+            })
+            .collect()
+    }
+
     /// The process name shown as the root frame.
     pub fn comm(&self, pid: u32) -> String {
         self.processes

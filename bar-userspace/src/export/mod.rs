@@ -65,18 +65,11 @@ pub enum ExportError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Views a capture can export: recorded (attached) or with events, and their event counts.
+/// Views a capture can export (those `report` renders) and their event counts.
 pub fn kinds(profile: &Profile) -> Vec<(View, u64)> {
-    View::ALL
+    profile
+        .recorded_views()
         .into_iter()
-        .filter(|v| {
-            profile.views.contains_key(v)
-                || profile
-                    .meta
-                    .families
-                    .iter()
-                    .any(|f| f.name == v.name() && !f.method.is_empty())
-        })
         .map(|v| (v, profile.views.get(&v).map_or(0, |a| a.events)))
         .collect()
 }
