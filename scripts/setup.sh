@@ -6,6 +6,7 @@
 #   scripts/setup.sh vm         + qemu, busybox, cpio for the kernel matrix
 #   scripts/setup.sh bench      + the peer tracers and load tools for benchmarks
 #   scripts/setup.sh report     + chromium for the HTML report test
+#   scripts/setup.sh export     + Go, whose `go tool pprof` the export test reads profiles with
 set -euo pipefail
 
 TOOLS="${BAR_TOOLS_DIR:-$HOME/.cache/bar-tools}"
@@ -64,5 +65,7 @@ case "${1:-build}" in
     vm) rust_prereqs; apt_install qemu-system-x86 busybox-static cpio ;;
     bench) rust_prereqs; apt_install linux-perf bpftrace bpfcc-tools libbpf-tools stress-ng hyperfine ;;
     report) apt_install chromium ;;
-    *) log "unknown group '$1' (build, vm, bench, report)"; exit 2 ;;
+    # Debian's golang-go ships pprof prebuilt (`go tool pprof`), so it runs offline.
+    export) apt_install golang-go ;;
+    *) log "unknown group '$1' (build, vm, bench, report, export)"; exit 2 ;;
 esac

@@ -208,8 +208,8 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
     }
 }
 
-/// Weight and leaf annotations of an event in its view.
-fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
+/// Weight and leaf annotations of an event in its view (also the leaf frames of `export`).
+pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
     match &ev.detail {
         None => (1, Vec::new()),
         Some(Detail::Fault(_)) => (1, Vec::new()),
@@ -404,18 +404,25 @@ impl Profile {
         let mut p = Self::default();
         let mut markers = Vec::new();
         let mut end = None;
-        let mut last_counters = None;
+        // Without a trailer (a capture cut short) the end is the last thing known to happen.
+        let mut last_seen = 0;
         while let Some(body) = reader.next_block() {
             match body {
                 Body::Meta(m) => p.meta = m,
-                Body::Marker(m) => markers.push(m),
+                Body::Marker(m) => {
+                    last_seen = last_seen.max(m.ts);
+                    markers.push(m);
+                }
                 Body::Trailer(t) => end = Some(t.end_ns),
-                Body::Counters(c) => last_counters = Some(c.ts),
+                Body::Counters(c) => last_seen = last_seen.max(c.ts),
+                Body::Events(e) => {
+                    last_seen = e.events.iter().fold(last_seen, |m, ev| m.max(ev.ts + 1));
+                }
                 _ => {}
             }
         }
         let start = p.meta.start_ns;
-        let end = end.or(last_counters).unwrap_or(start).max(start);
+        let end = end.unwrap_or(last_seen).max(start);
         let offset = p.meta.monotonic_to_realtime_ns;
         let (phases, notes) = match file_phases {
             Some(fp) => phases::fit_wall(fp, offset, start, end)?,
@@ -529,6 +536,21 @@ impl Profile {
         if matches!(view, View::Tcp | View::Numa) {
             self.detail_events.push(ev.clone());
         }
+    }
+
+    /// Views the capture recorded: a family that attached, or events of its kind.
+    pub fn recorded_views(&self) -> Vec<View> {
+        View::ALL
+            .into_iter()
+            .filter(|v| {
+                self.views.contains_key(v)
+                    || self
+                        .meta
+                        .families
+                        .iter()
+                        .any(|f| f.name == v.name() && !f.method.is_empty())
+            })
+            .collect()
     }
 
     fn intern_name(&mut self, name: String) -> u32 {

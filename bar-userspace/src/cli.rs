@@ -17,7 +17,9 @@ use crate::{
         compare::{GateOn, Norm, TestOptions},
         input::{Select, TimeRange},
     },
-    evidence, markers, phases,
+    evidence,
+    export::{self, ExportOptions},
+    markers, phases,
     probe::{self, Family, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
@@ -116,6 +118,20 @@ pub enum Cmd {
     /// differential flame graph, frames that changed with p-values, root-cause paths, and a
     /// gate for CI (exit status 3).
     Diff(DiffArgs),
+    /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
+    /// (no root needed).
+    Export {
+        /// A capture.bar written by attach or record.
+        capture: PathBuf,
+        #[arg(long, value_enum, default_value = "pprof")]
+        format: export::Format,
+        /// Kind to export: cpu, offcpu, faults, tcp or numa (default: cpu).
+        #[arg(long, short, value_parser = parse_view)]
+        event: Option<View>,
+        /// Output file (default: <kind>.pb.gz next to the capture).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// A built-in workload with known behaviour (used by the demo, tests and benchmarks).
     #[command(hide = true)]
     Workload(workload::WorkloadArgs),
@@ -536,6 +552,32 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             print_written(&rep.written);
         }
         Cmd::Diff(args) => return diff_command(&args),
+        Cmd::Export {
+            capture,
+            format,
+            event,
+            output,
+        } => {
+            let done = export::export(&ExportOptions {
+                capture: capture.clone(),
+                format,
+                kind: event,
+                output,
+            })?;
+            if let Some(d) = &done.damage {
+                eprintln!(
+                    "bar-probe: warning: {} is damaged, exported what was valid: {d}",
+                    capture.display()
+                );
+            }
+            eprintln!(
+                "bar-probe: exported {} events of {} as {} samples",
+                done.events,
+                done.view.name(),
+                done.samples
+            );
+            println!("{}", done.path.display());
+        }
         Cmd::Workload(args) => workload::run(&args)?,
     }
     Ok(0)

@@ -11,6 +11,7 @@
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
 //! [`diff`] compares two profiles read from files (captures or folded), with the tests of
 //! [`stats`].
+//! [`export`] writes one kind of a capture for other tools (pprof).
 
 pub mod aggregate;
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod collect;
 pub mod diff;
 pub mod evidence;
+pub mod export;
 pub mod info;
 pub mod markers;
 pub mod phases;

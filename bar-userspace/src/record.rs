@@ -190,12 +190,22 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         };
         let (full_tx, full_rx) = oneshot::channel::<()>();
         let agg_opts = (cpus.len(), opts.quiet, opts.max_size);
+        let target = match opts.scope {
+            Scope::Pid(p) => Some(p),
+            _ => None,
+        };
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
             .spawn(move || {
-                Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx)
-                    .run(rx)
+                let mut agg =
+                    Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx);
+                // The target's name and memory map now: a short-lived process may be gone by
+                // the time its first events arrive.
+                if let Some(pid) = target {
+                    agg.first_sight(pid);
+                }
+                agg.run(rx)
             })?;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {
@@ -643,6 +653,18 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
+    /// Name and memory map of a process the first time it is seen, while it surely exists.
+    fn first_sight(&mut self, pid: u32) {
+        if self.seen_pids.insert(pid) {
+            self.symbolizer.note_process(pid);
+            self.new_processes.push(proto::Process {
+                pid,
+                comm: symbolize::process_comm(pid).unwrap_or_default(),
+                since_ns: 0,
+            });
+        }
+    }
+
     fn take(&mut self, batch: Batch) {
         if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
             *l += batch.lost;
@@ -650,15 +672,7 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = *r.header();
-            if self.seen_pids.insert(h.pid) {
-                // Name and memory map now, while the process surely exists.
-                self.symbolizer.note_process(h.pid);
-                self.new_processes.push(proto::Process {
-                    pid: h.pid,
-                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
-                    since_ns: 0,
-                });
-            }
+            self.first_sight(h.pid);
             if let Record::Exec(_) = r {
                 // A new program: new memory map and name from now on.
                 self.symbolizer.exec(h.pid, h.ts_ns);

@@ -152,6 +152,8 @@ fn main() -> anyhow::Result<()> {
             setup("build")?;
             // Headless Chromium for the report test.
             setup("report")?;
+            // The export test reads bar's pprof files with `go tool pprof`.
+            setup("export")?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             // The kernel programs only build for the BPF target, with the nightly toolchain.
             run(cargo().args([

@@ -31,7 +31,8 @@ const MAX_BLOCK: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is the source: anyhow prints it after the message, once.
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is not a bar capture (bad magic)")]
     NotACapture(PathBuf),

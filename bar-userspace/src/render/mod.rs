@@ -154,17 +154,7 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(V
 pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let mut written = Vec::new();
-    let recorded: Vec<View> = View::ALL
-        .into_iter()
-        .filter(|v| {
-            profile
-                .meta
-                .families
-                .iter()
-                .any(|f| f.name == v.name() && !f.method.is_empty())
-                || profile.views.contains_key(v)
-        })
-        .collect();
+    let recorded = profile.recorded_views();
     let empty = ViewAgg::default();
     for view in &recorded {
         let agg = profile.views.get(view).unwrap_or(&empty);
