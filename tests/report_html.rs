@@ -82,9 +82,24 @@ fn report_html_renders_phases_and_flame_graphs_without_errors() {
     // Flame graphs: whole recording per kind plus per phase per kind, each a real SVG.
     assert_eq!(
         dom.matches("<iframe").count(),
-        2 + 2 * 2,
-        "flame graph frames"
+        2 + 2 * 2 + 1,
+        "flame graph frames: whole, per phase, and the phase diff"
     );
+    // The diff of phase B against phase A names the function that grew, with its root cause.
+    assert!(
+        dom.contains("Diff: phase A \u{2192} phase B"),
+        "no phase diff section"
+    );
+    let table = dom
+        .split("class=\"diff-frames\"")
+        .nth(1)
+        .expect("a diff table");
+    let row = table
+        .split("<tr>")
+        .find(|r| r.contains("phase_b_render"))
+        .expect("phase_b_render in the diff table");
+    assert!(row.contains("grew"), "{row}");
+    assert!(dom.contains("class=\"diff-paths\""));
     assert!(dom.contains("data:image/svg+xml;base64,"));
     assert!(!dom.contains("is missing"));
     // Works offline: nothing is fetched from anywhere.
