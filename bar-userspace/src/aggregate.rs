@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use bar_ebpf_common::{kind, numa_task_kind, offcpu_reason};
+use bar_ebpf_common::{Family, numa_task_kind, offcpu_reason};
 use hdrhistogram::Histogram;
 
 use crate::{
@@ -17,67 +17,6 @@ use crate::{
     },
     phases::{self, Phase, PhaseError, WallPhase},
 };
-
-/// An output view: one folded file, one flame graph, one entry in `summary.json`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum View {
-    Cpu,
-    Offcpu,
-    Faults,
-    Tcp,
-    Numa,
-}
-
-impl View {
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Offcpu => "offcpu",
-            Self::Faults => "faults",
-            Self::Tcp => "tcp",
-            Self::Numa => "numa",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.name() == s)
-    }
-
-    pub const fn of_kind(k: u32) -> Option<Self> {
-        Some(match k {
-            kind::CPU => Self::Cpu,
-            kind::OFFCPU => Self::Offcpu,
-            kind::FAULT => Self::Faults,
-            kind::TCP => Self::Tcp,
-            kind::NUMA_TASK | kind::NUMA_PAGES => Self::Numa,
-            _ => return None,
-        })
-    }
-
-    /// Record kinds that make up the view.
-    pub const fn kinds(self) -> &'static [u32] {
-        match self {
-            Self::Cpu => &[kind::CPU],
-            Self::Offcpu => &[kind::OFFCPU],
-            Self::Faults => &[kind::FAULT],
-            Self::Tcp => &[kind::TCP],
-            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
-        }
-    }
-
-    /// What one unit of weight is.
-    pub const fn unit(self) -> &'static str {
-        match self {
-            Self::Cpu => "samples",
-            Self::Offcpu => "us",
-            Self::Faults => "faults",
-            Self::Tcp => "connects",
-            Self::Numa => "pages",
-        }
-    }
-}
 
 /// Latency histogram in microseconds (1 us to 1 hour, 3 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
@@ -337,7 +276,7 @@ impl ViewAgg {
 pub struct Slice {
     pub start: u64,
     pub end: u64,
-    pub views: BTreeMap<View, ViewAgg>,
+    pub views: BTreeMap<Family, ViewAgg>,
 }
 
 impl Slice {
@@ -361,7 +300,7 @@ pub struct Profile {
     name_ids: HashMap<String, u32>,
     pub frames: Vec<proto::Frame>,
     pub stacks: Vec<proto::Stack>,
-    pub views: BTreeMap<View, ViewAgg>,
+    pub views: BTreeMap<Family, ViewAgg>,
     pub counters: proto::Counters,
     pub markers: Vec<proto::Marker>,
     pub trailer: Option<proto::Trailer>,
@@ -369,15 +308,15 @@ pub struct Profile {
     pub first_ts: Option<u64>,
     pub last_ts: Option<u64>,
     /// Per-second event counts per view (for timelines), keyed by seconds since start.
-    pub timeline: BTreeMap<u64, BTreeMap<View, u64>>,
+    pub timeline: BTreeMap<u64, BTreeMap<Family, u64>>,
     /// TCP and NUMA events, kept whole for their `.jsonl` files (they are rare next to
     /// samples and faults).
     pub detail_events: Vec<proto::Event>,
     /// Per process (pid): events and weight per view.
-    pub per_process: HashMap<u32, BTreeMap<View, (u64, u64)>>,
+    pub per_process: HashMap<u32, BTreeMap<Family, (u64, u64)>>,
     /// Phases, sorted and non-overlapping, and the views aggregated within each.
     pub phases: Vec<Phase>,
-    pub phase_views: Vec<BTreeMap<View, ViewAgg>>,
+    pub phase_views: Vec<BTreeMap<Family, ViewAgg>>,
     /// Remarks on the phases (e.g. clipped to the capture).
     pub phase_notes: Vec<String>,
     /// Every counters block, in order, for losses per phase.
@@ -496,7 +435,7 @@ impl Profile {
     }
 
     fn add_event(&mut self, ev: &proto::Event) {
-        let Some(view) = View::of_kind(ev.kind) else {
+        let Some(view) = Family::of_kind(ev.kind) else {
             return;
         };
         self.first_ts = Some(self.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
@@ -533,14 +472,14 @@ impl Profile {
                 s.views.entry(view).or_default().add(ev, process);
             }
         }
-        if matches!(view, View::Tcp | View::Numa) {
+        if matches!(view, Family::Tcp | Family::Numa) {
             self.detail_events.push(ev.clone());
         }
     }
 
     /// Views the capture recorded: a family that attached, or events of its kind.
-    pub fn recorded_views(&self) -> Vec<View> {
-        View::ALL
+    pub fn recorded_views(&self) -> Vec<Family> {
+        Family::ALL
             .into_iter()
             .filter(|v| {
                 self.views.contains_key(v)
@@ -658,6 +597,8 @@ fn sanitize(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use bar_ebpf_common::kind;
+
     use super::*;
 
     fn ev(kind: u32, pid: u32, stack: u32, detail: Option<Detail>) -> proto::Event {
@@ -738,12 +679,12 @@ mod tests {
             ),
         ];
         p.add_block(Body::Events(proto::Events { events }));
-        let cpu = p.folded(&p.views[&View::Cpu]);
+        let cpu = p.folded(&p.views[&Family::Cpu]);
         assert_eq!(
             cpu,
             vec!["[pid 8] 1".to_owned(), "app;main;work:x 2".to_owned()]
         );
-        let off = p.folded(&p.views[&View::Offcpu]);
+        let off = p.folded(&p.views[&Family::Offcpu]);
         assert_eq!(
             off,
             vec![
@@ -751,7 +692,7 @@ mod tests {
                 "app;main;schedule_[k];[preempted] 500".to_owned()
             ]
         );
-        let h = &p.views[&View::Offcpu].blocked_us;
+        let h = &p.views[&Family::Offcpu].blocked_us;
         let p50 = h.value_at_quantile(0.5);
         assert!(h.equivalent(p50, 2500), "{p50}");
     }
@@ -769,10 +710,10 @@ mod tests {
         // As from_reader_sliced sets them up before the blocks arrive.
         p.slices = std::mem::take(&mut slices);
         p.add_block(Body::Events(proto::Events { events }));
-        assert_eq!(p.views[&View::Cpu].events, 10);
-        assert_eq!(p.slices[0].views[&View::Cpu].events, 5);
-        assert_eq!(p.slices[1].views[&View::Cpu].events, 5);
-        let folded = p.folded_map(&p.slices[1].views[&View::Cpu]);
+        assert_eq!(p.views[&Family::Cpu].events, 10);
+        assert_eq!(p.slices[0].views[&Family::Cpu].events, 5);
+        assert_eq!(p.slices[1].views[&Family::Cpu].events, 5);
+        let folded = p.folded_map(&p.slices[1].views[&Family::Cpu]);
         assert_eq!(folded["app;main;work:x"], 5);
     }
 
@@ -798,7 +739,7 @@ mod tests {
         p.add_block(Body::Events(proto::Events {
             events: vec![tcp(0, 80), tcp(111, 81), tcp(111, 81)],
         }));
-        let v = &p.views[&View::Tcp];
+        let v = &p.views[&Family::Tcp];
         assert_eq!(v.tcp["127.0.0.1:81"].refused, 2);
         assert_eq!(v.tcp["127.0.0.1:80"].established, 1);
         assert!(

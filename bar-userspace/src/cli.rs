@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the wiring of stages per subcommand. No stage logic
 //! lives here.
 
+use bar_ebpf_common::Family;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -11,7 +12,6 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    aggregate::View,
     diff::{
         self,
         compare::{GateOn, Norm, TestOptions},
@@ -20,7 +20,7 @@ use crate::{
     evidence,
     export::{self, ExportOptions},
     markers, phases,
-    probe::{self, Family, Method},
+    probe::{self, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
 };
@@ -127,7 +127,7 @@ pub enum Cmd {
         format: export::Format,
         /// Kind to export: cpu, offcpu, faults, tcp or numa (default: cpu).
         #[arg(long, short, value_parser = parse_view)]
-        event: Option<View>,
+        event: Option<Family>,
         /// Output file (default: <kind>.pb.gz next to the capture).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -220,7 +220,7 @@ pub struct DiffArgs {
     /// Event kind to compare (cpu, offcpu, faults, tcp, numa); default: the one the inputs
     /// share, cpu first.
     #[arg(long, short, value_parser = parse_view)]
-    pub event: Option<View>,
+    pub event: Option<Family>,
     /// Compare this phase of each side's captures.
     #[arg(long, conflicts_with_all = ["base_phase", "cand_phase", "base_range", "cand_range"])]
     pub phase: Option<String>,
@@ -276,8 +276,8 @@ pub struct DiffArgs {
     pub output: Option<PathBuf>,
 }
 
-fn parse_view(s: &str) -> Result<View, String> {
-    View::from_name(s)
+fn parse_view(s: &str) -> Result<Family, String> {
+    Family::from_name(s)
         .ok_or_else(|| format!("unknown event kind '{s}' (cpu, offcpu, faults, tcp, numa)"))
 }
 

@@ -4,6 +4,7 @@
 //! ends at the duration, on Ctrl-C/SIGTERM, when the target exits or when the capture reaches
 //! its size limit, and always leaves a complete capture.
 
+use bar_ebpf_common::Family;
 use std::{
     collections::HashSet,
     io::IsTerminal as _,
@@ -26,7 +27,7 @@ use crate::{
     collect::{self, Batch, ReaderOptions, Record},
     markers,
     phases::{self, WallPhase},
-    probe::{self, Family, FamilyStatus, Method, ProbeOptions},
+    probe::{self, FamilyStatus, Method, ProbeOptions},
     symbolize::{self, RawStack, Symbolizer},
     system, target,
 };

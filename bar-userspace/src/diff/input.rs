@@ -3,6 +3,7 @@
 //! phases, ranges and windows all become lists of `[start, end)` in the capture's monotonic
 //! clock, aggregated in one pass by `Profile::from_reader_sliced`.
 
+use bar_ebpf_common::Family;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -16,7 +17,7 @@ use super::{
     compare::{Folded, Norm, Sample},
 };
 use crate::{
-    aggregate::{Profile, Slice, View, ViewAgg},
+    aggregate::{Profile, Slice, ViewAgg},
     capture::{self, Body, Reader, proto},
     phases::{self, Phase, WallPhase},
 };
@@ -156,7 +157,7 @@ pub struct Outline {
     pub markers: Vec<proto::Marker>,
     /// Just past the last event or the recorded end, whichever is later.
     pub end: u64,
-    pub kinds: BTreeSet<View>,
+    pub kinds: BTreeSet<Family>,
     /// Where reading stopped in a damaged file.
     pub damage: Option<capture::Damage>,
 }
@@ -190,13 +191,13 @@ impl Input {
 
     /// The kinds this input can be compared as; None when any (a folded file whose name does
     /// not say).
-    pub fn kinds(&self) -> Option<BTreeSet<View>> {
+    pub fn kinds(&self) -> Option<BTreeSet<Family>> {
         match self {
             Self::Capture { outline, .. } => Some(outline.kinds.clone()),
             Self::Folded { path, .. } => path
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .and_then(View::from_name)
+                .and_then(Family::from_name)
                 .map(|v| BTreeSet::from([v])),
         }
     }
@@ -215,7 +216,7 @@ fn outline(data: &[u8], path: &Path) -> Result<Outline, DiffError> {
             Body::Events(evs) => {
                 for ev in &evs.events {
                     end = end.max(ev.ts + 1);
-                    kinds.extend(View::of_kind(ev.kind));
+                    kinds.extend(Family::of_kind(ev.kind));
                 }
             }
             Body::Trailer(t) => end = end.max(t.end_ns + 1),
@@ -229,7 +230,7 @@ fn outline(data: &[u8], path: &Path) -> Result<Outline, DiffError> {
         meta.families
             .iter()
             .filter(|f| !f.method.is_empty())
-            .filter_map(|f| View::from_name(&f.name)),
+            .filter_map(|f| Family::from_name(&f.name)),
     );
     Ok(Outline {
         damage: reader.damage.clone(),
@@ -269,8 +270,8 @@ pub fn parse_folded(data: &[u8], path: &Path) -> Result<Folded, DiffError> {
 
 /// Picks the kind to compare: the one asked for, or the one all inputs share (on-CPU first
 /// when they share several); None when no input says.
-pub fn choose_view(inputs: &[&Input], asked: Option<View>) -> Result<Option<View>, DiffError> {
-    let mut common: Option<BTreeSet<View>> = None;
+pub fn choose_view(inputs: &[&Input], asked: Option<Family>) -> Result<Option<Family>, DiffError> {
+    let mut common: Option<BTreeSet<Family>> = None;
     for input in inputs {
         let Some(kinds) = input.kinds() else { continue };
         if let Some(v) = asked
@@ -293,11 +294,11 @@ pub fn choose_view(inputs: &[&Input], asked: Option<View>) -> Result<Option<View
     let Some(common) = common else {
         return Ok(None);
     };
-    if common.contains(&View::Cpu) || common.len() == 1 {
+    if common.contains(&Family::Cpu) || common.len() == 1 {
         return Ok(common
             .iter()
             .copied()
-            .find(|v| *v == View::Cpu)
+            .find(|v| *v == Family::Cpu)
             .or(common.first().copied()));
     }
     let paths: Vec<String> = inputs
@@ -310,7 +311,7 @@ pub fn choose_view(inputs: &[&Input], asked: Option<View>) -> Result<Option<View
     Err(DiffError::KindAmbiguous(names(&common)))
 }
 
-fn names(kinds: &BTreeSet<View>) -> String {
+fn names(kinds: &BTreeSet<Family>) -> String {
     if kinds.is_empty() {
         return "nothing".to_owned();
     }
@@ -326,7 +327,7 @@ fn names(kinds: &BTreeSet<View>) -> String {
 pub struct ReadOptions<'a> {
     /// Phases of a phase file, used instead of the captures' markers.
     pub phases: Option<&'a [WallPhase]>,
-    pub view: Option<View>,
+    pub view: Option<Family>,
     /// Cut each compared range into windows of this length, each one replicate.
     pub windows: Option<Duration>,
     pub norm: Norm,

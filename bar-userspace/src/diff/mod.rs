@@ -13,7 +13,9 @@ use self::{
     compare::{FrameChange, GateOn, LatencyChange, Norm, Offender, RootCause, TestOptions},
     input::{Input, ReadOptions, Select, Side},
 };
-use crate::{aggregate::View, capture::CaptureError};
+use bar_ebpf_common::Family;
+
+use crate::capture::CaptureError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -73,7 +75,7 @@ pub struct DiffOptions {
     pub base: Vec<PathBuf>,
     /// Empty: the base inputs again (two phases or ranges of the same captures).
     pub cand: Vec<PathBuf>,
-    pub view: Option<View>,
+    pub view: Option<Family>,
     pub base_select: Select,
     pub cand_select: Select,
     pub windows: Option<Duration>,
@@ -104,7 +106,7 @@ impl Verdict {
 /// What `diff` found.
 #[derive(Debug)]
 pub struct Outcome {
-    pub view: Option<View>,
+    pub view: Option<Family>,
     pub norm: Norm,
     pub test: TestOptions,
     /// How replicates were made, for the reader ("windows of 250ms", "captures").
@@ -148,7 +150,7 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
     let all: Vec<&Input> = files.iter().collect();
     let view = input::choose_view(&all, opts.view)?;
     if let Some((GateOn::Latency, _)) = opts.gate
-        && !matches!(view, Some(View::Offcpu | View::Tcp))
+        && !matches!(view, Some(Family::Offcpu | Family::Tcp))
     {
         return Err(DiffError::LatencyNeedsKind);
     }
@@ -330,7 +332,7 @@ mod tests {
     fn phases_of_one_capture_are_diffed_tested_and_gated() {
         let path = two_phase_capture("phases.bar");
         let o = diff(&options(&path)).unwrap();
-        assert_eq!(o.view, Some(View::Cpu));
+        assert_eq!(o.view, Some(Family::Cpu));
         assert_eq!(o.base.pooled.weight(), 1000);
         assert_eq!(o.base.replicates.len(), 10);
         assert_eq!(o.cand.replicates.len(), 10);
@@ -389,7 +391,7 @@ mod tests {
             "{e}"
         );
         let mut o = options(&path);
-        o.view = Some(View::Offcpu);
+        o.view = Some(Family::Offcpu);
         let e = diff(&o).unwrap_err().to_string();
         assert!(e.contains("has no offcpu events (it has cpu)"), "{e}");
         let mut o = options(&path);

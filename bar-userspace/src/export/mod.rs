@@ -6,6 +6,7 @@
 pub mod pprof;
 pub mod pprof_proto;
 
+use bar_ebpf_common::Family;
 use std::{
     fmt::Write as _,
     io,
@@ -13,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    aggregate::{Profile, View},
+    aggregate::Profile,
     capture::{Body, Damage, Reader},
     render, report,
 };
@@ -30,7 +31,7 @@ pub struct ExportOptions {
     pub capture: PathBuf,
     pub format: Format,
     /// The kind to export; `None` picks cpu, and fails when the capture has none.
-    pub kind: Option<View>,
+    pub kind: Option<Family>,
     /// Output file; `None` writes `<kind>.pb.gz` next to the capture.
     pub output: Option<PathBuf>,
 }
@@ -39,7 +40,7 @@ pub struct ExportOptions {
 #[derive(Debug)]
 pub struct Exported {
     pub path: PathBuf,
-    pub view: View,
+    pub view: Family,
     pub events: u64,
     pub samples: usize,
     /// Set when the capture was damaged: the export holds what came before the damage.
@@ -66,7 +67,7 @@ pub enum ExportError {
 }
 
 /// Views a capture can export (those `report` renders) and their event counts.
-pub fn kinds(profile: &Profile) -> Vec<(View, u64)> {
+pub fn kinds(profile: &Profile) -> Vec<(Family, u64)> {
     profile
         .recorded_views()
         .into_iter()
@@ -75,7 +76,11 @@ pub fn kinds(profile: &Profile) -> Vec<(View, u64)> {
 }
 
 /// The view to export: the one asked for, else cpu.
-pub fn choose(profile: &Profile, asked: Option<View>, path: &Path) -> Result<View, ExportError> {
+pub fn choose(
+    profile: &Profile,
+    asked: Option<Family>,
+    path: &Path,
+) -> Result<Family, ExportError> {
     let kinds = kinds(profile);
     if kinds.is_empty() {
         return Err(ExportError::Empty(path.to_owned()));
@@ -88,7 +93,7 @@ pub fn choose(profile: &Profile, asked: Option<View>, path: &Path) -> Result<Vie
         let _ = write!(s, "{} ({n} event{plural})", v.name());
         s
     });
-    let want = asked.unwrap_or(View::Cpu);
+    let want = asked.unwrap_or(Family::Cpu);
     if kinds.iter().any(|(v, _)| *v == want) {
         return Ok(want);
     }
@@ -126,7 +131,7 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<Exported> {
             Body::Events(e) => e.events,
             _ => Vec::new(),
         })
-        .filter(|ev| View::of_kind(ev.kind) == Some(view))
+        .filter(|ev| Family::of_kind(ev.kind) == Some(view))
         .take(usize::try_from(expected).unwrap_or(usize::MAX))
         .inspect(|_| seen += 1);
     let built = match opts.format {
@@ -259,7 +264,7 @@ mod tests {
         pprof_proto::Profile::decode(&raw[..]).unwrap()
     }
 
-    fn opts(capture: &Path, kind: Option<View>, output: Option<PathBuf>) -> ExportOptions {
+    fn opts(capture: &Path, kind: Option<Family>, output: Option<PathBuf>) -> ExportOptions {
         ExportOptions {
             capture: capture.to_owned(),
             format: Format::Pprof,
@@ -273,7 +278,7 @@ mod tests {
         let dir = tempdir("default");
         let cap = capture(&dir);
         let done = export(&opts(&cap, None, None)).unwrap();
-        assert_eq!(done.view, View::Cpu);
+        assert_eq!(done.view, Family::Cpu);
         assert_eq!(done.path, dir.join("cpu.pb.gz"));
         assert_eq!(done.events, 30);
         assert!(done.damage.is_none());
@@ -304,13 +309,13 @@ mod tests {
         let dir = tempdir("kinds");
         let cap = capture(&dir);
         let out = dir.join("off.pb.gz");
-        let done = export(&opts(&cap, Some(View::Offcpu), Some(out.clone()))).unwrap();
+        let done = export(&opts(&cap, Some(Family::Offcpu), Some(out.clone()))).unwrap();
         assert_eq!(done.path, out);
         let p = read_pprof(&out);
         assert_eq!(p.sample.len(), 1);
         assert_eq!(p.sample[0].value, [1, 1_234_567]);
 
-        let err = export(&opts(&cap, Some(View::Tcp), None)).unwrap_err();
+        let err = export(&opts(&cap, Some(Family::Tcp), None)).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("has no tcp events"), "{msg}");
         assert!(

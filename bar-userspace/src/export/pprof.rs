@@ -8,6 +8,7 @@
 //! are frames of their own, without a mapping, below the stack they annotate. The process name
 //! is the `comm` label rather than a root frame.
 
+use bar_ebpf_common::Family;
 use std::{
     collections::{BTreeMap, HashMap},
     io::{self, Write},
@@ -18,7 +19,7 @@ use prost::Message as _;
 
 use super::pprof_proto as pb;
 use crate::{
-    aggregate::{Profile, View, weigh},
+    aggregate::{Profile, weigh},
     capture::proto::{Event, event::Detail},
 };
 
@@ -37,7 +38,7 @@ pub const NO_STACK: &str = "[no stack]";
 
 impl SampleTypes {
     /// Sample types of `view`; `frequency` is the on-CPU sampling rate in Hz (0 if unknown).
-    pub fn of(view: View, frequency: u64) -> Self {
+    pub fn of(view: Family, frequency: u64) -> Self {
         // Every off-CPU interval, fault, connect and NUMA event is recorded, not sampled, so
         // the period of those kinds is one event.
         let exact = |types: Vec<_>, default| {
@@ -50,24 +51,24 @@ impl SampleTypes {
             }
         };
         match view {
-            View::Cpu if frequency > 0 => Self {
+            Family::Cpu if frequency > 0 => Self {
                 types: vec![("samples", "count"), ("cpu", "nanoseconds")],
                 default: "cpu",
                 period_type: ("cpu", "nanoseconds"),
                 period: i64::try_from(1_000_000_000 / frequency).unwrap_or(i64::MAX),
             },
             // Without a frequency there is no honest time per sample.
-            View::Cpu => exact(vec![("samples", "count")], "samples"),
-            View::Offcpu => exact(
+            Family::Cpu => exact(vec![("samples", "count")], "samples"),
+            Family::Offcpu => exact(
                 vec![("switches", "count"), ("offcpu", "nanoseconds")],
                 "offcpu",
             ),
-            View::Faults => exact(vec![("faults", "count")], "faults"),
-            View::Tcp => exact(
+            Family::Faults => exact(vec![("faults", "count")], "faults"),
+            Family::Tcp => exact(
                 vec![("connects", "count"), ("latency", "nanoseconds")],
                 "connects",
             ),
-            View::Numa => exact(vec![("events", "count"), ("pages", "count")], "pages"),
+            Family::Numa => exact(vec![("events", "count"), ("pages", "count")], "pages"),
         }
     }
 
@@ -103,13 +104,13 @@ struct Key<'p> {
 /// Builds the pprof profile of `view` from its events (the other views' events are skipped).
 pub fn build(
     profile: &Profile,
-    view: View,
+    view: Family,
     events: impl IntoIterator<Item = Event>,
 ) -> pb::Profile {
     let types = SampleTypes::of(view, profile.meta.frequency);
     let mut samples: BTreeMap<Key<'_>, Vec<i64>> = BTreeMap::new();
     for ev in events {
-        if View::of_kind(ev.kind) != Some(view) {
+        if Family::of_kind(ev.kind) != Some(view) {
             continue;
         }
         let (weight, leaf) = weigh(&ev);
@@ -227,7 +228,7 @@ pub fn build(
 }
 
 /// Lines a person sees in `go tool pprof`'s header: where and how it was recorded.
-fn comments(profile: &Profile, view: View) -> Vec<String> {
+fn comments(profile: &Profile, view: Family) -> Vec<String> {
     let m = &profile.meta;
     let mut c = vec![format!(
         "bar {} {} on {} ({})",
@@ -240,7 +241,7 @@ fn comments(profile: &Profile, view: View) -> Vec<String> {
         Some(t) => format!("target: {} (pid {})", t.comm, t.pid),
         None => format!("scope: {}", m.scope),
     });
-    if view == View::Cpu && m.frequency > 0 {
+    if view == Family::Cpu && m.frequency > 0 {
         c.push(format!("sampled at {} Hz", m.frequency));
     }
     if let Some(d) = &profile.damage {
@@ -539,7 +540,7 @@ mod tests {
             ev(kind::CPU, 12, 8, 2, None),
             ev(kind::CPU, 13, 8, 0, None),
         ];
-        let out = build(&p, View::Cpu, events);
+        let out = build(&p, Family::Cpu, events);
         // String 0 is "", and every string appears once.
         assert_eq!(out.string_table[0], "");
         let mut uniq = out.string_table.clone();
@@ -590,7 +591,7 @@ mod tests {
             // Another view's event is not part of a cpu profile.
             ev(kind::OFFCPU, 14, 8, 2, offcpu(5_000, 1)),
         ];
-        let out = build(&p, View::Cpu, events);
+        let out = build(&p, Family::Cpu, events);
         assert_eq!(types(&out), ["samples/count", "cpu/nanoseconds"]);
         let pt = out.period_type.clone().unwrap();
         assert_eq!(out.string_table[pt.r#type as usize], "cpu");
@@ -622,7 +623,7 @@ mod tests {
                 events: vec![ev(kind::CPU, 1, 7, e, None)],
             }));
         }
-        assert_eq!(total as u64, agg.views[&View::Cpu].weight);
+        assert_eq!(total as u64, agg.views[&Family::Cpu].weight);
     }
 
     #[test]
@@ -633,7 +634,7 @@ mod tests {
             ev(kind::OFFCPU, 11, 7, 2, offcpu(999, 1)),
             ev(kind::OFFCPU, 12, 7, 2, offcpu(700_000, 2)),
         ];
-        let out = build(&p, View::Offcpu, events);
+        let out = build(&p, Family::Offcpu, events);
         assert_eq!(types(&out), ["switches/count", "offcpu/nanoseconds"]);
         assert_eq!(out.string_table[out.default_sample_type as usize], "offcpu");
         let r = resolve(&out);
@@ -664,7 +665,7 @@ mod tests {
             ev(kind::TCP, 1, 7, 1, tcp(111, 30_000)),
             ev(kind::TCP, 2, 7, 1, tcp(111, 50_000)),
         ];
-        let out = build(&p, View::Tcp, events);
+        let out = build(&p, Family::Tcp, events);
         assert_eq!(types(&out), ["connects/count", "latency/nanoseconds"]);
         let r = resolve(&out);
         assert_eq!(r.len(), 1);
@@ -689,7 +690,7 @@ mod tests {
             ev(kind::NUMA_PAGES, 1, 7, 1, pages),
             ev(kind::NUMA_TASK, 2, 7, 1, task),
         ];
-        let out = build(&p, View::Numa, events);
+        let out = build(&p, Family::Numa, events);
         assert_eq!(types(&out), ["events/count", "pages/count"]);
         let r = resolve(&out);
         let migrate = r
@@ -716,7 +717,7 @@ mod tests {
             ev(kind::CPU, 250, 7, 1, None),
             ev(kind::CPU, 350, 7, 1, None),
         ];
-        let out = build(&p, View::Cpu, events);
+        let out = build(&p, Family::Cpu, events);
         let r = resolve(&out);
         let mut phased: Vec<(Option<&str>, i64)> = r
             .iter()
@@ -729,7 +730,7 @@ mod tests {
     #[test]
     fn gzip_round_trip() {
         let p = profile();
-        let out = build(&p, View::Cpu, vec![ev(kind::CPU, 10, 7, 1, None)]);
+        let out = build(&p, Family::Cpu, vec![ev(kind::CPU, 10, 7, 1, None)]);
         let mut buf = Vec::new();
         write_gz(&out, &mut buf).unwrap();
         assert_eq!(&buf[..2], &[0x1f, 0x8b], "gzip magic");
@@ -742,7 +743,7 @@ mod tests {
     fn unknown_frequency_gives_counts_only() {
         let mut p = profile();
         p.meta.frequency = 0;
-        let out = build(&p, View::Cpu, vec![ev(kind::CPU, 10, 7, 1, None)]);
+        let out = build(&p, Family::Cpu, vec![ev(kind::CPU, 10, 7, 1, None)]);
         assert_eq!(types(&out), ["samples/count"]);
         assert_eq!(out.sample[0].value, [1]);
     }

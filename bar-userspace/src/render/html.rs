@@ -6,12 +6,13 @@
 //! Flame graphs are the inferno SVGs already written beside it, embedded as `data:` URLs in
 //! iframes so that each keeps its own search and zoom script.
 
+use bar_ebpf_common::Family;
 use std::{collections::BTreeMap, fmt::Write as _, io, path::Path};
 
 use base64::Engine as _;
 
 use super::{rfc3339, write_atomic};
-use crate::aggregate::{Profile, View};
+use crate::aggregate::Profile;
 
 /// A section added by the caller (e.g. a diff), as trusted HTML.
 pub struct Section {
@@ -42,12 +43,12 @@ iframe{width:100%;border:1px solid #ddd}details{margin:.4em 0}summary{cursor:poi
 .note{color:#a33}.dim{color:#777}";
 
 /// Colours of the kinds in the timeline, and the phase bands.
-const KIND_COLOURS: [(View, &str); 5] = [
-    (View::Cpu, "#d9480f"),
-    (View::Offcpu, "#1c7ed6"),
-    (View::Faults, "#2b8a3e"),
-    (View::Tcp, "#862e9c"),
-    (View::Numa, "#e67700"),
+const KIND_COLOURS: [(Family, &str); 5] = [
+    (Family::Cpu, "#d9480f"),
+    (Family::Offcpu, "#1c7ed6"),
+    (Family::Faults, "#2b8a3e"),
+    (Family::Tcp, "#862e9c"),
+    (Family::Numa, "#e67700"),
 ];
 const BAND_COLOURS: [&str; 4] = ["#fff3bf", "#d3f9d8", "#d0ebff", "#f3d9fa"];
 
@@ -77,7 +78,7 @@ pub fn flame_iframe(svg_path: &Path) -> String {
 
 /// Events per second of each kind over time, one row per kind, with phases as bands.
 fn timeline(profile: &Profile) -> String {
-    let views: Vec<View> = View::ALL
+    let views: Vec<Family> = Family::ALL
         .into_iter()
         .filter(|v| profile.views.contains_key(v))
         .collect();
@@ -258,7 +259,7 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
     let kinds = &summary["kinds"];
     h.push_str(&table(
         &["kind", "attach point", "events", "weight", "unit", "lost"],
-        View::ALL.into_iter().filter_map(|v| {
+        Family::ALL.into_iter().filter_map(|v| {
             let k = kinds.get(v.name())?;
             Some(vec![
                 v.name().into(),
@@ -304,7 +305,7 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
     }
 
     h.push_str("<h2>Flame graphs</h2>");
-    let recorded: Vec<View> = View::ALL
+    let recorded: Vec<Family> = Family::ALL
         .into_iter()
         .filter(|v| dir.join(format!("{}.svg", v.name())).exists())
         .collect();

@@ -7,6 +7,7 @@ mod summary;
 
 pub use self::summary::summary;
 
+use bar_ebpf_common::Family;
 use std::{
     fs,
     io::{self, Write},
@@ -16,7 +17,7 @@ use std::{
 use inferno::flamegraph::{self, Palette, color::MultiPalette};
 use serde_json::{Value, json};
 
-use crate::aggregate::{Profile, View, ViewAgg, format_endpoint, migrate_reason, tcp_result};
+use crate::aggregate::{Profile, ViewAgg, format_endpoint, migrate_reason, tcp_result};
 use crate::capture::proto::event::Detail;
 
 /// Writes `path` atomically (temporary file + rename), mode 0600 like the capture.
@@ -56,7 +57,7 @@ pub fn rfc3339(ns: i128) -> String {
 }
 
 /// Options of a flame graph for one view.
-fn flame_options(profile: &Profile, view: View, title: &str) -> flamegraph::Options<'static> {
+fn flame_options(profile: &Profile, view: Family, title: &str) -> flamegraph::Options<'static> {
     let mut o = flamegraph::Options::default();
     o.title = title.to_owned();
     o.subtitle = Some(format!(
@@ -111,13 +112,13 @@ fn write_lines(path: &Path, lines: &[String]) -> io::Result<()> {
 }
 
 /// One JSON object per line for each TCP attempt or NUMA event, with wall-clock times.
-fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(View, Value)> {
+fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(Family, Value)> {
     let at = rfc3339(profile.wall_ns(ev.ts));
     let comm = profile.comm_at(ev.pid, ev.ts);
     let stack = profile.stack_names(ev.stack);
     match &ev.detail {
         Some(Detail::Tcp(t)) => Some((
-            View::Tcp,
+            Family::Tcp,
             json!({
                 "time": at, "pid": ev.pid, "tid": ev.tid, "comm": comm,
                 "source": format_endpoint(t.family, &t.saddr, t.sport),
@@ -128,7 +129,7 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(V
             }),
         )),
         Some(Detail::NumaTask(n)) => Some((
-            View::Numa,
+            Family::Numa,
             json!({
                 "time": at, "pid": ev.pid, "tid": ev.tid, "comm": comm, "type": "task",
                 "what": match n.what { 2 => "swap", 3 => "stick", _ => "move" },
@@ -137,7 +138,7 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(V
             }),
         )),
         Some(Detail::NumaPages(p)) => Some((
-            View::Numa,
+            Family::Numa,
             json!({
                 "time": at, "pid": ev.pid, "tid": ev.tid, "comm": comm, "type": "pages",
                 "reason": migrate_reason(p.reason), "mode": p.mode,
@@ -167,7 +168,7 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
         write_svg(&svg, &lines, flame_options(profile, *view, &title))?;
         written.push(svg);
     }
-    for view in [View::Tcp, View::Numa] {
+    for view in [Family::Tcp, Family::Numa] {
         if !recorded.contains(&view) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! `summary.json`: what a recording was (host, target, time range, attach points) and what it
 //! holds per kind, per process and per phase, with losses and latency percentiles.
 
+use bar_ebpf_common::Family;
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
@@ -8,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::rfc3339;
-use crate::aggregate::{Profile, View, ViewAgg};
+use crate::aggregate::{Profile, ViewAgg};
 
 fn percentiles(h: &Histogram<u64>, qs: &[(&str, f64)]) -> Value {
     if h.is_empty() {
@@ -34,7 +35,7 @@ struct SymbolSummary {
 }
 
 /// Per-view summary entry.
-fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
+fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value {
     let meta = &profile.meta;
     let family = meta.families.iter().find(|f| f.name == view.name());
     let kinds = view.kinds();
@@ -60,14 +61,14 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
     let Some(agg) = agg else { return v };
     let obj = v.as_object_mut().unwrap_or_else(|| unreachable!());
     match view {
-        View::Cpu => {
+        Family::Cpu => {
             obj.insert("frequency_hz".into(), json!(meta.frequency));
         }
-        View::Faults => {
+        Family::Faults => {
             obj.insert("user_mode".into(), json!(agg.user_mode));
             obj.insert("kernel_mode".into(), json!(agg.kernel_mode));
         }
-        View::Offcpu => {
+        Family::Offcpu => {
             obj.insert("min_block_us".into(), json!(meta.min_block_ns / 1000));
             obj.insert("blocked_us".into(), percentiles(&agg.blocked_us, P50_P99));
             obj.insert(
@@ -95,7 +96,7 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
                 .collect();
             obj.insert("top_blocked_stacks".into(), json!(top));
         }
-        View::Tcp => {
+        Family::Tcp => {
             obj.insert("map_full".into(), json!(profile.counters.tcp_map_full));
             let dests: Vec<Value> = agg
                 .tcp
@@ -112,7 +113,7 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
                 .collect();
             obj.insert("destinations".into(), json!(dests));
         }
-        View::Numa => {
+        Family::Numa => {
             let n = &agg.numa;
             obj.insert(
                 "weight_note".into(),
@@ -176,7 +177,7 @@ pub fn summary(profile: &Profile) -> Value {
     let start = meta.start_ns;
     let end = profile.end_ns();
     let mut kinds = serde_json::Map::new();
-    for view in View::ALL {
+    for view in Family::ALL {
         let recorded = meta.families.iter().any(|f| f.name == view.name())
             || profile.views.contains_key(&view);
         if recorded {
@@ -270,14 +271,14 @@ fn phase_table(profile: &Profile) -> Value {
                     });
                     let obj = k.as_object_mut().unwrap_or_else(|| unreachable!());
                     match view {
-                        View::Offcpu => {
+                        Family::Offcpu => {
                             obj.insert("blocked_us".into(), percentiles(&agg.blocked_us, P50_P99));
                             obj.insert(
                                 "preempted_us".into(),
                                 percentiles(&agg.preempted_us, P50_P99),
                             );
                         }
-                        View::Tcp => {
+                        Family::Tcp => {
                             obj.insert(
                                 "latency_us".into(),
                                 percentiles(&agg.tcp_latency_us, P50_P90_P99),
