@@ -696,7 +696,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
     if !quiet {
         let dir = rec.out_dir.display();
         eprintln!(
-            "bar-probe: open {dir}/cpu.svg and {dir}/faults.svg in a browser; the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
+            "bar-probe: open {dir}/report.html in a browser (or cpu.svg, faults.svg); the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
         );
     }
     Ok(())
