@@ -193,9 +193,10 @@ impl ViewAgg {
     pub fn add(&mut self, ev: &proto::Event, process: u32) {
         let (weight, leaf) = weigh(ev);
         self.events += 1;
-        self.weight += weight;
+        self.weight = self.weight.saturating_add(weight);
         if weight > 0 {
-            *self.stacks.entry((process, ev.stack, leaf)).or_default() += weight;
+            let w = self.stacks.entry((process, ev.stack, leaf)).or_default();
+            *w = w.saturating_add(weight);
         }
         match &ev.detail {
             Some(Detail::Fault(f)) => {
@@ -250,20 +251,17 @@ impl ViewAgg {
                     .tasks += 1;
             }
             Some(Detail::NumaPages(p)) => {
-                self.numa.pages_migrated += p.succeeded;
-                self.numa.pages_failed += p.failed;
+                self.numa.pages_migrated = self.numa.pages_migrated.saturating_add(p.succeeded);
+                self.numa.pages_failed = self.numa.pages_failed.saturating_add(p.failed);
                 let e = self
                     .numa
                     .batches_by_reason
                     .entry(migrate_reason(p.reason))
                     .or_default();
-                e.0 += p.succeeded;
-                e.1 += p.failed;
-                self.numa
-                    .node_pairs
-                    .entry((-1, p.dst_nid))
-                    .or_default()
-                    .pages += p.succeeded;
+                e.0 = e.0.saturating_add(p.succeeded);
+                e.1 = e.1.saturating_add(p.failed);
+                let pair = self.numa.node_pairs.entry((-1, p.dst_nid)).or_default();
+                pair.pages = pair.pages.saturating_add(p.succeeded);
             }
             None => {}
         }
@@ -355,7 +353,10 @@ impl Profile {
                 Body::Trailer(t) => end = Some(t.end_ns),
                 Body::Counters(c) => last_seen = last_seen.max(c.ts),
                 Body::Events(e) => {
-                    last_seen = e.events.iter().fold(last_seen, |m, ev| m.max(ev.ts + 1));
+                    last_seen = e
+                        .events
+                        .iter()
+                        .fold(last_seen, |m, ev| m.max(ev.ts.saturating_add(1)));
                 }
                 _ => {}
             }
@@ -459,7 +460,7 @@ impl Profile {
             .entry(view)
             .or_default();
         totals.0 += 1;
-        totals.1 += weight;
+        totals.1 = totals.1.saturating_add(weight);
         if let Some(i) = self.phase_at(ev.ts) {
             self.phase_views[i]
                 .entry(view)
@@ -558,7 +559,8 @@ impl Profile {
             let mut parts = vec![sanitize(self.name(*process))];
             parts.extend(self.stack_names(*stack));
             parts.extend(leaf.iter().map(|l| sanitize(l)));
-            *merged.entry(parts.join(";")).or_default() += w;
+            let total = merged.entry(parts.join(";")).or_default();
+            *total = total.saturating_add(*w);
         }
         merged
     }

@@ -51,6 +51,8 @@ const KIND_COLOURS: [(Family, &str); 5] = [
     (Family::Numa, "#e67700"),
 ];
 const BAND_COLOURS: [&str; 4] = ["#fff3bf", "#d3f9d8", "#d0ebff", "#f3d9fa"];
+/// A week of seconds: more points than a page can show, and a bound on a damaged timestamp.
+const MAX_TIMELINE_SECONDS: u64 = 7 * 86_400;
 
 /// An inferno SVG file, embedded so that its script still runs.
 pub fn flame_iframe(svg_path: &Path) -> String {
@@ -122,7 +124,7 @@ fn timeline(profile: &Profile) -> String {
         let max = series.values().copied().max().unwrap_or(0).max(1) as f64;
         let top = row as f64 * row_h + 18.0;
         let y = |v: u64| top + (row_h - 16.0) * (1.0 - v as f64 / max);
-        let points: Vec<String> = (0..secs as u64)
+        let points: Vec<String> = (0..(secs as u64).min(MAX_TIMELINE_SECONDS))
             .map(|s| {
                 format!(
                     "{:.1},{:.1}",
