@@ -7,6 +7,7 @@
 #   scripts/setup.sh bench      + the peer tracers, bpftool, GNU time and inferno's CLI for
 #                               the benchmarks (cargo xtask bench)
 #   scripts/setup.sh report     + chromium for the HTML report test
+#   scripts/setup.sh export     + Go, whose `go tool pprof` the export test reads profiles with
 set -euo pipefail
 
 TOOLS="${BAR_TOOLS_DIR:-$HOME/.cache/bar-tools}"
@@ -22,9 +23,11 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # Wait for another apt run instead of failing on its lock.
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >/dev/null; then
+        apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >/dev/null
     fi
 }
 
@@ -80,5 +83,7 @@ case "${1:-build}" in
         bench_tools
         ;;
     report) apt_install chromium ;;
-    *) log "unknown group '$1' (build, vm, bench, report)"; exit 2 ;;
+    # Debian's golang-go ships pprof prebuilt (`go tool pprof`), so it runs offline.
+    export) apt_install golang-go ;;
+    *) log "unknown group '$1' (build, vm, bench, report, export)"; exit 2 ;;
 esac

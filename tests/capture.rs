@@ -363,3 +363,24 @@ fn files_belong_to_the_sudo_user() {
         assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", f.display());
     }
 }
+
+#[test]
+fn jit_code_is_named_from_the_perf_map() {
+    if !root_or_skip("jit_code_is_named_from_the_perf_map") {
+        return;
+    }
+    let dir = out_dir("jit");
+    let mut w = Workload::start(&["jit", "--seconds", "2"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
+    w.go();
+    w.finish();
+    let rec = rec.finish();
+    let folded = rec.folded("cpu");
+    // The map file is gone when the process ends; the name survives in the capture.
+    assert!(
+        folded.weight_with("bar_jit_hot_loop") * 2 >= folded.total(),
+        "{:#?}",
+        folded.stacks
+    );
+}

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use bar_ebpf_common::{kind, numa_task_kind, offcpu_reason};
+use bar_ebpf_common::{Family, numa_task_kind, offcpu_reason};
 use hdrhistogram::Histogram;
 
 use crate::{
@@ -17,67 +17,6 @@ use crate::{
     },
     phases::{self, Phase, PhaseError, WallPhase},
 };
-
-/// An output view: one folded file, one flame graph, one entry in `summary.json`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum View {
-    Cpu,
-    Offcpu,
-    Faults,
-    Tcp,
-    Numa,
-}
-
-impl View {
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Offcpu => "offcpu",
-            Self::Faults => "faults",
-            Self::Tcp => "tcp",
-            Self::Numa => "numa",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.name() == s)
-    }
-
-    pub const fn of_kind(k: u32) -> Option<Self> {
-        Some(match k {
-            kind::CPU => Self::Cpu,
-            kind::OFFCPU => Self::Offcpu,
-            kind::FAULT => Self::Faults,
-            kind::TCP => Self::Tcp,
-            kind::NUMA_TASK | kind::NUMA_PAGES => Self::Numa,
-            _ => return None,
-        })
-    }
-
-    /// Record kinds that make up the view.
-    pub const fn kinds(self) -> &'static [u32] {
-        match self {
-            Self::Cpu => &[kind::CPU],
-            Self::Offcpu => &[kind::OFFCPU],
-            Self::Faults => &[kind::FAULT],
-            Self::Tcp => &[kind::TCP],
-            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
-        }
-    }
-
-    /// What one unit of weight is.
-    pub const fn unit(self) -> &'static str {
-        match self {
-            Self::Cpu => "samples",
-            Self::Offcpu => "us",
-            Self::Faults => "faults",
-            Self::Tcp => "connects",
-            Self::Numa => "pages",
-        }
-    }
-}
 
 /// Latency histogram in microseconds (1 us to 1 hour, 3 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
@@ -208,8 +147,8 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
     }
 }
 
-/// Weight and leaf annotations of an event in its view.
-fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
+/// Weight and leaf annotations of an event in its view (also the leaf frames of `export`).
+pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
     match &ev.detail {
         None => (1, Vec::new()),
         Some(Detail::Fault(_)) => (1, Vec::new()),
@@ -254,9 +193,10 @@ impl ViewAgg {
     pub fn add(&mut self, ev: &proto::Event, process: u32) {
         let (weight, leaf) = weigh(ev);
         self.events += 1;
-        self.weight += weight;
+        self.weight = self.weight.saturating_add(weight);
         if weight > 0 {
-            *self.stacks.entry((process, ev.stack, leaf)).or_default() += weight;
+            let w = self.stacks.entry((process, ev.stack, leaf)).or_default();
+            *w = w.saturating_add(weight);
         }
         match &ev.detail {
             Some(Detail::Fault(f)) => {
@@ -311,22 +251,38 @@ impl ViewAgg {
                     .tasks += 1;
             }
             Some(Detail::NumaPages(p)) => {
-                self.numa.pages_migrated += p.succeeded;
-                self.numa.pages_failed += p.failed;
+                self.numa.pages_migrated = self.numa.pages_migrated.saturating_add(p.succeeded);
+                self.numa.pages_failed = self.numa.pages_failed.saturating_add(p.failed);
                 let e = self
                     .numa
                     .batches_by_reason
                     .entry(migrate_reason(p.reason))
                     .or_default();
-                e.0 += p.succeeded;
-                e.1 += p.failed;
-                self.numa
-                    .node_pairs
-                    .entry((-1, p.dst_nid))
-                    .or_default()
-                    .pages += p.succeeded;
+                e.0 = e.0.saturating_add(p.succeeded);
+                e.1 = e.1.saturating_add(p.failed);
+                let pair = self.numa.node_pairs.entry((-1, p.dst_nid)).or_default();
+                pair.pages = pair.pages.saturating_add(p.succeeded);
             }
             None => {}
+        }
+    }
+}
+
+/// Events of `[start, end)` (monotonic ns) of a capture, aggregated apart from the whole: a
+/// phase, a window of one, a range a user asked for. Slices may overlap.
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub start: u64,
+    pub end: u64,
+    pub views: BTreeMap<Family, ViewAgg>,
+}
+
+impl Slice {
+    pub fn new(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end,
+            views: BTreeMap::new(),
         }
     }
 }
@@ -342,7 +298,7 @@ pub struct Profile {
     name_ids: HashMap<String, u32>,
     pub frames: Vec<proto::Frame>,
     pub stacks: Vec<proto::Stack>,
-    pub views: BTreeMap<View, ViewAgg>,
+    pub views: BTreeMap<Family, ViewAgg>,
     pub counters: proto::Counters,
     pub markers: Vec<proto::Marker>,
     pub trailer: Option<proto::Trailer>,
@@ -350,19 +306,21 @@ pub struct Profile {
     pub first_ts: Option<u64>,
     pub last_ts: Option<u64>,
     /// Per-second event counts per view (for timelines), keyed by seconds since start.
-    pub timeline: BTreeMap<u64, BTreeMap<View, u64>>,
+    pub timeline: BTreeMap<u64, BTreeMap<Family, u64>>,
     /// TCP and NUMA events, kept whole for their `.jsonl` files (they are rare next to
     /// samples and faults).
     pub detail_events: Vec<proto::Event>,
     /// Per process (pid): events and weight per view.
-    pub per_process: HashMap<u32, BTreeMap<View, (u64, u64)>>,
+    pub per_process: HashMap<u32, BTreeMap<Family, (u64, u64)>>,
     /// Phases, sorted and non-overlapping, and the views aggregated within each.
     pub phases: Vec<Phase>,
-    pub phase_views: Vec<BTreeMap<View, ViewAgg>>,
+    pub phase_views: Vec<BTreeMap<Family, ViewAgg>>,
     /// Remarks on the phases (e.g. clipped to the capture).
     pub phase_notes: Vec<String>,
     /// Every counters block, in order, for losses per phase.
     pub counter_series: Vec<proto::Counters>,
+    /// Time slices also aggregated (see [`Profile::from_reader_sliced`]).
+    pub slices: Vec<Slice>,
 }
 
 impl Profile {
@@ -383,18 +341,28 @@ impl Profile {
         let mut p = Self::default();
         let mut markers = Vec::new();
         let mut end = None;
-        let mut last_counters = None;
+        // Without a trailer (a capture cut short) the end is the last thing known to happen.
+        let mut last_seen = 0;
         while let Some(body) = reader.next_block() {
             match body {
                 Body::Meta(m) => p.meta = m,
-                Body::Marker(m) => markers.push(m),
+                Body::Marker(m) => {
+                    last_seen = last_seen.max(m.ts);
+                    markers.push(m);
+                }
                 Body::Trailer(t) => end = Some(t.end_ns),
-                Body::Counters(c) => last_counters = Some(c.ts),
+                Body::Counters(c) => last_seen = last_seen.max(c.ts),
+                Body::Events(e) => {
+                    last_seen = e
+                        .events
+                        .iter()
+                        .fold(last_seen, |m, ev| m.max(ev.ts.saturating_add(1)));
+                }
                 _ => {}
             }
         }
         let start = p.meta.start_ns;
-        let end = end.or(last_counters).unwrap_or(start).max(start);
+        let end = end.unwrap_or(last_seen).max(start);
         let offset = p.meta.monotonic_to_realtime_ns;
         let (phases, notes) = match file_phases {
             Some(fp) => phases::fit_wall(fp, offset, start, end)?,
@@ -426,6 +394,20 @@ impl Profile {
         i.checked_sub(1).map(|i| &self.counter_series[i])
     }
 
+    /// As [`Profile::from_reader`], and each event also goes to every slice whose
+    /// `[start, end)` holds its time.
+    pub fn from_reader_sliced(reader: &mut Reader, slices: Vec<Slice>) -> Self {
+        let mut p = Self {
+            slices,
+            ..Self::default()
+        };
+        while let Some(body) = reader.next_block() {
+            p.add_block(body);
+        }
+        p.damage = reader.damage.clone();
+        p
+    }
+
     pub fn add_block(&mut self, body: Body) {
         match body {
             Body::Meta(m) => self.meta = m,
@@ -454,7 +436,7 @@ impl Profile {
     }
 
     fn add_event(&mut self, ev: &proto::Event) {
-        let Some(view) = View::of_kind(ev.kind) else {
+        let Some(view) = Family::of_kind(ev.kind) else {
             return;
         };
         self.first_ts = Some(self.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
@@ -478,16 +460,37 @@ impl Profile {
             .entry(view)
             .or_default();
         totals.0 += 1;
-        totals.1 += weight;
+        totals.1 = totals.1.saturating_add(weight);
         if let Some(i) = self.phase_at(ev.ts) {
             self.phase_views[i]
                 .entry(view)
                 .or_default()
                 .add(ev, process);
         }
-        if matches!(view, View::Tcp | View::Numa) {
+        // A handful of slices (windows of a diff): a scan is cheaper than keeping them sorted.
+        for s in &mut self.slices {
+            if (s.start..s.end).contains(&ev.ts) {
+                s.views.entry(view).or_default().add(ev, process);
+            }
+        }
+        if matches!(view, Family::Tcp | Family::Numa) {
             self.detail_events.push(ev.clone());
         }
+    }
+
+    /// Views the capture recorded: a family that attached, or events of its kind.
+    pub fn recorded_views(&self) -> Vec<Family> {
+        Family::ALL
+            .into_iter()
+            .filter(|v| {
+                self.views.contains_key(v)
+                    || self
+                        .meta
+                        .families
+                        .iter()
+                        .any(|f| f.name == v.name() && !f.method.is_empty())
+            })
+            .collect()
     }
 
     fn intern_name(&mut self, name: String) -> u32 {
@@ -549,16 +552,22 @@ impl Profile {
             .collect()
     }
 
-    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
-    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+    /// Folded stacks of a view: `process;frame;...;frame` -> weight.
+    pub fn folded_map(&self, agg: &ViewAgg) -> BTreeMap<String, u64> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
         for ((process, stack, leaf), w) in &agg.stacks {
             let mut parts = vec![sanitize(self.name(*process))];
             parts.extend(self.stack_names(*stack));
             parts.extend(leaf.iter().map(|l| sanitize(l)));
-            *merged.entry(parts.join(";")).or_default() += w;
+            let total = merged.entry(parts.join(";")).or_default();
+            *total = total.saturating_add(*w);
         }
         merged
+    }
+
+    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
+    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+        self.folded_map(agg)
             .into_iter()
             .map(|(k, w)| format!("{k} {w}"))
             .collect()
@@ -590,6 +599,8 @@ fn sanitize(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use bar_ebpf_common::kind;
+
     use super::*;
 
     fn ev(kind: u32, pid: u32, stack: u32, detail: Option<Detail>) -> proto::Event {
@@ -670,12 +681,12 @@ mod tests {
             ),
         ];
         p.add_block(Body::Events(proto::Events { events }));
-        let cpu = p.folded(&p.views[&View::Cpu]);
+        let cpu = p.folded(&p.views[&Family::Cpu]);
         assert_eq!(
             cpu,
             vec!["[pid 8] 1".to_owned(), "app;main;work:x 2".to_owned()]
         );
-        let off = p.folded(&p.views[&View::Offcpu]);
+        let off = p.folded(&p.views[&Family::Offcpu]);
         assert_eq!(
             off,
             vec![
@@ -683,9 +694,29 @@ mod tests {
                 "app;main;schedule_[k];[preempted] 500".to_owned()
             ]
         );
-        let h = &p.views[&View::Offcpu].blocked_us;
+        let h = &p.views[&Family::Offcpu].blocked_us;
         let p50 = h.value_at_quantile(0.5);
         assert!(h.equivalent(p50, 2500), "{p50}");
+    }
+
+    #[test]
+    fn slices_aggregate_their_time_range_apart() {
+        let mut p = profile();
+        let mut slices = vec![Slice::new(0, 5), Slice::new(3, 8)];
+        let events: Vec<_> = (0..10)
+            .map(|ts| proto::Event {
+                ts,
+                ..ev(kind::CPU, 7, 1, None)
+            })
+            .collect();
+        // As from_reader_sliced sets them up before the blocks arrive.
+        p.slices = std::mem::take(&mut slices);
+        p.add_block(Body::Events(proto::Events { events }));
+        assert_eq!(p.views[&Family::Cpu].events, 10);
+        assert_eq!(p.slices[0].views[&Family::Cpu].events, 5);
+        assert_eq!(p.slices[1].views[&Family::Cpu].events, 5);
+        let folded = p.folded_map(&p.slices[1].views[&Family::Cpu]);
+        assert_eq!(folded["app;main;work:x"], 5);
     }
 
     #[test]
@@ -710,7 +741,7 @@ mod tests {
         p.add_block(Body::Events(proto::Events {
             events: vec![tcp(0, 80), tcp(111, 81), tcp(111, 81)],
         }));
-        let v = &p.views[&View::Tcp];
+        let v = &p.views[&Family::Tcp];
         assert_eq!(v.tcp["127.0.0.1:81"].refused, 2);
         assert_eq!(v.tcp["127.0.0.1:80"].established, 1);
         assert!(

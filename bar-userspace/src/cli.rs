@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the wiring of stages per subcommand. No stage logic
 //! lives here.
 
+use bar_ebpf_common::Family;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -11,8 +12,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    evidence, markers, phases,
-    probe::{self, Family, Method},
+    diff::{
+        self,
+        compare::{GateOn, Norm, TestOptions},
+        input::{Select, TimeRange},
+    },
+    evidence,
+    export::{self, ExportOptions},
+    markers, phases,
+    probe::{self, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
 };
@@ -106,6 +114,24 @@ pub enum Cmd {
         #[arg(last = true)]
         load: Vec<String>,
     },
+    /// Compare two profiles (captures, phases or time ranges of captures, folded files):
+    /// differential flame graph, frames that changed with p-values, root-cause paths, and a
+    /// gate for CI (exit status 3).
+    Diff(DiffArgs),
+    /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
+    /// (no root needed).
+    Export {
+        /// A capture.bar written by attach or record.
+        capture: PathBuf,
+        #[arg(long, value_enum, default_value = "pprof")]
+        format: export::Format,
+        /// Kind to export: cpu, offcpu, faults, tcp or numa (default: cpu).
+        #[arg(long, short, value_parser = parse_view)]
+        event: Option<Family>,
+        /// Output file (default: <kind>.pb.gz next to the capture).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// A built-in workload with known behaviour (used by the demo, tests and benchmarks).
     #[command(hide = true)]
     Workload(workload::WorkloadArgs),
@@ -182,6 +208,170 @@ fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
         name: name.to_owned(),
         duration: parse_duration(dur)?,
         command: command.filter(|c| !c.trim().is_empty()),
+    })
+}
+
+/// `bar-probe diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// Base: a capture.bar or a .folded file, or several separated by commas (repeated runs).
+    pub base: String,
+    /// Candidate, as BASE; left out: BASE again (compare two phases or time ranges of it).
+    pub cand: Option<String>,
+    /// Event kind to compare (cpu, offcpu, faults, tcp, numa); default: the one the inputs
+    /// share, cpu first.
+    #[arg(long, short, value_parser = parse_view)]
+    pub event: Option<Family>,
+    /// Compare this phase of each side's captures.
+    #[arg(long, conflicts_with_all = ["base_phase", "cand_phase", "base_range", "cand_range"])]
+    pub phase: Option<String>,
+    /// Take the phases from this phase file instead of the captures' markers.
+    #[arg(long, value_parser = parse_phase_file)]
+    pub phases: Option<PhaseFile>,
+    /// Phase of the base captures.
+    #[arg(long, conflicts_with = "base_range")]
+    pub base_phase: Option<String>,
+    /// Phase of the candidate captures.
+    #[arg(long, conflicts_with = "cand_range")]
+    pub cand_phase: Option<String>,
+    /// Time range of the base captures: START..END, offsets from the capture's start (2s,
+    /// 1500ms) or RFC 3339 times; either end may be left out.
+    #[arg(long)]
+    pub base_range: Option<TimeRange>,
+    /// Time range of the candidate captures, as --base-range.
+    #[arg(long)]
+    pub cand_range: Option<TimeRange>,
+    /// Cut each side's time into windows of this length; each window is one measurement for
+    /// the significance tests.
+    #[arg(long, value_parser = parse_duration)]
+    pub windows: Option<Duration>,
+    /// Compare weight per second instead of share of the total weight.
+    #[arg(long)]
+    pub per_second: bool,
+    /// Exit with status 3 when a significant frame grows by more than PCT points of share
+    /// (percent of its base rate with --per-second).
+    #[arg(long, value_name = "PCT")]
+    pub fail_above: Option<f64>,
+    /// Gate on latency instead: a significant p99 growth by more than PCT percent (offcpu, tcp).
+    #[arg(long, requires = "fail_above")]
+    pub latency: bool,
+    /// Significance level, for the Benjamini-Hochberg adjusted p-values of frames and the KS
+    /// p-values of latencies.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Test only frames with at least this share (in %) of the total on either side.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_share: f64,
+    /// Rows of the frame table.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Root-cause paths to show at most.
+    #[arg(long, default_value_t = 5)]
+    pub paths: usize,
+    /// Print the JSON verdict instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Output folder for diff.svg, diff-base.svg, diff.folded and diff.json (default:
+    /// ./bar-diff-<time>).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+fn parse_view(s: &str) -> Result<Family, String> {
+    Family::from_name(s)
+        .ok_or_else(|| format!("unknown event kind '{s}' (cpu, offcpu, faults, tcp, numa)"))
+}
+
+fn paths_list(s: &str) -> Vec<PathBuf> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+impl DiffArgs {
+    fn options(&self) -> diff::DiffOptions {
+        let select = |phase: &Option<String>, range: &Option<TimeRange>| match (
+            phase.as_ref().or(self.phase.as_ref()),
+            range,
+        ) {
+            (Some(p), _) => Select::Phase(p.clone()),
+            (None, Some(r)) => Select::Range(*r),
+            (None, None) => Select::Whole,
+        };
+        diff::DiffOptions {
+            phases: self.phases.clone().map(|p| p.0),
+            base: paths_list(&self.base),
+            cand: self.cand.as_deref().map(paths_list).unwrap_or_default(),
+            view: self.event,
+            base_select: select(&self.base_phase, &self.base_range),
+            cand_select: select(&self.cand_phase, &self.cand_range),
+            windows: self.windows,
+            norm: if self.per_second {
+                Norm::PerSecond
+            } else {
+                Norm::Share
+            },
+            test: TestOptions {
+                alpha: self.alpha,
+                min_share: self.min_share / 100.0,
+            },
+            top: self.top,
+            paths: self.paths,
+            gate: self.fail_above.map(|pct| {
+                let on = if self.latency {
+                    GateOn::Latency
+                } else {
+                    GateOn::Frames
+                };
+                (on, pct)
+            }),
+        }
+    }
+}
+
+/// Runs `diff`: outputs, table or JSON, and the exit status (3 when the gate fails).
+fn diff_command(args: &DiffArgs) -> anyhow::Result<i32> {
+    let opts = args.options();
+    if args.cand.is_none() && opts.base_select == opts.cand_select {
+        bail!(
+            "nothing to compare: give a candidate, or two phases or time ranges of {}              (--base-phase/--cand-phase, --base-range/--cand-range)",
+            args.base
+        );
+    }
+    let outcome = diff::diff(&opts)?;
+    for w in &outcome.warnings {
+        eprintln!("bar-probe: warning: {w}");
+    }
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bar-diff-{}", now_stamp())));
+    let mut written = diff::output::write_files(&outcome, &dir)
+        .with_context(|| format!("cannot write the outputs to {}", dir.display()))?;
+    let section = crate::render::html::Section {
+        title: "Differential flame graph".into(),
+        html: diff::output::html_section(&outcome, &dir),
+    };
+    written.push(
+        crate::render::html::write_page(&dir, &format!("bar diff: {}", args.base), &[section])
+            .with_context(|| format!("cannot write the outputs to {}", dir.display()))?,
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&diff::output::to_json(&outcome))?
+        );
+    } else {
+        print!("{}", diff::output::table(&outcome, args.top));
+        println!();
+        for p in &written {
+            println!("{}", p.display());
+        }
+    }
+    Ok(match &outcome.verdict {
+        Some(v) if v.failed() => 3,
+        _ => 0,
     })
 }
 
@@ -362,6 +552,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
             print_written(&rep.written);
         }
+        Cmd::Diff(args) => return diff_command(&args),
+        Cmd::Export {
+            capture,
+            format,
+            event,
+            output,
+        } => {
+            let done = export::export(&ExportOptions {
+                capture: capture.clone(),
+                format,
+                kind: event,
+                output,
+            })?;
+            if let Some(d) = &done.damage {
+                eprintln!(
+                    "bar-probe: warning: {} is damaged, exported what was valid: {d}",
+                    capture.display()
+                );
+            }
+            eprintln!(
+                "bar-probe: exported {} events of {} as {} samples",
+                done.events,
+                done.view.name(),
+                done.samples
+            );
+            println!("{}", done.path.display());
+        }
         Cmd::Workload(args) => workload::run(&args)?,
     }
     Ok(0)
@@ -480,7 +697,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
     if !quiet {
         let dir = rec.out_dir.display();
         eprintln!(
-            "bar-probe: open {dir}/cpu.svg and {dir}/faults.svg in a browser; the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
+            "bar-probe: open {dir}/report.html in a browser (or cpu.svg, faults.svg); the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
         );
     }
     Ok(())

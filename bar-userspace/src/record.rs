@@ -4,6 +4,7 @@
 //! ends at the duration, on Ctrl-C/SIGTERM, when the target exits or when the capture reaches
 //! its size limit, and always leaves a complete capture.
 
+use bar_ebpf_common::Family;
 use std::{
     collections::HashSet,
     io::IsTerminal as _,
@@ -26,7 +27,7 @@ use crate::{
     collect::{self, Batch, ReaderOptions, Record},
     markers,
     phases::{self, WallPhase},
-    probe::{self, Family, FamilyStatus, Method, ProbeOptions},
+    probe::{self, FamilyStatus, Method, ProbeOptions},
     symbolize::{self, RawStack, Symbolizer},
     system, target,
 };
@@ -196,6 +197,10 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         };
         let (full_tx, full_rx) = oneshot::channel::<()>();
         let agg_opts = (cpus.len(), opts.quiet, opts.max_size);
+        let target = match opts.scope {
+            Scope::Pid(p) => Some(p),
+            _ => None,
+        };
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
@@ -207,10 +212,10 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                     agg_opts,
                     full_tx,
                 );
-                // The target is known before its first record: records reach the collector
-                // up to a reader interval late, and a short-lived target may be gone by then.
-                if target_tgid != 0 {
-                    agg.see(target_tgid);
+                // The target's name and memory map now: a short-lived process may be gone by
+                // the time its first events arrive.
+                if let Some(pid) = target {
+                    agg.first_sight(pid);
                 }
                 agg.run(rx)
             })?;
@@ -660,10 +665,9 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
-    /// Names a process and takes its memory map the first time it shows up.
-    fn see(&mut self, pid: u32) {
+    /// Name and memory map of a process the first time it is seen, while it surely exists.
+    fn first_sight(&mut self, pid: u32) {
         if self.seen_pids.insert(pid) {
-            // Name and memory map now, while the process surely exists.
             self.symbolizer.note_process(pid);
             self.new_processes.push(proto::Process {
                 pid,
@@ -680,7 +684,7 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = *r.header();
-            self.see(h.pid);
+            self.first_sight(h.pid);
             if let Record::Exec(_) = r {
                 // A new program: new memory map and name from now on.
                 self.symbolizer.exec(h.pid, h.ts_ns);

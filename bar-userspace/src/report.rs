@@ -45,13 +45,79 @@ pub fn report_with(
     phases: Option<&[WallPhase]>,
 ) -> anyhow::Result<Report> {
     let profile = load_with(capture, phases)?;
-    let written = render::write_all(&profile, out)
-        .with_context(|| format!("cannot write the outputs to {}", out.display()))?;
+    let cannot = || format!("cannot write the outputs to {}", out.display());
+    let mut written = render::write_all(&profile, out).with_context(cannot)?;
+    let (sections, diff_files) = phase_diffs(capture, &profile, out, phases);
+    written.extend(diff_files);
+    written.push(render::html::write(&profile, out, &sections).with_context(cannot)?);
     Ok(Report {
         written,
         damage: profile.damage.clone(),
         profile,
     })
+}
+
+/// Each phase against the one before it, as sections of `report.html` (with their files under
+/// `phases/diff-<before>-<after>/`). A pair that cannot be compared says why instead.
+fn phase_diffs(
+    capture: &Path,
+    profile: &Profile,
+    out: &Path,
+    phases: Option<&[WallPhase]>,
+) -> (Vec<render::html::Section>, Vec<PathBuf>) {
+    use crate::diff::{
+        self,
+        compare::{Norm, TestOptions},
+        input::Select,
+    };
+    let mut sections = Vec::new();
+    let mut files = Vec::new();
+    for pair in profile.phases.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        // About eight windows in the shorter phase give the significance tests replicates.
+        let shorter = (a.end_ns - a.start_ns).min(b.end_ns - b.start_ns);
+        let window =
+            std::time::Duration::from_nanos((shorter / 8).clamp(50_000_000, 2_000_000_000));
+        let opts = diff::DiffOptions {
+            phases: phases.map(<[WallPhase]>::to_vec),
+            base: vec![capture.to_owned()],
+            cand: Vec::new(),
+            view: None,
+            base_select: Select::Phase(a.name.clone()),
+            cand_select: Select::Phase(b.name.clone()),
+            windows: Some(window),
+            norm: Norm::Share,
+            test: TestOptions {
+                alpha: 0.05,
+                min_share: 0.005,
+            },
+            top: 20,
+            paths: 5,
+            gate: None,
+        };
+        let title = format!("Diff: phase {} \u{2192} phase {}", a.name, b.name);
+        let dir = out
+            .join("phases")
+            .join(format!("diff-{}-{}", a.name, b.name));
+        let html = match diff::diff(&opts) {
+            Ok(outcome) => match diff::output::write_files(&outcome, &dir) {
+                Ok(w) => {
+                    files.extend(w);
+                    diff::output::html_section(&outcome, &dir)
+                }
+                Err(e) => format!(
+                    "<p class=\"note\">cannot write the diff: {}</p>",
+                    render::html::escape(&e.to_string())
+                ),
+            },
+            Err(e) => format!(
+                "<p class=\"note\">not compared: {}</p>",
+                render::html::escape(&e.to_string())
+            ),
+        };
+        sections.push(render::html::Section { title, html });
+    }
+    (sections, files)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 pub mod layout;
 
-use std::{fmt, str::FromStr};
+use std::str::FromStr;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -15,7 +15,7 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use bar_ebpf_common::{CONFIG_GLOBAL, Config, Layout, kind, maps};
+use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps};
 use serde::Serialize;
 
 use self::layout::KernelBtf;
@@ -23,73 +23,25 @@ use self::layout::KernelBtf;
 /// The kernel object, built for the BPF target by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bar"));
 
-/// A family of events, as users name them in `--events`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Cpu,
-    Offcpu,
-    Faults,
-    Tcp,
-    Numa,
-}
-
-impl Family {
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Offcpu => "offcpu",
-            Self::Faults => "faults",
-            Self::Tcp => "tcp",
-            Self::Numa => "numa",
-        }
-    }
-
-    /// Record kinds this family produces.
-    pub const fn kinds(self) -> &'static [u32] {
-        match self {
-            Self::Cpu => &[kind::CPU],
-            Self::Offcpu => &[kind::OFFCPU],
-            Self::Faults => &[kind::FAULT],
-            Self::Tcp => &[kind::TCP],
-            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
-        }
-    }
-
-    pub fn of_kind(k: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.kinds().contains(&k))
-    }
-
-    /// Attach points, best first.
-    pub const fn chain(self) -> &'static [AttachPoint] {
-        match self {
-            Self::Cpu => CPU_CHAIN,
-            Self::Offcpu => OFFCPU_CHAIN,
-            Self::Faults => FAULTS_CHAIN,
-            Self::Tcp => TCP_CHAIN,
-            Self::Numa => NUMA_CHAIN,
-        }
+/// Attach points of a family, best first.
+pub const fn chain(family: Family) -> &'static [AttachPoint] {
+    match family {
+        Family::Cpu => CPU_CHAIN,
+        Family::Offcpu => OFFCPU_CHAIN,
+        Family::Faults => FAULTS_CHAIN,
+        Family::Tcp => TCP_CHAIN,
+        Family::Numa => NUMA_CHAIN,
     }
 }
 
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+fn parse_family(s: &str) -> Result<Family, String> {
+    Family::from_name(s).ok_or_else(|| {
+        format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp, numa or all)")
+    })
 }
 
-impl FromStr for Family {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp, numa or all)")
-            })
-    }
+fn family_name<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.name())
 }
 
 /// A set of families as given to `--events`.
@@ -103,7 +55,7 @@ pub fn parse_families(s: &str) -> Result<FamilyList, String> {
         if part == "all" {
             out.extend(Family::ALL);
         } else {
-            out.push(part.parse()?);
+            out.push(parse_family(part)?);
         }
     }
     if out.is_empty() {
@@ -366,6 +318,7 @@ pub struct ProbeOptions {
 /// The outcome for one family.
 #[derive(Debug, Clone, Serialize)]
 pub struct FamilyStatus {
+    #[serde(serialize_with = "family_name")]
     pub family: Family,
     /// The attach point in use, e.g. `tp_btf:sched_switch`; None when none worked.
     pub method: Option<String>,
@@ -404,7 +357,7 @@ impl Offer {
         // The tracepoints of every attach point of the families, and the exec tracker's.
         let tracepoints = families
             .iter()
-            .flat_map(|f| f.chain())
+            .flat_map(|f| chain(*f))
             .flat_map(|p| p.programs)
             .filter_map(|prog| match prog {
                 Prog::Tracepoint { category, name, .. } => Some((*category, *name)),
@@ -570,7 +523,7 @@ impl Loaded {
                 method: None,
                 rejected: Vec::new(),
             };
-            for point in family.chain() {
+            for point in chain(family) {
                 let describe = point.describe();
                 if let Some(chosen) = &st.method {
                     let reason = format!("not needed: {chosen} is preferred");
