@@ -452,6 +452,54 @@ pub fn render(r: &Results) -> String {
             w(&mut d, row);
         }
         w(&mut d, String::new());
+        // How much of bar's distance to the floor its own programs explain.
+        for pc in &r.prog_cost {
+            let Some(case) = r.cases.iter().find(|c| c.name == pc.case) else {
+                continue;
+            };
+            let per_unit = |label: &str| {
+                let i = case.config(label)?;
+                Spread::of(
+                    &case.configs[i]
+                        .trials
+                        .iter()
+                        .filter_map(|t| Some(t.elapsed_us? * 1000.0 / t.units(case.unit_key)?))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let prog = |label: &str| {
+                let (_, trials) = pc.rows.iter().find(|(l, _)| l == label)?;
+                Spread::of(
+                    &trials
+                        .iter()
+                        .filter_map(|t| t.prog_ns_per_unit(case.unit_key))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            if let (Some(b), Some(f), Some(pb), Some(pf)) = (
+                per_unit("bar"),
+                per_unit("floor"),
+                prog("bar"),
+                prog("floor"),
+            ) {
+                w(
+                    &mut d,
+                    format!(
+                        "- {}: traced by bar a {} takes {:.0} ns more than under the floor \
+                         (section 1 medians); bar's programs run {:.0} ns longer per {} than \
+                         the floor's (stack walks, the record, its output), {:.0}% of that \
+                         difference.",
+                        case.name,
+                        pc.unit.trim_end_matches('s'),
+                        b.median - f.median,
+                        pb.median - pf.median,
+                        pc.unit.trim_end_matches('s'),
+                        100.0 * (pb.median - pf.median) / (b.median - f.median).max(1.0)
+                    ),
+                );
+            }
+        }
+        w(&mut d, String::new());
     }
 
     // --- 2. Throughput.
@@ -576,6 +624,49 @@ pub fn render(r: &Results) -> String {
                 spread_or(untraced, |u| format!("{} at most", rate(u.median)))
             ),
         );
+        // What a rate costs in CPUs: the traced workload's time per fault (section 1) plus the
+        // collector's CPU per event (section 4), against the CPUs there are.
+        let traced_us = r.cases.iter().find(|c| c.family == "faults").and_then(|c| {
+            let i = c.config("bar")?;
+            Spread::of(
+                &c.configs[i]
+                    .trials
+                    .iter()
+                    .filter_map(|t| Some(t.elapsed_us? / t.units(c.unit_key)?))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let collector_us = Spread::of(
+            &r.memory
+                .trials
+                .iter()
+                .filter_map(|t| {
+                    let time = t.time?;
+                    Some((time.user_s + time.sys_s) * 1e6 / t.events()? as f64)
+                })
+                .collect::<Vec<_>>(),
+        );
+        if let (Some(w), Some(c)) = (traced_us, collector_us) {
+            let cpus = (w.median + c.median) * MIN_RATE / 1e6;
+            w_line(
+                &mut d,
+                format!(
+                    "- What {} costs here: a traced fault takes the workload {:.2} µs (section \
+                     1, bar) and the collector {:.2} µs of CPU per event (section 4), so {} \
+                     needs {cpus:.2} CPUs of the {}{}",
+                    rate(MIN_RATE),
+                    w.median,
+                    c.median,
+                    rate(MIN_RATE),
+                    r.machine.cpus,
+                    if cpus > r.machine.cpus as f64 {
+                        ": out of reach for this workload on this machine, whatever the buffers."
+                    } else {
+                        "."
+                    }
+                ),
+            );
+        }
     }
     w(&mut d, String::new());
 
@@ -755,6 +846,11 @@ pub fn render(r: &Results) -> String {
         w(&mut d, String::new());
     }
     d
+}
+
+fn w_line(d: &mut String, s: String) {
+    d.push_str(&s);
+    d.push('\n');
 }
 
 /// The step of `tracer` where its workload ran fastest, and that rate.
