@@ -257,6 +257,26 @@ pub fn render(r: &Results) -> String {
             q.load_end
         ),
     );
+    if let Some(b) = Spread::of(&q.at_start) {
+        w(
+            &mut d,
+            format!(
+                "\nOther processes kept {:.0}% of the CPUs busy at the median trial start ({:.0}% at \
+                 most).{}",
+                b.median * 100.0,
+                b.max * 100.0,
+                if b.max > 0.25 {
+                    " The machine was shared with other work during this run: every ratio \
+                     compares configurations run in the same conditions, repetition by \
+                     repetition, but absolute times are longer and the tracers' own processes \
+                     (bar's collector, perf's writer) competed for the CPU left, which an idle \
+                     machine would not have charged to the workload."
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     w(&mut d, String::new());
 
     // --- Method.
@@ -835,14 +855,16 @@ pub fn render(r: &Results) -> String {
                 |s| format!("0 lost up to {}", rate(s)),
             )
         };
-        w(
-            &mut d,
-            format!(
-                "| throughput | {} | {} |",
-                fmt_s("bar-before"),
-                fmt_s("bar")
-            ),
-        );
+        if tp.steps.iter().any(|s| s.tracer == "bar-before") {
+            w(
+                &mut d,
+                format!(
+                    "| throughput | {} | {} |",
+                    fmt_s("bar-before"),
+                    fmt_s("bar")
+                ),
+            );
+        }
         w(&mut d, String::new());
     }
     d
