@@ -588,6 +588,8 @@ fn human(v: f64) -> String {
 }
 
 fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
+    use bar_ebpf_common::fault_flag;
+
     use crate::capture::proto::event::Detail;
     let h = r.header();
     let detail = match r {
@@ -596,7 +598,9 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             address: f.address,
             ip: f.ip,
             error_code: f.error_code,
-            user_mode: f.flags & bar_ebpf_common::fault_flag::USER_MODE != 0,
+            user_mode: f.flags & fault_flag::USER_MODE != 0,
+            major: (f.flags & fault_flag::SEVERITY_KNOWN != 0)
+                .then_some(f.flags & fault_flag::MAJOR != 0),
         })),
         Record::OffCpu(o) => Some(Detail::Offcpu(proto::OffCpu {
             blocked_ns: o.blocked_ns,

@@ -172,6 +172,12 @@ fn view_summary(profile: &Profile, view: View, agg: Option<&ViewAgg>) -> Value {
         View::Faults => {
             obj.insert("user_mode".into(), json!(agg.user_mode));
             obj.insert("kernel_mode".into(), json!(agg.kernel_mode));
+            // null when the attach point cannot tell (the exception tracepoints run before the
+            // fault is resolved): unknown is not zero.
+            let known = agg.major + agg.minor > 0 || agg.severity_unknown == 0;
+            let count = |n: u64| if known { json!(n) } else { Value::Null };
+            obj.insert("major".into(), count(agg.major));
+            obj.insert("minor".into(), count(agg.minor));
         }
         View::Offcpu => {
             obj.insert("min_block_us".into(), json!(meta.min_block_ns / 1000));
@@ -344,6 +350,7 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(V
                 "time": at, "pid": ev.pid, "tid": ev.tid, "comm": comm, "type": "pages",
                 "reason": migrate_reason(p.reason), "mode": p.mode,
                 "succeeded": p.succeeded, "failed": p.failed, "thp_succeeded": p.thp_succeeded, "thp_failed": p.thp_failed,
+                "from_node": p.src_nid.filter(|n| *n >= 0),
                 "to_node": if p.dst_nid < 0 { Value::Null } else { json!(p.dst_nid) },
                 "stack": stack,
             }),
