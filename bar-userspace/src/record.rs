@@ -172,7 +172,15 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
-            .spawn(move || Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx).run(rx))?;
+            .spawn(move || {
+                let mut agg = Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx);
+                // The target's name and memory map before its first event: a short-lived
+                // target may be gone by the time its first batch of records is read.
+                if target_tgid != 0 {
+                    agg.see_process(target_tgid);
+                }
+                agg.run(rx)
+            })?;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {
             let tx = tx.clone();
@@ -439,6 +447,18 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
+    /// Takes the name and memory map of a process the first time it is seen, as early as
+    /// possible: it may exit at any time.
+    fn see_process(&mut self, pid: u32) {
+        if self.seen_pids.insert(pid) {
+            self.symbolizer.note_process(pid);
+            self.new_processes.push(proto::Process {
+                pid,
+                comm: symbolize::process_comm(pid).unwrap_or_default(),
+            });
+        }
+    }
+
     fn take(&mut self, batch: Batch) {
         if batch.cpu == u32::MAX {
             return;
@@ -449,14 +469,7 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = r.header();
-            if self.seen_pids.insert(h.pid) {
-                // Name and memory map now, while the process surely exists.
-                self.symbolizer.note_process(h.pid);
-                self.new_processes.push(proto::Process {
-                    pid: h.pid,
-                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
-                });
-            }
+            self.see_process(h.pid);
             if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
                 *c += 1;
             }
@@ -634,6 +647,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             mode: p.mode,
             reason: p.reason,
             dst_nid: p.dst_nid,
+            src_nid: Some(p.src_nid),
         })),
     };
     proto::Event {

@@ -27,7 +27,8 @@ use blazesym::{
 use crate::capture::proto;
 
 /// errno values bpf_get_stackid returns.
-const EFAULT: i32 = 14;
+/// A stack that is not there to walk (see `bar_ebpf_common::NO_STACK`): no frames, no error.
+const EFAULT: i32 = -bar_ebpf_common::NO_STACK;
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 
@@ -100,6 +101,12 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
             offset,
             path,
         });
+    }
+    // A process that has exited but not been reaped (a zombie) still has a maps file, and it
+    // is empty: that is not a snapshot to replace a good one with. A live process always has
+    // executable mappings.
+    if out.is_empty() {
+        return None;
     }
     Some(out)
 }
