@@ -6,6 +6,7 @@
 #   scripts/setup.sh vm         + qemu, busybox, cpio for the kernel matrix
 #   scripts/setup.sh bench      + the peer tracers and load tools for benchmarks
 #   scripts/setup.sh report     + chromium for the HTML report test
+#   scripts/setup.sh export     + Go, whose `go tool pprof` the export test reads profiles with
 set -euo pipefail
 
 TOOLS="${BAR_TOOLS_DIR:-$HOME/.cache/bar-tools}"
@@ -21,9 +22,11 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # Wait for another apt run instead of failing on its lock.
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >/dev/null; then
+        apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >/dev/null
     fi
 }
 
@@ -63,5 +66,7 @@ case "${1:-build}" in
     vm) rust_prereqs; apt_install qemu-system-x86 busybox-static cpio e2fsprogs util-linux ;;
     bench) rust_prereqs; apt_install linux-perf bpftrace bpfcc-tools libbpf-tools stress-ng hyperfine ;;
     report) apt_install chromium ;;
-    *) log "unknown group '$1' (build, vm, bench, report)"; exit 2 ;;
+    # Debian's golang-go ships pprof prebuilt (`go tool pprof`), so it runs offline.
+    export) apt_install golang-go ;;
+    *) log "unknown group '$1' (build, vm, bench, report, export)"; exit 2 ;;
 esac

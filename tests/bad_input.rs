@@ -1,30 +1,8 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, and leaves nothing behind.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use bar_tests::{bar_probe, out_dir, root_or_skip, run};
-
-/// Asserts a failure with exactly one stderr line containing `needle`.
-fn one_line_error(out: &Output, needle: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected failure, got {:?}; stderr: {stderr}",
-        out.status
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line expected, got:\n{stderr}");
-    assert!(lines[0].starts_with("bar-probe: "), "{stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "expected '{needle}' in: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
-    stderr
-}
+use bar_tests::{bar_probe, one_line_error, out_dir, root_or_skip, run};
 
 #[test]
 fn unknown_pid() {

@@ -56,8 +56,87 @@ pub mod kind {
     pub const NUMA_TASK: u32 = 5;
     /// A batch of page migrations finished: [`crate::NumaPagesRecord`].
     pub const NUMA_PAGES: u32 = 6;
+    /// A traced process called exec: [`crate::Header`] only. Its memory map and name change,
+    /// so the collector starts a new generation of its symbols.
+    pub const EXEC: u32 = 7;
     /// One past the largest kind; sizes arrays indexed by kind.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// A family of events, as users name them in `--events`; each is one view of the outputs (a
+/// folded file, a flame graph, an entry of the summary) made of one or more record kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Cpu,
+    Offcpu,
+    Faults,
+    Tcp,
+    Numa,
+}
+
+impl Family {
+    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Offcpu => "offcpu",
+            Self::Faults => "faults",
+            Self::Tcp => "tcp",
+            Self::Numa => "numa",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].name().as_bytes() == s.as_bytes() {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Record kinds of the family.
+    pub const fn kinds(self) -> &'static [u32] {
+        match self {
+            Self::Cpu => &[kind::CPU],
+            Self::Offcpu => &[kind::OFFCPU],
+            Self::Faults => &[kind::FAULT],
+            Self::Tcp => &[kind::TCP],
+            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
+        }
+    }
+
+    /// The family a record kind belongs to.
+    pub const fn of_kind(k: u32) -> Option<Self> {
+        Some(match k {
+            kind::CPU => Self::Cpu,
+            kind::OFFCPU => Self::Offcpu,
+            kind::FAULT => Self::Faults,
+            kind::TCP => Self::Tcp,
+            kind::NUMA_TASK | kind::NUMA_PAGES => Self::Numa,
+            _ => return None,
+        })
+    }
+
+    /// What one unit of the family's weight is.
+    pub const fn unit(self) -> &'static str {
+        match self {
+            Self::Cpu => "samples",
+            Self::Offcpu => "us",
+            Self::Faults => "faults",
+            Self::Tcp => "connects",
+            Self::Numa => "pages",
+        }
+    }
+}
+
+impl core::fmt::Display for Family {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Indices into the per-CPU `COUNTERS` array.

@@ -9,6 +9,7 @@ mod cpu;
 mod faults;
 mod numa;
 mod offcpu;
+mod process;
 mod shared;
 mod tcp;
 

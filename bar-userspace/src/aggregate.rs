@@ -7,63 +7,16 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use bar_ebpf_common::{kind, numa_task_kind, offcpu_reason};
+use bar_ebpf_common::{Family, numa_task_kind, offcpu_reason};
 use hdrhistogram::Histogram;
 
-use crate::capture::{
-    Body, Damage, Reader,
-    proto::{self, event::Detail},
+use crate::{
+    capture::{
+        Body, Damage, Reader,
+        proto::{self, event::Detail},
+    },
+    phases::{self, Phase, PhaseError, WallPhase},
 };
-
-/// An output view: one folded file, one flame graph, one entry in `summary.json`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum View {
-    Cpu,
-    Offcpu,
-    Faults,
-    Tcp,
-    Numa,
-}
-
-impl View {
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Offcpu => "offcpu",
-            Self::Faults => "faults",
-            Self::Tcp => "tcp",
-            Self::Numa => "numa",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.name() == s)
-    }
-
-    pub const fn of_kind(k: u32) -> Option<Self> {
-        Some(match k {
-            kind::CPU => Self::Cpu,
-            kind::OFFCPU => Self::Offcpu,
-            kind::FAULT => Self::Faults,
-            kind::TCP => Self::Tcp,
-            kind::NUMA_TASK | kind::NUMA_PAGES => Self::Numa,
-            _ => return None,
-        })
-    }
-
-    /// What one unit of weight is.
-    pub const fn unit(self) -> &'static str {
-        match self {
-            Self::Cpu => "samples",
-            Self::Offcpu => "us",
-            Self::Faults => "faults",
-            Self::Tcp => "connects",
-            Self::Numa => "pages",
-        }
-    }
-}
 
 /// Latency histogram in microseconds (1 us to 1 hour, 3 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
@@ -118,11 +71,11 @@ pub struct NumaStats {
 pub struct ViewAgg {
     pub events: u64,
     pub weight: u64,
-    /// Folded stacks: (process name, stack id, leaf annotations) -> weight.
+    /// Folded stacks: (process name id, stack id, leaf annotations) -> weight.
     pub stacks: HashMap<(u32, u32, Vec<String>), u64>,
     pub blocked_us: Histogram<u64>,
     pub preempted_us: Histogram<u64>,
-    /// Off-CPU: blocked time per stack (process, stack), for the top stacks in the summary.
+    /// Off-CPU: blocked time per (process name id, stack), for the top stacks in the summary.
     pub per_stack_us: HashMap<(u32, u32), Histogram<u64>>,
     pub user_mode: u64,
     pub kernel_mode: u64,
@@ -131,6 +84,8 @@ pub struct ViewAgg {
     pub minor: u64,
     pub severity_unknown: u64,
     pub tcp: BTreeMap<String, TcpDest>,
+    /// TCP connect latency over every destination.
+    pub tcp_latency_us: Histogram<u64>,
     pub numa: NumaStats,
 }
 
@@ -149,6 +104,7 @@ impl Default for ViewAgg {
             minor: 0,
             severity_unknown: 0,
             tcp: BTreeMap::new(),
+            tcp_latency_us: new_histogram(),
             numa: NumaStats::default(),
         }
     }
@@ -198,8 +154,8 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
     }
 }
 
-/// Weight and leaf annotations of an event in its view.
-fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
+/// Weight and leaf annotations of an event in its view (also the leaf frames of `export`).
+pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
     match &ev.detail {
         None => (1, Vec::new()),
         // Major faults carry their own leaf, so a flame graph shows where I/O was waited for;
@@ -243,12 +199,14 @@ fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
 }
 
 impl ViewAgg {
-    pub fn add(&mut self, ev: &proto::Event) {
+    /// Adds one event; `process` is the id of its process name ([`Profile::name`]).
+    pub fn add(&mut self, ev: &proto::Event, process: u32) {
         let (weight, leaf) = weigh(ev);
         self.events += 1;
-        self.weight += weight;
+        self.weight = self.weight.saturating_add(weight);
         if weight > 0 {
-            *self.stacks.entry((ev.pid, ev.stack, leaf)).or_default() += weight;
+            let w = self.stacks.entry((process, ev.stack, leaf)).or_default();
+            *w = w.saturating_add(weight);
         }
         match &ev.detail {
             Some(Detail::Fault(f)) => {
@@ -274,7 +232,7 @@ impl ViewAgg {
                 if o.reason != offcpu_reason::PREEMPTED {
                     let _ = self
                         .per_stack_us
-                        .entry((ev.pid, ev.stack))
+                        .entry((process, ev.stack))
                         .or_insert_with(new_histogram)
                         .record(us);
                 }
@@ -291,7 +249,9 @@ impl ViewAgg {
                     "timed_out" => dest.timed_out += 1,
                     _ => dest.other += 1,
                 }
-                let _ = dest.latency_us.record((t.latency_ns / 1000).max(1));
+                let us = (t.latency_ns / 1000).max(1);
+                let _ = dest.latency_us.record(us);
+                let _ = self.tcp_latency_us.record(us);
             }
             Some(Detail::NumaTask(n)) => {
                 match n.what {
@@ -306,22 +266,42 @@ impl ViewAgg {
                     .tasks += 1;
             }
             Some(Detail::NumaPages(p)) => {
-                self.numa.pages_migrated += p.succeeded;
-                self.numa.pages_failed += p.failed;
+                self.numa.pages_migrated = self.numa.pages_migrated.saturating_add(p.succeeded);
+                self.numa.pages_failed = self.numa.pages_failed.saturating_add(p.failed);
                 let e = self
                     .numa
                     .batches_by_reason
                     .entry(migrate_reason(p.reason))
                     .or_default();
-                e.0 += p.succeeded;
-                e.1 += p.failed;
-                self.numa
+                e.0 = e.0.saturating_add(p.succeeded);
+                e.1 = e.1.saturating_add(p.failed);
+                let pair = self
+                    .numa
                     .node_pairs
                     .entry((p.src_nid.unwrap_or(-1), p.dst_nid))
-                    .or_default()
-                    .pages += p.succeeded;
+                    .or_default();
+                pair.pages = pair.pages.saturating_add(p.succeeded);
             }
             None => {}
+        }
+    }
+}
+
+/// Events of `[start, end)` (monotonic ns) of a capture, aggregated apart from the whole: a
+/// phase, a window of one, a range a user asked for. Slices may overlap.
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub start: u64,
+    pub end: u64,
+    pub views: BTreeMap<Family, ViewAgg>,
+}
+
+impl Slice {
+    pub fn new(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end,
+            views: BTreeMap::new(),
         }
     }
 }
@@ -330,10 +310,14 @@ impl ViewAgg {
 #[derive(Debug, Default)]
 pub struct Profile {
     pub meta: proto::Meta,
-    pub processes: HashMap<u32, String>,
+    /// Names of a process over time: (since, name id), sorted by time.
+    pub processes: HashMap<u32, Vec<(u64, u32)>>,
+    /// Interned process names; stacks are keyed by name id.
+    pub names: Vec<String>,
+    name_ids: HashMap<String, u32>,
     pub frames: Vec<proto::Frame>,
     pub stacks: Vec<proto::Stack>,
-    pub views: BTreeMap<View, ViewAgg>,
+    pub views: BTreeMap<Family, ViewAgg>,
     pub counters: proto::Counters,
     pub markers: Vec<proto::Marker>,
     pub trailer: Option<proto::Trailer>,
@@ -341,17 +325,101 @@ pub struct Profile {
     pub first_ts: Option<u64>,
     pub last_ts: Option<u64>,
     /// Per-second event counts per view (for timelines), keyed by seconds since start.
-    pub timeline: BTreeMap<u64, BTreeMap<View, u64>>,
+    pub timeline: BTreeMap<u64, BTreeMap<Family, u64>>,
     /// TCP and NUMA events, kept whole for their `.jsonl` files (they are rare next to
     /// samples and faults).
     pub detail_events: Vec<proto::Event>,
+    /// Per process (pid): events and weight per view.
+    pub per_process: HashMap<u32, BTreeMap<Family, (u64, u64)>>,
+    /// Phases, sorted and non-overlapping, and the views aggregated within each.
+    pub phases: Vec<Phase>,
+    pub phase_views: Vec<BTreeMap<Family, ViewAgg>>,
+    /// Remarks on the phases (e.g. clipped to the capture).
+    pub phase_notes: Vec<String>,
+    /// Every counters block, in order, for losses per phase.
+    pub counter_series: Vec<proto::Counters>,
+    /// Time slices also aggregated (see [`Profile::from_reader_sliced`]).
+    pub slices: Vec<Slice>,
 }
 
 impl Profile {
-    /// Reads and aggregates a whole capture. A damaged file aggregates up to the damage, which
-    /// is kept in `damage`.
+    /// Reads and aggregates a whole capture, with the phases its markers define. A damaged file
+    /// aggregates up to the damage, which is kept in `damage`.
     pub fn from_reader(reader: &mut Reader) -> Self {
+        // Phases from markers always lie within the capture, so this cannot fail.
+        Self::load(reader, None).unwrap_or_default()
+    }
+
+    /// Reads and aggregates a capture in two passes: the first finds the time range and the
+    /// phases (from `file_phases` when given, else from the capture's markers), the second
+    /// aggregates every event into the whole-capture views and its phase's views.
+    pub fn load(
+        reader: &mut Reader,
+        file_phases: Option<&[WallPhase]>,
+    ) -> Result<Self, PhaseError> {
         let mut p = Self::default();
+        let mut markers = Vec::new();
+        let mut end = None;
+        // Without a trailer (a capture cut short) the end is the last thing known to happen.
+        let mut last_seen = 0;
+        while let Some(body) = reader.next_block() {
+            match body {
+                Body::Meta(m) => p.meta = m,
+                Body::Marker(m) => {
+                    last_seen = last_seen.max(m.ts);
+                    markers.push(m);
+                }
+                Body::Trailer(t) => end = Some(t.end_ns),
+                Body::Counters(c) => last_seen = last_seen.max(c.ts),
+                Body::Events(e) => {
+                    last_seen = e
+                        .events
+                        .iter()
+                        .fold(last_seen, |m, ev| m.max(ev.ts.saturating_add(1)));
+                }
+                _ => {}
+            }
+        }
+        let start = p.meta.start_ns;
+        let end = end.unwrap_or(last_seen).max(start);
+        let offset = p.meta.monotonic_to_realtime_ns;
+        let (phases, notes) = match file_phases {
+            Some(fp) => phases::fit_wall(fp, offset, start, end)?,
+            None => {
+                let wall = |t: u64| crate::render::rfc3339(i128::from(t) + i128::from(offset));
+                phases::fit(phases::from_markers(&markers, end), start, end, wall)?
+            }
+        };
+        p.phase_views = phases.iter().map(|_| BTreeMap::new()).collect();
+        p.phases = phases;
+        p.phase_notes = notes;
+        reader.rewind();
+        while let Some(body) = reader.next_block() {
+            p.add_block(body);
+        }
+        p.damage = reader.damage.clone();
+        Ok(p)
+    }
+
+    /// The phase an instant falls in.
+    pub fn phase_at(&self, ts: u64) -> Option<usize> {
+        let i = self.phases.partition_point(|ph| ph.start_ns <= ts);
+        (i > 0 && ts < self.phases[i - 1].end_ns).then(|| i - 1)
+    }
+
+    /// Loss counts (total, per kind) as of `ts`: the last counters read at or before it.
+    pub fn counters_at(&self, ts: u64) -> Option<&proto::Counters> {
+        let i = self.counter_series.partition_point(|c| c.ts <= ts);
+        i.checked_sub(1).map(|i| &self.counter_series[i])
+    }
+
+    /// As [`Profile::from_reader`], and each event also goes to every slice whose
+    /// `[start, end)` holds its time.
+    pub fn from_reader_sliced(reader: &mut Reader, slices: Vec<Slice>) -> Self {
+        let mut p = Self {
+            slices,
+            ..Self::default()
+        };
         while let Some(body) = reader.next_block() {
             p.add_block(body);
         }
@@ -364,7 +432,10 @@ impl Profile {
             Body::Meta(m) => self.meta = m,
             Body::Processes(ps) => {
                 for pr in ps.processes {
-                    self.processes.insert(pr.pid, pr.comm);
+                    let id = self.intern_name(pr.comm);
+                    let gens = self.processes.entry(pr.pid).or_default();
+                    gens.push((pr.since_ns, id));
+                    gens.sort_by_key(|g| g.0);
                 }
             }
             Body::Frames(f) => self.frames.extend(f.frames),
@@ -374,14 +445,17 @@ impl Profile {
                     self.add_event(ev);
                 }
             }
-            Body::Counters(c) => self.counters = c,
+            Body::Counters(c) => {
+                self.counter_series.push(c.clone());
+                self.counters = c;
+            }
             Body::Marker(m) => self.markers.push(m),
             Body::Trailer(t) => self.trailer = Some(t),
         }
     }
 
     fn add_event(&mut self, ev: &proto::Event) {
-        let Some(view) = View::of_kind(ev.kind) else {
+        let Some(view) = Family::of_kind(ev.kind) else {
             return;
         };
         self.first_ts = Some(self.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
@@ -393,17 +467,89 @@ impl Profile {
             .or_default()
             .entry(view)
             .or_default() += 1;
-        self.views.entry(view).or_default().add(ev);
-        if matches!(view, View::Tcp | View::Numa) {
+        let process = self.process_at(ev.pid, ev.ts);
+        let agg = self.views.entry(view).or_default();
+        let weight_before = agg.weight;
+        agg.add(ev, process);
+        let weight = agg.weight - weight_before;
+        let totals = self
+            .per_process
+            .entry(ev.pid)
+            .or_default()
+            .entry(view)
+            .or_default();
+        totals.0 += 1;
+        totals.1 = totals.1.saturating_add(weight);
+        if let Some(i) = self.phase_at(ev.ts) {
+            self.phase_views[i]
+                .entry(view)
+                .or_default()
+                .add(ev, process);
+        }
+        // A handful of slices (windows of a diff): a scan is cheaper than keeping them sorted.
+        for s in &mut self.slices {
+            if (s.start..s.end).contains(&ev.ts) {
+                s.views.entry(view).or_default().add(ev, process);
+            }
+        }
+        if matches!(view, Family::Tcp | Family::Numa) {
             self.detail_events.push(ev.clone());
         }
     }
 
-    /// The process name shown as the root frame.
-    pub fn comm(&self, pid: u32) -> String {
+    /// Views the capture recorded: a family that attached, or events of its kind.
+    pub fn recorded_views(&self) -> Vec<Family> {
+        Family::ALL
+            .into_iter()
+            .filter(|v| {
+                self.views.contains_key(v)
+                    || self
+                        .meta
+                        .families
+                        .iter()
+                        .any(|f| f.name == v.name() && !f.method.is_empty())
+            })
+            .collect()
+    }
+
+    fn intern_name(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.name_ids.get(&name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.name_ids.insert(name, id);
+        id
+    }
+
+    /// Name id of process `pid` at time `ts` (its name changes when it execs).
+    pub fn process_at(&mut self, pid: u32, ts: u64) -> u32 {
+        let found = self.processes.get(&pid).and_then(|gens| {
+            let i = gens.partition_point(|g| g.0 <= ts);
+            // Before the first known name (events can precede the first sighting's timestamp
+            // by a few milliseconds), the first name holds.
+            gens.get(i.saturating_sub(1)).map(|g| g.1)
+        });
+        match found {
+            Some(id) if !self.names[id as usize].is_empty() => id,
+            _ => self.intern_name(format!("[pid {pid}]")),
+        }
+    }
+
+    /// A process name by id: the root frame of its stacks.
+    pub fn name(&self, id: u32) -> &str {
+        self.names
+            .get(id as usize)
+            .map_or("[unknown process]", String::as_str)
+    }
+
+    /// The name of process `pid` at time `ts`, for per-event outputs.
+    pub fn comm_at(&self, pid: u32, ts: u64) -> String {
         self.processes
             .get(&pid)
-            .cloned()
+            .and_then(|gens| gens.get(gens.partition_point(|g| g.0 <= ts).saturating_sub(1)))
+            .map(|g| self.name(g.1).to_owned())
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("[pid {pid}]"))
     }
 
@@ -425,16 +571,22 @@ impl Profile {
             .collect()
     }
 
-    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
-    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+    /// Folded stacks of a view: `process;frame;...;frame` -> weight.
+    pub fn folded_map(&self, agg: &ViewAgg) -> BTreeMap<String, u64> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
-        for ((pid, stack, leaf), w) in &agg.stacks {
-            let mut parts = vec![sanitize(&self.comm(*pid))];
+        for ((process, stack, leaf), w) in &agg.stacks {
+            let mut parts = vec![sanitize(self.name(*process))];
             parts.extend(self.stack_names(*stack));
             parts.extend(leaf.iter().map(|l| sanitize(l)));
-            *merged.entry(parts.join(";")).or_default() += w;
+            let total = merged.entry(parts.join(";")).or_default();
+            *total = total.saturating_add(*w);
         }
         merged
+    }
+
+    /// Folded lines of a view: `process;frame;...;frame weight`, sorted.
+    pub fn folded(&self, agg: &ViewAgg) -> Vec<String> {
+        self.folded_map(agg)
             .into_iter()
             .map(|(k, w)| format!("{k} {w}"))
             .collect()
@@ -466,6 +618,8 @@ fn sanitize(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use bar_ebpf_common::kind;
+
     use super::*;
 
     fn ev(kind: u32, pid: u32, stack: u32, detail: Option<Detail>) -> proto::Event {
@@ -485,6 +639,7 @@ mod tests {
         p.add_block(Body::Processes(proto::Processes {
             processes: vec![proto::Process {
                 pid: 7,
+                since_ns: 0,
                 comm: "app".into(),
             }],
         }));
@@ -545,12 +700,12 @@ mod tests {
             ),
         ];
         p.add_block(Body::Events(proto::Events { events }));
-        let cpu = p.folded(&p.views[&View::Cpu]);
+        let cpu = p.folded(&p.views[&Family::Cpu]);
         assert_eq!(
             cpu,
             vec!["[pid 8] 1".to_owned(), "app;main;work:x 2".to_owned()]
         );
-        let off = p.folded(&p.views[&View::Offcpu]);
+        let off = p.folded(&p.views[&Family::Offcpu]);
         assert_eq!(
             off,
             vec![
@@ -558,9 +713,29 @@ mod tests {
                 "app;main;schedule_[k];[preempted] 500".to_owned()
             ]
         );
-        let h = &p.views[&View::Offcpu].blocked_us;
+        let h = &p.views[&Family::Offcpu].blocked_us;
         let p50 = h.value_at_quantile(0.5);
         assert!(h.equivalent(p50, 2500), "{p50}");
+    }
+
+    #[test]
+    fn slices_aggregate_their_time_range_apart() {
+        let mut p = profile();
+        let mut slices = vec![Slice::new(0, 5), Slice::new(3, 8)];
+        let events: Vec<_> = (0..10)
+            .map(|ts| proto::Event {
+                ts,
+                ..ev(kind::CPU, 7, 1, None)
+            })
+            .collect();
+        // As from_reader_sliced sets them up before the blocks arrive.
+        p.slices = std::mem::take(&mut slices);
+        p.add_block(Body::Events(proto::Events { events }));
+        assert_eq!(p.views[&Family::Cpu].events, 10);
+        assert_eq!(p.slices[0].views[&Family::Cpu].events, 5);
+        assert_eq!(p.slices[1].views[&Family::Cpu].events, 5);
+        let folded = p.folded_map(&p.slices[1].views[&Family::Cpu]);
+        assert_eq!(folded["app;main;work:x"], 5);
     }
 
     #[test]
@@ -585,7 +760,7 @@ mod tests {
         p.add_block(Body::Events(proto::Events {
             events: vec![tcp(0, 80), tcp(111, 81), tcp(111, 81)],
         }));
-        let v = &p.views[&View::Tcp];
+        let v = &p.views[&Family::Tcp];
         assert_eq!(v.tcp["127.0.0.1:81"].refused, 2);
         assert_eq!(v.tcp["127.0.0.1:80"].established, 1);
         assert!(

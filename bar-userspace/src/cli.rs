@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the wiring of stages per subcommand. No stage logic
 //! lives here.
 
+use bar_ebpf_common::Family;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -11,7 +12,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    probe::{self, Family, Method},
+    diff::{
+        self,
+        compare::{GateOn, Norm, TestOptions},
+        input::{Select, TimeRange},
+    },
+    evidence,
+    export::{self, ExportOptions},
+    markers, phases,
+    probe::{self, Method},
     record::{self, RecordOptions, Scope},
     report, workload,
 };
@@ -50,7 +59,7 @@ pub enum Cmd {
         /// Trace every process except bar-probe itself.
         #[arg(long, conflicts_with = "cgroup")]
         all: bool,
-        /// Trace the processes of this cgroup (v2 path, absolute or under /sys/fs/cgroup).
+        /// Trace the processes of this cgroup (v2 path, absolute or relative to the v2 mount).
         #[arg(long)]
         cgroup: Option<PathBuf>,
         #[command(flatten)]
@@ -71,6 +80,55 @@ pub enum Cmd {
     Report {
         capture: PathBuf,
         /// Output folder (default: the capture's folder).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Phases to cut the capture into, instead of the markers it holds: JSON
+        /// `[{"name","start","end"}]` or CSV `name,start,end`, times as RFC 3339 or Unix seconds.
+        #[arg(long)]
+        phases: Option<PathBuf>,
+    },
+    /// Send a phase marker to every running recording: NAME starts phase NAME (and ends the
+    /// phase before), `--end` ends it.
+    Mark {
+        name: String,
+        #[arg(long)]
+        end: bool,
+    },
+    /// Record through the phases of a load test, timing them itself: each `--phase NAME=DURATION`
+    /// (optionally `NAME=DURATION:COMMAND`, run for the phase's duration) follows the one before.
+    /// A LOAD_CMD after `--` runs through all phases; without --pid/--all/--cgroup, it is the
+    /// process recorded.
+    Run {
+        #[arg(long, short, conflicts_with_all = ["all", "cgroup"])]
+        pid: Option<u32>,
+        #[arg(long, conflicts_with = "cgroup")]
+        all: bool,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// A phase: NAME=DURATION or NAME=DURATION:COMMAND (e.g. spike=20s:'wrk -c 400 ...').
+        #[arg(long = "phase", required = true, value_parser = parse_planned_phase)]
+        phases: Vec<record::PlannedPhase>,
+        #[command(flatten)]
+        rec: RecordArgs,
+        /// A load command to run through every phase.
+        #[arg(last = true)]
+        load: Vec<String>,
+    },
+    /// Compare two profiles (captures, phases or time ranges of captures, folded files):
+    /// differential flame graph, frames that changed with p-values, root-cause paths, and a
+    /// gate for CI (exit status 3).
+    Diff(DiffArgs),
+    /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
+    /// (no root needed).
+    Export {
+        /// A capture.bar written by attach or record.
+        capture: PathBuf,
+        #[arg(long, value_enum, default_value = "pprof")]
+        format: export::Format,
+        /// Kind to export: cpu, offcpu, faults, tcp or numa (default: cpu).
+        #[arg(long, short, value_parser = parse_view)]
+        event: Option<Family>,
+        /// Output file (default: <kind>.pb.gz next to the capture).
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
@@ -115,6 +173,205 @@ pub struct RecordArgs {
     /// Attach programs that only filter and return: measures the floor of bar's overhead.
     #[arg(long)]
     pub null: bool,
+    /// Phases to record as markers: JSON `[{"name","start","end"}]` or CSV `name,start,end`,
+    /// times as RFC 3339 or Unix seconds.
+    #[arg(long, value_parser = parse_phase_file)]
+    pub phases: Option<PhaseFile>,
+    /// Also read live markers (lines `NAME` or `NAME --end`) from this FIFO (created if missing).
+    #[arg(long)]
+    pub marker_fifo: Option<PathBuf>,
+}
+
+/// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
+#[derive(Debug, Clone)]
+pub struct PhaseFile(pub Vec<phases::WallPhase>);
+
+fn parse_phase_file(s: &str) -> Result<PhaseFile, String> {
+    phases::parse_file(Path::new(s))
+        .map(PhaseFile)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not NAME=DURATION or NAME=DURATION:COMMAND"))?;
+    let (dur, command) = match rest.split_once(':') {
+        Some((d, c)) => (d, Some(c.to_owned())),
+        None => (rest, None),
+    };
+    if name.is_empty() || name.contains(['/', ' ']) {
+        return Err(format!("'{name}' is not a phase name (no spaces or '/')"));
+    }
+    Ok(record::PlannedPhase {
+        name: name.to_owned(),
+        duration: parse_duration(dur)?,
+        command: command.filter(|c| !c.trim().is_empty()),
+    })
+}
+
+/// `bar-probe diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// Base: a capture.bar or a .folded file, or several separated by commas (repeated runs).
+    pub base: String,
+    /// Candidate, as BASE; left out: BASE again (compare two phases or time ranges of it).
+    pub cand: Option<String>,
+    /// Event kind to compare (cpu, offcpu, faults, tcp, numa); default: the one the inputs
+    /// share, cpu first.
+    #[arg(long, short, value_parser = parse_view)]
+    pub event: Option<Family>,
+    /// Compare this phase of each side's captures.
+    #[arg(long, conflicts_with_all = ["base_phase", "cand_phase", "base_range", "cand_range"])]
+    pub phase: Option<String>,
+    /// Take the phases from this phase file instead of the captures' markers.
+    #[arg(long, value_parser = parse_phase_file)]
+    pub phases: Option<PhaseFile>,
+    /// Phase of the base captures.
+    #[arg(long, conflicts_with = "base_range")]
+    pub base_phase: Option<String>,
+    /// Phase of the candidate captures.
+    #[arg(long, conflicts_with = "cand_range")]
+    pub cand_phase: Option<String>,
+    /// Time range of the base captures: START..END, offsets from the capture's start (2s,
+    /// 1500ms) or RFC 3339 times; either end may be left out.
+    #[arg(long)]
+    pub base_range: Option<TimeRange>,
+    /// Time range of the candidate captures, as --base-range.
+    #[arg(long)]
+    pub cand_range: Option<TimeRange>,
+    /// Cut each side's time into windows of this length; each window is one measurement for
+    /// the significance tests.
+    #[arg(long, value_parser = parse_duration)]
+    pub windows: Option<Duration>,
+    /// Compare weight per second instead of share of the total weight.
+    #[arg(long)]
+    pub per_second: bool,
+    /// Exit with status 3 when a significant frame grows by more than PCT points of share
+    /// (percent of its base rate with --per-second).
+    #[arg(long, value_name = "PCT")]
+    pub fail_above: Option<f64>,
+    /// Gate on latency instead: a significant p99 growth by more than PCT percent (offcpu, tcp).
+    #[arg(long, requires = "fail_above")]
+    pub latency: bool,
+    /// Significance level, for the Benjamini-Hochberg adjusted p-values of frames and the KS
+    /// p-values of latencies.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Test only frames with at least this share (in %) of the total on either side.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_share: f64,
+    /// Rows of the frame table.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Root-cause paths to show at most.
+    #[arg(long, default_value_t = 5)]
+    pub paths: usize,
+    /// Print the JSON verdict instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Output folder for diff.svg, diff-base.svg, diff.folded and diff.json (default:
+    /// ./bar-diff-<time>).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+fn parse_view(s: &str) -> Result<Family, String> {
+    Family::from_name(s)
+        .ok_or_else(|| format!("unknown event kind '{s}' (cpu, offcpu, faults, tcp, numa)"))
+}
+
+fn paths_list(s: &str) -> Vec<PathBuf> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+impl DiffArgs {
+    fn options(&self) -> diff::DiffOptions {
+        let select = |phase: &Option<String>, range: &Option<TimeRange>| match (
+            phase.as_ref().or(self.phase.as_ref()),
+            range,
+        ) {
+            (Some(p), _) => Select::Phase(p.clone()),
+            (None, Some(r)) => Select::Range(*r),
+            (None, None) => Select::Whole,
+        };
+        diff::DiffOptions {
+            phases: self.phases.clone().map(|p| p.0),
+            base: paths_list(&self.base),
+            cand: self.cand.as_deref().map(paths_list).unwrap_or_default(),
+            view: self.event,
+            base_select: select(&self.base_phase, &self.base_range),
+            cand_select: select(&self.cand_phase, &self.cand_range),
+            windows: self.windows,
+            norm: if self.per_second {
+                Norm::PerSecond
+            } else {
+                Norm::Share
+            },
+            test: TestOptions {
+                alpha: self.alpha,
+                min_share: self.min_share / 100.0,
+            },
+            top: self.top,
+            paths: self.paths,
+            gate: self.fail_above.map(|pct| {
+                let on = if self.latency {
+                    GateOn::Latency
+                } else {
+                    GateOn::Frames
+                };
+                (on, pct)
+            }),
+        }
+    }
+}
+
+/// Runs `diff`: outputs, table or JSON, and the exit status (3 when the gate fails).
+fn diff_command(args: &DiffArgs) -> anyhow::Result<i32> {
+    let opts = args.options();
+    if args.cand.is_none() && opts.base_select == opts.cand_select {
+        bail!(
+            "nothing to compare: give a candidate, or two phases or time ranges of {}              (--base-phase/--cand-phase, --base-range/--cand-range)",
+            args.base
+        );
+    }
+    let outcome = diff::diff(&opts)?;
+    for w in &outcome.warnings {
+        eprintln!("bar-probe: warning: {w}");
+    }
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bar-diff-{}", now_stamp())));
+    let mut written = diff::output::write_files(&outcome, &dir)
+        .with_context(|| format!("cannot write the outputs to {}", dir.display()))?;
+    let section = crate::render::html::Section {
+        title: "Differential flame graph".into(),
+        html: diff::output::html_section(&outcome, &dir),
+    };
+    written.push(
+        crate::render::html::write_page(&dir, &format!("bar diff: {}", args.base), &[section])
+            .with_context(|| format!("cannot write the outputs to {}", dir.display()))?,
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&diff::output::to_json(&outcome))?
+        );
+    } else {
+        print!("{}", diff::output::table(&outcome, args.top));
+        println!();
+        for p in &written {
+            println!("{}", p.display());
+        }
+    }
+    Ok(match &outcome.verdict {
+        Some(v) if v.failed() => 3,
+        _ => 0,
+    })
 }
 
 impl Method {
@@ -181,26 +438,44 @@ impl RecordArgs {
                 .unwrap_or_else(|| PathBuf::from(default_dir)),
             quiet: self.quiet,
             command_line: std::env::args().collect(),
+            phases: self.phases.clone().map(|p| p.0).unwrap_or_default(),
+            marker_fifo: self.marker_fifo.clone(),
+            plan: Vec::new(),
         }
     }
 }
 
 /// Records, then renders the capture into the same folder.
 fn record_and_report(opts: &RecordOptions) -> anyhow::Result<()> {
-    let recorded = record::record(opts)?;
+    record_and_report_then(opts, || {})
+}
+
+/// Records (calling `on_start` once recording), then renders the capture into the same folder.
+fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<()> {
+    let recorded = record::record(opts, on_start)?;
+    let checksum = evidence::write_checksum(&recorded.capture)
+        .with_context(|| format!("cannot checksum {}", recorded.capture.display()))?;
     let rep = report::report(&recorded.capture, &opts.out_dir)?;
+    let mut files = vec![recorded.capture.clone(), checksum];
+    files.extend(rep.written.iter().cloned());
+    evidence::hand_over(&opts.out_dir, &files).with_context(|| {
+        format!(
+            "cannot hand {} over to the sudo user",
+            opts.out_dir.display()
+        )
+    })?;
     if !opts.quiet {
         eprintln!(
             "bar-probe: stopped ({}): {} events, {} lost",
             recorded.stop_reason, recorded.events, recorded.lost
         );
-        print_written(&rep.written, &recorded.capture);
     }
+    print_written(&files);
     Ok(())
 }
 
-fn print_written(written: &[PathBuf], capture: &Path) {
-    println!("{}", capture.display());
+/// The files written, one per line on stdout (for scripts).
+fn print_written(written: &[PathBuf]) {
     for p in written {
         println!("{}", p.display());
     }
@@ -236,24 +511,149 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             quiet,
         } => demo(output, duration, quiet)?,
-        Cmd::Report { capture, output } => {
+        Cmd::Mark { name, end } => {
+            let n = markers::send_all(&name, end)?;
+            eprintln!(
+                "bar-probe: marked {n} recording{}",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        Cmd::Run {
+            pid,
+            all,
+            cgroup,
+            phases,
+            rec,
+            load,
+        } => run_phases(pid, all, cgroup, phases, rec, &load)?,
+        Cmd::Report {
+            capture,
+            output,
+            phases,
+        } => {
             let out = output.unwrap_or_else(|| {
                 capture
                     .parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
             });
-            let rep = report::report(&capture, &out)?;
+            let phases = phases.map(|p| phases::parse_file(&p)).transpose()?;
+            let rep = report::report_with(&capture, &out, phases.as_deref())?;
+            for note in &rep.profile.phase_notes {
+                eprintln!("bar-probe: note: {note}");
+            }
             if let Some(d) = &rep.damage {
                 eprintln!(
                     "bar-probe: warning: {} is damaged, rendered what was valid: {d}",
                     capture.display()
                 );
             }
-            print_written(&rep.written, &capture);
+            evidence::hand_over(&out, &rep.written)
+                .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
+            print_written(&rep.written);
+        }
+        Cmd::Diff(args) => return diff_command(&args),
+        Cmd::Export {
+            capture,
+            format,
+            event,
+            output,
+        } => {
+            let done = export::export(&ExportOptions {
+                capture: capture.clone(),
+                format,
+                kind: event,
+                output,
+            })?;
+            if let Some(d) = &done.damage {
+                eprintln!(
+                    "bar-probe: warning: {} is damaged, exported what was valid: {d}",
+                    capture.display()
+                );
+            }
+            eprintln!(
+                "bar-probe: exported {} events of {} as {} samples",
+                done.events,
+                done.view.name(),
+                done.samples
+            );
+            println!("{}", done.path.display());
         }
         Cmd::Workload(args) => workload::run(&args)?,
     }
     Ok(0)
+}
+
+/// `bar-probe run`: records through timed phases, with a load command running through all of
+/// them (and recorded itself when no other target is named).
+fn run_phases(
+    pid: Option<u32>,
+    all: bool,
+    cgroup: Option<PathBuf>,
+    plan: Vec<record::PlannedPhase>,
+    rec: RecordArgs,
+    load: &[String],
+) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::process::CommandExt as _};
+    let total: Duration = plan.iter().map(|p| p.duration).sum();
+    // The load command waits on a pipe until the recording runs, then execs: its whole life is
+    // recorded, and the exec is followed like any other.
+    let mut gate = None;
+    let mut child = None;
+    if let Some((program, args)) = load.split_first() {
+        let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("read _ <&3; exec 3<&-; exec \"$@\"")
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .process_group(0);
+        let reader_fd = std::os::fd::OwnedFd::from(reader);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&reader_fd);
+        // SAFETY: dup2 in the child before exec, on a fd we keep open until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let c = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        drop(reader_fd);
+        gate = Some(writer);
+        child = Some(c);
+    }
+    let scope = match (pid, all, cgroup, &child) {
+        (Some(p), _, _, _) => Scope::Pid(p),
+        (None, true, _, _) => Scope::All,
+        (None, false, Some(cg), _) => Scope::Cgroup(cg),
+        (None, false, None, Some(c)) => Scope::Pid(c.id()),
+        (None, false, None, None) => {
+            bail!("say what to record: --pid, --all, --cgroup, or a load command after --")
+        }
+    };
+    let dir = match &scope {
+        Scope::Pid(p) => format!("bar-{p}-{}", now_stamp()),
+        _ => format!("bar-all-{}", now_stamp()),
+    };
+    let mut opts = rec.options(scope, dir);
+    opts.duration = Some(total);
+    opts.plan = plan;
+    let result = record_and_report_then(&opts, || {
+        if let Some(mut g) = gate.take() {
+            let _ = g.write_all(b"go\n");
+        }
+    });
+    if let Some(mut c) = child {
+        // The load ends with the last phase.
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
+        let _ = c.wait();
+    }
+    result
 }
 
 /// Starts the built-in workload as a child, records it, stops it.
@@ -284,6 +684,8 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         stack_map_size: bar_ebpf_common::DEFAULT_STACK_MAP_ENTRIES,
         avoid: Vec::new(),
         null: false,
+        phases: None,
+        marker_fifo: None,
     }
     .options(Scope::Pid(pid), String::new());
     rec.explicit = true;
@@ -294,7 +696,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
     if !quiet {
         let dir = rec.out_dir.display();
         eprintln!(
-            "bar-probe: open {dir}/cpu.svg and {dir}/faults.svg in a browser; the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
+            "bar-probe: open {dir}/report.html in a browser (or cpu.svg, faults.svg); the hot frames are burn_cpu_hot_loop and touch_fresh_pages"
         );
     }
     Ok(())

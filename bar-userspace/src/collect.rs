@@ -26,6 +26,7 @@ pub enum Record {
     Tcp(TcpRecord),
     NumaTask(NumaTaskRecord),
     NumaPages(NumaPagesRecord),
+    Exec(Header),
 }
 
 impl Record {
@@ -37,6 +38,7 @@ impl Record {
             Self::Tcp(r) => &r.header,
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
+            Self::Exec(h) => h,
         }
     }
 }
@@ -78,6 +80,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::TCP => Record::Tcp(read_as(bytes, header.kind)?),
         kind::NUMA_TASK => Record::NumaTask(read_as(bytes, header.kind)?),
         kind::NUMA_PAGES => Record::NumaPages(read_as(bytes, header.kind)?),
+        kind::EXEC => Record::Exec(header),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -133,13 +136,13 @@ fn drain(buf: &mut PerfEventArrayBuffer<MapData>, cpu: u32) -> Batch {
     batch
 }
 
-/// Opens a buffer per CPU and spawns its reader. Readers drain one last time and end when
-/// `stop` turns true.
-pub fn spawn_readers(
+/// Opens a buffer per CPU and spawns its reader, which sends its batches as `T`. Readers drain
+/// one last time and end when `stop` turns true.
+pub fn spawn_readers<T: From<Batch> + Send + 'static>(
     mut events: PerfEventArray<MapData>,
     cpus: &[u32],
     opts: ReaderOptions,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<T>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
@@ -166,7 +169,7 @@ pub fn spawn_readers(
                 };
                 let batch = drain(fd.get_mut(), cpu);
                 if (!batch.records.is_empty() || batch.lost > 0 || batch.malformed > 0)
-                    && tx.send(batch).await.is_err()
+                    && tx.send(T::from(batch)).await.is_err()
                 {
                     return;
                 }
@@ -177,7 +180,7 @@ pub fn spawn_readers(
                     () = tokio::time::sleep(opts.min_interval) => {}
                     _ = stop.changed() => {
                         let batch = drain(fd.get_mut(), cpu);
-                        let _ = tx.send(batch).await;
+                        let _ = tx.send(T::from(batch)).await;
                         return;
                     }
                 }

@@ -1,12 +1,13 @@
 //! `bar-probe info`: what this machine offers bar, family by family, or what a capture holds.
 
+use bar_ebpf_common::Family;
 use std::path::Path;
 
 use serde_json::json;
 
 use crate::{
     capture::Reader,
-    probe::{self, Family, ProbeOptions},
+    probe::{self, ProbeOptions},
     system::Facts,
 };
 
@@ -116,8 +117,10 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
                 "event families: not checked (loading programs needs root); attach points, best first:"
             );
             for f in Family::ALL {
-                let points: Vec<String> =
-                    f.chain().iter().map(probe::AttachPoint::describe).collect();
+                let points: Vec<String> = probe::chain(f)
+                    .iter()
+                    .map(probe::AttachPoint::describe)
+                    .collect();
                 println!("  {:<7} {}", f.name(), points.join(", "));
             }
         }

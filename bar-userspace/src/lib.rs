@@ -9,16 +9,25 @@
 //! [`aggregate`] (folded stacks, histograms) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
+//! [`diff`] compares two profiles read from files (captures or folded), with the tests of
+//! [`stats`].
+//! [`export`] writes one kind of a capture for other tools (pprof).
 
 pub mod aggregate;
 pub mod capture;
 pub mod cli;
 pub mod collect;
+pub mod diff;
+pub mod evidence;
+pub mod export;
 pub mod info;
+pub mod markers;
+pub mod phases;
 pub mod probe;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod stats;
 pub mod symbolize;
 pub mod system;
 pub mod target;

@@ -4,12 +4,12 @@
 //! ends at the duration, on Ctrl-C/SIGTERM, when the target exits or when the capture reaches
 //! its size limit, and always leaves a complete capture.
 
+use bar_ebpf_common::Family;
 use std::{
     collections::HashSet,
     io::IsTerminal as _,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
 
@@ -19,13 +19,15 @@ use bar_ebpf_common::{counter, kind, maps};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 
 use crate::{
     capture::{Body, Writer, proto},
     collect::{self, Batch, ReaderOptions, Record},
-    probe::{self, Family, FamilyStatus, Method, ProbeOptions},
+    markers,
+    phases::{self, WallPhase},
+    probe::{self, FamilyStatus, Method, ProbeOptions},
     symbolize::{self, RawStack, Symbolizer},
     system, target,
 };
@@ -55,6 +57,20 @@ pub struct RecordOptions {
     pub out_dir: PathBuf,
     pub quiet: bool,
     pub command_line: Vec<String>,
+    /// Phases from a phase file, stored as markers at the start.
+    pub phases: Vec<WallPhase>,
+    /// A FIFO to read live markers from (created if missing).
+    pub marker_fifo: Option<PathBuf>,
+    /// Phases timed by the recording itself (`bar-probe run`), back to back from the start.
+    pub plan: Vec<PlannedPhase>,
+}
+
+/// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
+#[derive(Debug, Clone)]
+pub struct PlannedPhase {
+    pub name: String,
+    pub duration: Duration,
+    pub command: Option<String>,
 }
 
 pub struct Recorded {
@@ -63,22 +79,6 @@ pub struct Recorded {
     pub status: Vec<FamilyStatus>,
     pub events: u64,
     pub lost: u64,
-}
-
-fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    // A cgroup v2 id is the inode number of its directory in cgroupfs.
-    let full = if path.is_absolute() && path.starts_with("/sys/fs/cgroup") {
-        path.to_owned()
-    } else {
-        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
-    };
-    let meta =
-        std::fs::metadata(&full).with_context(|| format!("no cgroup at {}", full.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a cgroup directory", full.display());
-    }
-    Ok(meta.ino())
 }
 
 /// Checks that `dir` can be created and written before anything is loaded.
@@ -92,8 +92,9 @@ fn prepare_out_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records until a stop condition; returns the capture's path.
-pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
+/// Records until a stop condition; returns the capture's path. `on_start` runs once the
+/// programs are attached and events flow (e.g. to release a load that waits for it).
+pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<Recorded> {
     let missing = system::missing_capabilities();
     if !missing.is_empty() {
         bail!(
@@ -109,10 +110,16 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         _ => (0, None, None),
     };
     let (cgroup, cgroup_id) = match &opts.scope {
-        Scope::Cgroup(p) => (p.display().to_string(), cgroup_id(p)?),
+        Scope::Cgroup(p) => {
+            let (full, id) = system::cgroup_id(p).map_err(anyhow::Error::msg)?;
+            (full.display().to_string(), id)
+        }
         _ => (String::new(), 0),
     };
     prepare_out_dir(&opts.out_dir)?;
+    if let Some(fifo) = &opts.marker_fifo {
+        make_fifo(fifo)?;
+    }
 
     let mut loaded = probe::load(&ProbeOptions {
         families: opts.families.clone(),
@@ -139,22 +146,37 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (tx, rx) = mpsc::channel::<Batch>(4096);
+    let (tx, rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let readers = collect::spawn_readers(
             events,
             &cpus,
-            ReaderOptions { pages: opts.buffer_pages, min_interval: Duration::from_millis(10) },
+            ReaderOptions {
+                pages: opts.buffer_pages,
+                min_interval: Duration::from_millis(10),
+            },
             tx.clone(),
             stop_rx,
         )?;
         let status = loaded.attach();
+        if let Err(e) = loaded.attach_exec_tracking() {
+            eprintln!(
+                "bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}"
+            );
+        }
         let attached = check_attached(&status, opts);
         let writer = attached.and_then(|()| {
-            Writer::create(&capture_path, meta(opts, &status, target_meta, cgroup, &cpus))
-                .with_context(|| format!("cannot write {}", capture_path.display()))
+            let meta = meta(opts, &status, target_meta, cgroup, &cpus);
+            let offset = meta.monotonic_to_realtime_ns;
+            let mut w = Writer::create(&capture_path, meta)
+                .with_context(|| format!("cannot write {}", capture_path.display()))?;
+            // Phases given as a file go in as markers, like live ones.
+            for m in phases::markers_of(&opts.phases, offset) {
+                w.write(Body::Marker(m))?;
+            }
+            Ok(w)
         });
         let writer = match writer {
             Ok(w) => w,
@@ -167,17 +189,22 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 return Err(e);
             }
         };
-        let (full_tx, full_rx) = std_mpsc::channel::<()>();
+        let (full_tx, full_rx) = oneshot::channel::<()>();
         let agg_opts = (cpus.len(), opts.quiet, opts.max_size);
+        let target = match opts.scope {
+            Scope::Pid(p) => Some(p),
+            _ => None,
+        };
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
             .spawn(move || {
-                let mut agg = Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx);
-                // The target's name and memory map before its first event: a short-lived
-                // target may be gone by the time its first batch of records is read.
-                if target_tgid != 0 {
-                    agg.see_process(target_tgid);
+                let mut agg =
+                    Aggregator::new(writer, Symbolizer::new(stacks), counters, agg_opts, full_tx);
+                // The target's name and memory map now: a short-lived process may be gone by
+                // the time its first events arrive.
+                if let Some(pid) = target {
+                    agg.first_sight(pid);
                 }
                 agg.run(rx)
             })?;
@@ -189,12 +216,16 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 let mut iv = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tokio::select! {
-                        _ = iv.tick() => { if tx.send(Batch { cpu: u32::MAX, ..Batch::default() }).await.is_err() { return } }
+                        _ = iv.tick() => { if tx.send(Input::Tick).await.is_err() { return } }
                         _ = stop.changed() => return,
                     }
                 }
             })
         };
+        let mut marker_tasks = spawn_marker_sources(opts, &tx, &stop_tx);
+        if !opts.plan.is_empty() {
+            marker_tasks.push(tokio::spawn(run_plan(opts.plan.clone(), tx.clone())));
+        }
         drop(tx);
         if !opts.quiet {
             let what = match &opts.scope {
@@ -202,8 +233,12 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
                 Scope::All => "all processes".into(),
                 Scope::Cgroup(c) => format!("cgroup {}", c.display()),
             };
-            eprintln!("bar-probe: recording {what} into {} (Ctrl-C to stop)", opts.out_dir.display());
+            eprintln!(
+                "bar-probe: recording {what} into {} (Ctrl-C to stop)",
+                opts.out_dir.display()
+            );
         }
+        on_start();
         let reason = wait_for_stop(opts.duration, pidfd, full_rx).await?;
         // Detach first so nothing new is produced, then let every reader drain once more.
         drop(loaded);
@@ -212,6 +247,10 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
             let _ = r.await;
         }
         let _ = ticker.await;
+        for t in marker_tasks {
+            t.abort();
+            let _ = t.await;
+        }
         anyhow::Ok((reason, status, agg_thread))
     });
     let (reason, status, agg_thread) = outcome?;
@@ -238,6 +277,161 @@ pub fn record(opts: &RecordOptions) -> anyhow::Result<Recorded> {
         events,
         lost,
     })
+}
+
+fn make_fifo(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => Ok(()),
+        Ok(_) => bail!("{} exists and is not a FIFO", path.display()),
+        Err(_) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                bail!(
+                    "cannot create FIFO {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Times the phases of `bar-probe run`: a marker at the start of each, its command (if any) run
+/// for its duration in its own process group, and an end marker after the last.
+async fn run_plan(plan: Vec<PlannedPhase>, tx: mpsc::Sender<Input>) {
+    let marker = |name: &str, end| {
+        Input::Marker(proto::Marker {
+            name: name.to_owned(),
+            ts: system::monotonic_ns(),
+            end,
+        })
+    };
+    let mut last = None;
+    for phase in plan {
+        if tx.send(marker(&phase.name, false)).await.is_err() {
+            return;
+        }
+        let child = phase.command.as_ref().and_then(|c| {
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| eprintln!("bar-probe: phase {}: cannot run `{c}`: {e}", phase.name))
+                .ok()
+        });
+        tokio::time::sleep(phase.duration).await;
+        if let Some(mut child) = child {
+            if let Some(id) = child.id() {
+                // SAFETY: signalling the process group created for this command.
+                unsafe { libc::kill(-(id as i32), libc::SIGTERM) };
+            }
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        last = Some(phase.name);
+    }
+    if let Some(name) = last {
+        let _ = tx.send(marker(&name, true)).await;
+    }
+}
+
+/// What the aggregator thread receives.
+enum Input {
+    Batch(Batch),
+    Marker(proto::Marker),
+    /// Time passes: flush and print status even when no event arrives.
+    Tick,
+}
+
+impl From<Batch> for Input {
+    fn from(b: Batch) -> Self {
+        Self::Batch(b)
+    }
+}
+
+/// Starts the live marker sources: this recording's socket (for `bar-probe mark`) and the
+/// `--marker-fifo`, if any. Both turn lines into markers stamped on arrival.
+fn spawn_marker_sources(
+    opts: &RecordOptions,
+    tx: &mpsc::Sender<Input>,
+    stop: &watch::Sender<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut tasks = Vec::new();
+    let lines_to_markers = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                            tx: mpsc::Sender<Input>| async move {
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let sent = match markers::parse_line(&line, system::monotonic_ns()) {
+                Some(Ok(m)) => tx.send(Input::Marker(m)).await.is_ok(),
+                Some(Err(e)) => {
+                    eprintln!("bar-probe: ignored marker: {e}");
+                    true
+                }
+                None => true,
+            };
+            if !sent {
+                return;
+            }
+        }
+    };
+    match markers::Listener::bind() {
+        Ok(listener) => {
+            let tx = tx.clone();
+            let mut stop = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        conn = listener.listener.accept() => {
+                            if let Ok((stream, _)) = conn {
+                                tokio::spawn(lines_to_markers(Box::new(stream), tx.clone()));
+                            }
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+        }
+        Err(e) if !opts.quiet => {
+            eprintln!(
+                "bar-probe: warning: no live markers (`bar-probe mark`) for this recording: cannot listen in {}: {e}",
+                markers::DIR
+            );
+        }
+        Err(_) => {}
+    }
+    if let Some(fifo) = &opts.marker_fifo {
+        let tx = tx.clone();
+        let fifo = fifo.clone();
+        tasks.push(tokio::spawn(async move {
+            // Reopen after each writer closes, so several tools can write in turn.
+            loop {
+                match tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_receiver(&fifo)
+                {
+                    Ok(rx) => lines_to_markers(Box::new(rx), tx.clone()).await,
+                    Err(e) => {
+                        eprintln!(
+                            "bar-probe: warning: cannot read markers from {}: {e}",
+                            fifo.display()
+                        );
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    tasks
 }
 
 /// Refuses a recording where a family the user asked for cannot attach; says which families
@@ -334,7 +528,7 @@ fn meta(
 async fn wait_for_stop(
     duration: Option<Duration>,
     pidfd: Option<OwnedFd>,
-    full: std_mpsc::Receiver<()>,
+    full: oneshot::Receiver<()>,
 ) -> anyhow::Result<String> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -357,11 +551,9 @@ async fn wait_for_stop(
         }
     };
     let full = async {
-        loop {
-            if full.try_recv().is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // A dropped sender (aggregator gone) is not a size stop: wait for another reason.
+        if full.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
     Ok(tokio::select! {
@@ -393,11 +585,15 @@ struct Aggregator {
     quiet: bool,
     tty: bool,
     max_size: Option<u64>,
-    full_tx: Option<std_mpsc::Sender<()>>,
+    /// Taken (and fired) when the capture reaches --max-size; from then on events are
+    /// discarded and counted.
+    full_tx: Option<oneshot::Sender<()>>,
+    discarded: u64,
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FLUSH_AT: usize = 65536;
+const EVENTS_PER_BLOCK: usize = 8192;
 
 impl Aggregator {
     fn new(
@@ -405,7 +601,7 @@ impl Aggregator {
         symbolizer: Symbolizer,
         counters: PerCpuArray<MapData, u64>,
         (cpus, quiet, max_size): (usize, bool, Option<u64>),
-        full_tx: std_mpsc::Sender<()>,
+        full_tx: oneshot::Sender<()>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -427,12 +623,23 @@ impl Aggregator {
             tty: std::io::stderr().is_terminal(),
             max_size,
             full_tx: Some(full_tx),
+            discarded: 0,
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> std::io::Result<((u64, u64), Writer)> {
-        while let Some(batch) = rx.blocking_recv() {
-            self.take(batch);
+    fn run(mut self, mut rx: mpsc::Receiver<Input>) -> std::io::Result<((u64, u64), Writer)> {
+        while let Some(input) = rx.blocking_recv() {
+            match input {
+                Input::Batch(batch) => self.take(batch),
+                Input::Marker(m) => {
+                    if !self.quiet {
+                        let what = if m.end { "ends" } else { "starts" };
+                        eprintln!("\nbar-probe: phase {} {what}", m.name);
+                    }
+                    self.writer.write(Body::Marker(m))?;
+                }
+                Input::Tick => {}
+            }
             if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
                 self.flush()?;
             }
@@ -447,29 +654,36 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
-    /// Takes the name and memory map of a process the first time it is seen, as early as
-    /// possible: it may exit at any time.
-    fn see_process(&mut self, pid: u32) {
+    /// Name and memory map of a process the first time it is seen, while it surely exists.
+    fn first_sight(&mut self, pid: u32) {
         if self.seen_pids.insert(pid) {
             self.symbolizer.note_process(pid);
             self.new_processes.push(proto::Process {
                 pid,
                 comm: symbolize::process_comm(pid).unwrap_or_default(),
+                since_ns: 0,
             });
         }
     }
 
     fn take(&mut self, batch: Batch) {
-        if batch.cpu == u32::MAX {
-            return;
-        }
         if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
             *l += batch.lost;
         }
         self.malformed += batch.malformed;
         for r in batch.records {
-            let h = r.header();
-            self.see_process(h.pid);
+            let h = *r.header();
+            self.first_sight(h.pid);
+            if let Record::Exec(_) = r {
+                // A new program: new memory map and name from now on.
+                self.symbolizer.exec(h.pid, h.ts_ns);
+                self.new_processes.push(proto::Process {
+                    pid: h.pid,
+                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
+                    since_ns: h.ts_ns,
+                });
+                continue;
+            }
             if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
                 *c += 1;
             }
@@ -489,6 +703,7 @@ impl Aggregator {
                 let h = r.header();
                 RawStack {
                     pid: h.pid,
+                    generation: self.symbolizer.generation(h.pid, h.ts_ns),
                     user: h.user_stack,
                     kernel: h.kernel_stack,
                 }
@@ -513,21 +728,29 @@ impl Aggregator {
             .zip(stack_ids)
             .map(|((cpu, r), stack)| to_event(cpu, &r, stack))
             .collect();
-        if !events.is_empty() {
-            self.events += events.len() as u64;
-            self.writer.write(Body::Events(proto::Events { events }))?;
-        }
-        self.write_counters()?;
-        if let Some(max) = self.max_size
-            && self.writer.size() >= max
-            && let Some(tx) = self.full_tx.take()
-        {
-            if !self.quiet {
-                eprintln!("\nbar-probe: the capture reached --max-size ({max} bytes); stopping");
+        // Blocks of bounded size, so that --max-size is kept to within one block.
+        for chunk in events.chunks(EVENTS_PER_BLOCK) {
+            if self.full_tx.is_none() {
+                self.discarded += chunk.len() as u64;
+                continue;
             }
-            let _ = tx.send(());
+            self.events += chunk.len() as u64;
+            self.writer.write(Body::Events(proto::Events {
+                events: chunk.to_vec(),
+            }))?;
+            if let Some(max) = self.max_size
+                && self.writer.size() >= max
+                && let Some(tx) = self.full_tx.take()
+            {
+                if !self.quiet {
+                    eprintln!(
+                        "\nbar-probe: the capture reached --max-size ({max} bytes); stopping"
+                    );
+                }
+                let _ = tx.send(());
+            }
         }
-        Ok(())
+        self.write_counters()
     }
 
     fn write_counters(&mut self) -> std::io::Result<()> {
@@ -544,6 +767,8 @@ impl Aggregator {
             malformed: self.malformed,
             offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
             tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
+            discarded_at_max_size: self.discarded,
+            ts: system::monotonic_ns(),
         }))
     }
 
@@ -639,6 +864,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             dst_nid: n.dst_nid,
             what: n.what,
         })),
+        Record::Exec(_) => None,
         Record::NumaPages(p) => Some(Detail::NumaPages(proto::NumaPages {
             succeeded: p.succeeded,
             failed: p.failed,

@@ -147,9 +147,15 @@ pub fn process_comm(pid: u32) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RawStack {
     pub pid: u32,
+    /// Which program the process was running: 0 until its first exec seen, then 1, ...
+    /// ([`Symbolizer::generation`]).
+    pub generation: u32,
     pub user: i32,
     pub kernel: i32,
 }
+
+/// A process running one program: (pid, generation).
+type ProcKey = (u32, u32);
 
 /// Interns frames and stacks and remembers which are new since the last `take_new`.
 #[derive(Default)]
@@ -209,9 +215,10 @@ pub struct SymbolStats {
 pub struct Symbolizer {
     blaze: Blaze,
     stacks: StackTraceMap<MapData>,
-    processes: HashMap<u32, ProcessInfo>,
+    /// Per pid, one snapshot per program it ran, with the time it started running it.
+    processes: HashMap<u32, Vec<(u64, ProcessInfo)>>,
     kernel_frames: HashMap<i32, Vec<u32>>,
-    user_frames: HashMap<(u32, i32), Vec<u32>>,
+    user_frames: HashMap<(ProcKey, i32), Vec<u32>>,
     resolved: HashMap<RawStack, u32>,
     pub interner: Interner,
     pub stats: SymbolStats,
@@ -234,45 +241,52 @@ impl Symbolizer {
         }
     }
 
-    /// Takes a snapshot of a process's mappings the first time it is seen.
-    pub fn note_process(&mut self, pid: u32) {
-        if self.processes.contains_key(&pid) {
-            return;
-        }
+    fn snapshot(pid: u32) -> ProcessInfo {
         let root = process_root(pid);
         let maps = read_maps(pid);
-        let info = ProcessInfo {
+        ProcessInfo {
             alive: maps.is_some(),
             mappings: maps.unwrap_or_default(),
             perf_map: read_perf_map(pid, &root),
             root,
-        };
-        self.processes.insert(pid, info);
+        }
     }
 
-    /// Refreshes the snapshot of every process: new mappings (dlopen, JIT) become known, and
-    /// a process that has exited keeps its last snapshot.
-    pub fn refresh_processes(&mut self) {
-        for (&pid, info) in &mut self.processes {
-            if !info.alive {
-                continue;
-            }
-            match read_maps(pid) {
-                Some(m) => {
-                    info.mappings = m;
-                    if let Some(pm) = read_perf_map(pid, &info.root) {
-                        info.perf_map = Some(pm);
-                    }
-                }
-                None => info.alive = false,
-            }
+    /// Takes a snapshot of a process's mappings the first time it is seen.
+    pub fn note_process(&mut self, pid: u32) {
+        self.processes
+            .entry(pid)
+            .or_insert_with(|| vec![(0, Self::snapshot(pid))]);
+    }
+
+    /// The process replaced its program at `ts`: stacks from before keep the old snapshot,
+    /// stacks from then on use a new one.
+    pub fn exec(&mut self, pid: u32, ts: u64) {
+        let gens = self.processes.entry(pid).or_default();
+        if let Some((_, last)) = gens.last_mut() {
+            last.alive = false;
         }
+        gens.push((ts, Self::snapshot(pid)));
+    }
+
+    /// The generation of process `pid` at time `ts`.
+    pub fn generation(&self, pid: u32, ts: u64) -> u32 {
+        self.processes.get(&pid).map_or(0, |gens| {
+            gens.partition_point(|g| g.0 <= ts).saturating_sub(1) as u32
+        })
+    }
+
+    fn info_mut(&mut self, key: ProcKey) -> Option<&mut ProcessInfo> {
+        self.processes
+            .get_mut(&key.0)
+            .and_then(|g| g.get_mut(key.1 as usize))
+            .map(|g| &mut g.1)
     }
 
     /// Resolves a batch of raw stacks to capture stack ids.
     pub fn resolve(&mut self, raws: &[RawStack]) -> Vec<u32> {
         let mut new_kernel: HashSet<i32> = HashSet::new();
-        let mut new_user: HashSet<(u32, i32)> = HashSet::new();
+        let mut new_user: HashSet<(ProcKey, i32)> = HashSet::new();
         for r in raws {
             if self.resolved.contains_key(r) {
                 continue;
@@ -280,8 +294,9 @@ impl Symbolizer {
             if r.kernel >= 0 && !self.kernel_frames.contains_key(&r.kernel) {
                 new_kernel.insert(r.kernel);
             }
-            if r.user >= 0 && !self.user_frames.contains_key(&(r.pid, r.user)) {
-                new_user.insert((r.pid, r.user));
+            let key = ((r.pid, r.generation), r.user);
+            if r.user >= 0 && !self.user_frames.contains_key(&key) {
+                new_user.insert(key);
             }
         }
         self.resolve_kernel(new_kernel);
@@ -293,7 +308,7 @@ impl Symbolizer {
                 }
                 let mut frames = Vec::new();
                 self.push_part(&mut frames, r.user, false, |s| {
-                    s.user_frames.get(&(r.pid, r.user))
+                    s.user_frames.get(&((r.pid, r.generation), r.user))
                 });
                 self.push_part(&mut frames, r.kernel, true, |s| {
                     s.kernel_frames.get(&r.kernel)
@@ -431,31 +446,32 @@ impl Symbolizer {
         }
     }
 
-    fn resolve_user(&mut self, keys: HashSet<(u32, i32)>) {
+    fn resolve_user(&mut self, keys: HashSet<(ProcKey, i32)>) {
         if keys.is_empty() {
             return;
         }
-        let stacks: Vec<((u32, i32), Vec<u64>)> = keys
+        let stacks: Vec<((ProcKey, i32), Vec<u64>)> = keys
             .into_iter()
             .map(|k| (k, self.read_stack(k.1)))
             .collect();
-        // Per pid: make sure the snapshot covers the addresses (refresh once if not).
-        let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
-        for ((pid, _), addrs) in &stacks {
-            by_pid.entry(*pid).or_default().extend(addrs);
+        // Per process: make sure the snapshot covers the addresses (refresh once if not, which
+        // follows new mappings such as dlopen and JIT code while the process lives).
+        let mut by_proc: HashMap<ProcKey, Vec<u64>> = HashMap::new();
+        for ((proc, _), addrs) in &stacks {
+            by_proc.entry(*proc).or_default().extend(addrs);
         }
-        for (pid, addrs) in &by_pid {
-            self.note_process(*pid);
-            let Some(info) = self.processes.get_mut(pid) else {
+        for (&(pid, generation), addrs) in &by_proc {
+            self.note_process(pid);
+            let Some(info) = self.info_mut((pid, generation)) else {
                 continue;
             };
             let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
             if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
-                match read_maps(*pid) {
+                match read_maps(pid) {
                     Some(m) => info.mappings = m,
                     None => info.alive = false,
                 }
-                if let Some(pm) = read_perf_map(*pid, &info.root) {
+                if let Some(pm) = read_perf_map(pid, &info.root) {
                     info.perf_map = Some(pm);
                 }
             }
@@ -466,22 +482,26 @@ impl Symbolizer {
             Jit(String),
             Unknown(String),
         }
-        let mut places: HashMap<(u32, u64), Place> = HashMap::new();
+        let mut places: HashMap<(ProcKey, u64), Place> = HashMap::new();
         let mut per_object: HashMap<PathBuf, Vec<u64>> = HashMap::new();
-        for (pid, addrs) in &by_pid {
-            let info = self.processes.get(pid);
+        for (&proc, addrs) in &by_proc {
+            let info = self
+                .processes
+                .get(&proc.0)
+                .and_then(|g| g.get(proc.1 as usize))
+                .map(|g| &g.1);
             for &a in addrs {
-                if places.contains_key(&(*pid, a)) {
+                if places.contains_key(&(proc, a)) {
                     continue;
                 }
                 let place = info.map_or_else(
                     || Place::Unknown(format!("[unknown 0x{a:x}]")),
-                    |info| locate(info, *pid, a),
+                    |info| locate(info, proc.0, a),
                 );
                 if let Place::File(path, off, _) = &place {
                     per_object.entry(path.clone()).or_default().push(*off);
                 }
-                places.insert((*pid, a), place);
+                places.insert((proc, a), place);
             }
         }
         let mut names: HashMap<(PathBuf, u64), String> = HashMap::new();
@@ -497,11 +517,12 @@ impl Symbolizer {
                 }
             }
         }
-        for ((pid, id), addrs) in stacks {
+        for ((proc, id), addrs) in stacks {
+            let pid = proc.0;
             let frames = addrs
                 .iter()
                 .map(|a| {
-                    let (name, module) = match places.get(&(pid, *a)) {
+                    let (name, module) = match places.get(&(proc, *a)) {
                         Some(Place::File(path, off, module)) => {
                             match names.get(&(path.clone(), *off)) {
                                 Some(n) => (n.clone(), module.clone()),
@@ -525,7 +546,7 @@ impl Symbolizer {
                     self.interner.frame(false, name, module)
                 })
                 .collect();
-            self.user_frames.insert((pid, id), frames);
+            self.user_frames.insert((proc, id), frames);
         }
 
         fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {

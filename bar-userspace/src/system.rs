@@ -314,6 +314,47 @@ impl Facts {
     }
 }
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Resolves a cgroup given as a path (absolute, or relative to the cgroup v2 mount) to its
+/// directory and its id, which is what `bpf_get_current_cgroup_id()` returns: the inode number
+/// of the directory in the v2 hierarchy.
+pub fn cgroup_id(path: &Path) -> Result<(PathBuf, u64), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let mount = cgroup2_mount().ok_or("this system has no cgroup v2 hierarchy mounted")?;
+    let full = if path.is_absolute() && path.starts_with(&mount) {
+        path.to_owned()
+    } else {
+        mount.join(path.strip_prefix("/").unwrap_or(path))
+    };
+    let meta = fs::metadata(&full).map_err(|e| format!("no cgroup at {}: {e}", full.display()))?;
+    let c =
+        std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: statfs is plain data filled by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    let on_cgroup2 =
+        unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type == CGROUP2_SUPER_MAGIC;
+    if !meta.is_dir() || !on_cgroup2 {
+        return Err(format!(
+            "{} is not a cgroup v2 directory (the v2 hierarchy is mounted at {})",
+            full.display(),
+            mount.display()
+        ));
+    }
+    Ok((full, meta.ino()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,6 +333,28 @@ pub fn assert_blocked_matches_sleeps(report: &Value, folded: &Folded) -> u64 {
     blocked
 }
 
+/// Asserts a failure with exactly one stderr line, `bar-probe: ...`, containing `needle`.
+pub fn one_line_error(out: &Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}; stderr: {stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("bar-probe: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected '{needle}' in: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    stderr
+}
+
 /// Runs bar-probe to completion and returns its output.
 pub fn run(args: &[&str]) -> Output {
     Command::new(bar_probe())

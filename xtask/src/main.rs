@@ -32,6 +32,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the capture reader from the corpus of real captures (needs nightly; installs
+    /// cargo-fuzz once).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// The whole test suite: formatting, lints, unit tests, root integration tests.
     Test {
         /// Only run integration tests whose name contains this.
@@ -141,8 +148,47 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
             })
         }
+        Cmd::Fuzz { seconds } => {
+            setup("build")?;
+            let has_fuzz = Command::new("cargo")
+                .args(["fuzz", "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !has_fuzz {
+                run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+            }
+            // New inputs go to a working corpus under target/, seeded from the committed one.
+            let work = root().join("target/fuzz-corpus");
+            std::fs::create_dir_all(&work)?;
+            for e in std::fs::read_dir(root().join("fuzz/corpus/capture_reader"))? {
+                let e = e?;
+                std::fs::copy(e.path(), work.join(e.file_name()))?;
+            }
+            // cargo fuzz finds fuzz/ from the workspace root, where `run` starts commands.
+            run(Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    "--sanitizer",
+                    "none",
+                    "capture_reader",
+                ])
+                .arg(&work)
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    "-max_len=262144",
+                    "-rss_limit_mb=4096",
+                ])
+                .env("PATH", path_with_tools()))
+        }
         Cmd::Test { filter } => {
             setup("build")?;
+            // Headless Chromium for the report test.
+            setup("report")?;
+            // The export test reads bar's pprof files with `go tool pprof`.
+            setup("export")?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             // The kernel programs only build for the BPF target, with the nightly toolchain.
             run(cargo().args([

@@ -114,7 +114,8 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// Processes seen, by thread group id, with their name when first seen.
+/// Processes seen, by thread group id, with their name: when first seen, and again after each
+/// exec (`since_ns` says from when the name holds).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Processes {
     #[prost(message, repeated, tag = "1")]
@@ -127,6 +128,9 @@ pub struct Process {
     pub pid: u32,
     #[prost(string, tag = "2")]
     pub comm: String,
+    /// CLOCK_MONOTONIC from which this name holds (0: from the start).
+    #[prost(uint64, tag = "3")]
+    pub since_ns: u64,
 }
 
 /// Symbolized frames; a frame's id is its position among all frames of the file.
@@ -303,6 +307,12 @@ pub struct Counters {
     pub offcpu_map_full: u64,
     #[prost(uint64, tag = "5")]
     pub tcp_map_full: u64,
+    /// Records received after the capture reached --max-size, not written.
+    #[prost(uint64, tag = "6")]
+    pub discarded_at_max_size: u64,
+    /// CLOCK_MONOTONIC when these counts were read.
+    #[prost(uint64, tag = "7")]
+    pub ts: u64,
 }
 
 /// A phase marker: `name` starts at `ts` (or ends there when `end`).

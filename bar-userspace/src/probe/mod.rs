@@ -6,7 +6,7 @@
 
 pub mod layout;
 
-use std::{cell::OnceCell, fmt, str::FromStr};
+use std::{cell::OnceCell, str::FromStr};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -15,7 +15,7 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use bar_ebpf_common::{CONFIG_GLOBAL, Config, Layout, kind, maps};
+use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps};
 use serde::Serialize;
 
 use self::layout::KernelBtf;
@@ -24,73 +24,25 @@ use crate::system::KernelSymbols;
 /// The kernel object, built for the BPF target by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bar"));
 
-/// A family of events, as users name them in `--events`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Cpu,
-    Offcpu,
-    Faults,
-    Tcp,
-    Numa,
-}
-
-impl Family {
-    pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Offcpu => "offcpu",
-            Self::Faults => "faults",
-            Self::Tcp => "tcp",
-            Self::Numa => "numa",
-        }
-    }
-
-    /// Record kinds this family produces.
-    pub const fn kinds(self) -> &'static [u32] {
-        match self {
-            Self::Cpu => &[kind::CPU],
-            Self::Offcpu => &[kind::OFFCPU],
-            Self::Faults => &[kind::FAULT],
-            Self::Tcp => &[kind::TCP],
-            Self::Numa => &[kind::NUMA_TASK, kind::NUMA_PAGES],
-        }
-    }
-
-    pub fn of_kind(k: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.kinds().contains(&k))
-    }
-
-    /// Attach points, best first.
-    pub const fn chain(self) -> &'static [AttachPoint] {
-        match self {
-            Self::Cpu => CPU_CHAIN,
-            Self::Offcpu => OFFCPU_CHAIN,
-            Self::Faults => FAULTS_CHAIN,
-            Self::Tcp => TCP_CHAIN,
-            Self::Numa => NUMA_CHAIN,
-        }
+/// Attach points of a family, best first.
+pub const fn chain(family: Family) -> &'static [AttachPoint] {
+    match family {
+        Family::Cpu => CPU_CHAIN,
+        Family::Offcpu => OFFCPU_CHAIN,
+        Family::Faults => FAULTS_CHAIN,
+        Family::Tcp => TCP_CHAIN,
+        Family::Numa => NUMA_CHAIN,
     }
 }
 
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+fn parse_family(s: &str) -> Result<Family, String> {
+    Family::from_name(s).ok_or_else(|| {
+        format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp, numa or all)")
+    })
 }
 
-impl FromStr for Family {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp, numa or all)")
-            })
-    }
+fn family_name<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.name())
 }
 
 /// A set of families as given to `--events`.
@@ -104,7 +56,7 @@ pub fn parse_families(s: &str) -> Result<FamilyList, String> {
         if part == "all" {
             out.extend(Family::ALL);
         } else {
-            out.push(part.parse()?);
+            out.push(parse_family(part)?);
         }
     }
     if out.is_empty() {
@@ -615,6 +567,7 @@ pub struct ProbeOptions {
 /// The outcome for one family.
 #[derive(Debug, Clone, Serialize)]
 pub struct FamilyStatus {
+    #[serde(serialize_with = "family_name")]
     pub family: Family,
     /// The attach point in use, e.g. `tp_btf:sched_switch`; None when none worked.
     pub method: Option<String>,
@@ -654,24 +607,27 @@ impl Offer {
         };
         let mut layout = Layout::unknown();
         let mut tracepoint_errors = Vec::new();
-        for family in families {
-            for point in family.chain() {
-                for prog in point.programs {
-                    let Prog::Tracepoint { category, name, .. } = prog else {
-                        continue;
-                    };
-                    let key = format!("{category}:{name}");
-                    if tracepoint_errors.iter().any(|(k, _)| *k == key) {
-                        continue;
-                    }
-                    let result = match &tracefs {
-                        Ok(dir) => layout::fill_tracepoint(&mut layout, dir, category, name),
-                        Err(e) => Err(e.clone()),
-                    };
-                    if let Err(e) = result {
-                        tracepoint_errors.push((key, e));
-                    }
-                }
+        // The tracepoints of every attach point of the families, and the exec tracker's.
+        let tracepoints = families
+            .iter()
+            .flat_map(|f| chain(*f))
+            .flat_map(|p| p.programs)
+            .filter_map(|prog| match prog {
+                Prog::Tracepoint { category, name, .. } => Some((*category, *name)),
+                _ => None,
+            })
+            .chain([("sched", "sched_process_exec")]);
+        for (category, name) in tracepoints {
+            let key = format!("{category}:{name}");
+            if tracepoint_errors.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let result = match &tracefs {
+                Ok(dir) => layout::fill_tracepoint(&mut layout, dir, category, name),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = result {
+                tracepoint_errors.push((key, e));
             }
         }
         if let Ok(btf) = &btf {
@@ -876,7 +832,7 @@ impl Loaded {
                 method: None,
                 rejected: Vec::new(),
             };
-            for point in family.chain() {
+            for point in chain(family) {
                 let describe = point.describe();
                 if let Some(chosen) = &st.method {
                     let reason = format!("not needed: {chosen} is preferred");
@@ -913,6 +869,19 @@ impl Loaded {
             status.push(st);
         }
         status
+    }
+
+    /// Attaches the exec tracker every recording needs to symbolize processes that exec.
+    pub fn attach_exec_tracking(&mut self) -> Result<(), String> {
+        if let Some((_, e)) = self
+            .offer
+            .tracepoint_errors
+            .iter()
+            .find(|(k, _)| k == "sched:sched_process_exec")
+        {
+            return Err(e.clone());
+        }
+        attach_tracepoint(&mut self.ebpf, "bar_exec_tp", "sched", "sched_process_exec")
     }
 }
 
@@ -1097,8 +1066,7 @@ mod tests {
 
     #[test]
     fn attach_points_are_named_by_method_and_targets() {
-        let names: Vec<String> = Family::Faults
-            .chain()
+        let names: Vec<String> = chain(Family::Faults)
             .iter()
             .map(AttachPoint::describe)
             .collect();
@@ -1112,7 +1080,7 @@ mod tests {
             ]
         );
         // A kprobe is named by the symbol it really attached to.
-        let offcpu = &Family::Offcpu.chain()[2];
+        let offcpu = &chain(Family::Offcpu)[2];
         assert_eq!(offcpu.method, Method::Kprobe);
         assert_eq!(
             offcpu.describe_with(|f| format!("{}.isra.0", f.name)),
@@ -1124,7 +1092,7 @@ mod tests {
     fn every_chain_ends_with_a_point_that_needs_no_btf() {
         // A kernel without BTF or kprobes still has somewhere to attach each family.
         for f in Family::ALL {
-            let last = f.chain().last().unwrap();
+            let last = chain(f).last().unwrap();
             assert!(last.needs.is_empty(), "{f}: {}", last.describe());
             assert!(
                 last.programs

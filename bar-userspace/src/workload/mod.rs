@@ -46,6 +46,8 @@ pub enum Workload {
     /// migrate_pages(2) in `migrate_pages_between_nodes` and move_pages(2) in
     /// `move_pages_to_node`. `--count` pages per part, `--seconds` at most per part.
     Numa,
+    /// Runs generated machine code named only in `/tmp/perf-PID.map`, as a JIT does.
+    Jit,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -208,6 +210,8 @@ fn connect(addr: std::net::SocketAddr) -> bool {
     TcpStream::connect(addr).is_ok()
 }
 
+// Both phases run the same hot loop, each from its own body: the bodies must differ, or the
+// compiler merges the two functions into one symbol and both phases show as one frame.
 #[inline(never)]
 pub fn phase_a_parse(until: Instant) -> u64 {
     let mut n = 0;
@@ -221,7 +225,7 @@ pub fn phase_a_parse(until: Instant) -> u64 {
 pub fn phase_b_render(until: Instant) -> u64 {
     let mut n = 0;
     while Instant::now() < until {
-        n += burn_cpu_hot_loop(10_000);
+        n ^= burn_cpu_hot_loop(20_000);
     }
     n
 }
@@ -290,6 +294,50 @@ fn migrate_own_pages(pages: usize) -> (usize, bool) {
     let compacted = std::fs::write("/proc/sys/vm/compact_memory", b"1").is_ok();
     black_box(&v);
     (pages, compacted)
+}
+
+/// Maps an executable page, writes a counting loop into it, names it `bar_jit_hot_loop` in the
+/// perf map (as JIT runtimes do), and calls it until `until`. x86-64 only.
+#[cfg(target_arch = "x86_64")]
+fn run_jitted_code(until: Instant) -> anyhow::Result<u64> {
+    // mov rcx, 1_000_000; 1: dec rcx; jnz 1b; ret
+    let mut code = vec![0x48, 0xB9];
+    code.extend(1_000_000u64.to_le_bytes());
+    code.extend([0x48, 0xFF, 0xC9, 0x75, 0xFB, 0xC3]);
+    // SAFETY: a fresh anonymous mapping, written before it is made executable.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    anyhow::ensure!(page != libc::MAP_FAILED, "mmap failed");
+    // SAFETY: the page is PAGE bytes, the code is shorter.
+    unsafe {
+        std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len());
+        anyhow::ensure!(
+            libc::mprotect(page, PAGE, libc::PROT_READ | libc::PROT_EXEC) == 0,
+            "mprotect failed"
+        );
+    }
+    let map = format!("/tmp/perf-{}.map", std::process::id());
+    std::fs::write(
+        &map,
+        format!("{:x} {:x} bar_jit_hot_loop\n", page as usize, code.len()),
+    )?;
+    // SAFETY: the page holds a complete function with the C ABI and no arguments.
+    let f: extern "C" fn() = unsafe { std::mem::transmute(page) };
+    let mut calls = 0;
+    while Instant::now() < until {
+        f();
+        calls += 1;
+    }
+    let _ = std::fs::remove_file(map);
+    Ok(calls)
 }
 
 fn wait_for_go() {
@@ -421,6 +469,13 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             );
         }
         Workload::Numa => report(&numa::run(args.count as usize, until(30.0) - start)?),
+        #[cfg(target_arch = "x86_64")]
+        Workload::Jit => {
+            let calls = run_jitted_code(until(2.0))?;
+            report(&json!({"workload": "jit", "calls": calls}));
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Workload::Jit => anyhow::bail!("the jit workload generates x86-64 code"),
         Workload::Phases => {
             let each = args.seconds.unwrap_or(2.0);
             let a_end = start + Duration::from_secs_f64(each);

@@ -1,0 +1,417 @@
+//! What `diff` writes: differential flame graphs (inferno's diff-folded, drawn by inferno's
+//! flame graph: red grew, blue shrank), the diff-folded lines, the table for people and the
+//! JSON verdict for machines.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use inferno::{differential, flamegraph};
+use serde_json::{Value, json};
+
+use super::{
+    Outcome,
+    compare::{FrameChange, GateOn, Norm, Sample, Status},
+};
+use crate::render::{write_atomic, write_svg};
+
+/// What values are expressed in, as shown.
+fn unit(o: &Outcome) -> String {
+    match o.norm {
+        Norm::Share => "%".to_owned(),
+        Norm::PerSecond => format!("{}/s", o.view.map_or("weight", |v| v.unit())),
+    }
+}
+
+/// Normalized value as shown: percent for shares.
+fn shown(o: &Outcome, v: f64) -> f64 {
+    match o.norm {
+        Norm::Share => v * 100.0,
+        Norm::PerSecond => v,
+    }
+}
+
+fn folded_bytes(s: &Sample, scale: f64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (stack, w) in &s.stacks {
+        let _ = writeln!(out, "{stack} {}", (*w as f64 * scale).round() as u64);
+    }
+    out
+}
+
+/// Diff-folded lines (`stack before after`), sorted, with `first` and `second` as inferno
+/// compares them: widths are `second`'s. By share, inferno scales the first to the second's
+/// total; per second, the first is scaled to the second's duration first.
+fn diff_folded(o: &Outcome, first: &Sample, second: &Sample) -> io::Result<Vec<String>> {
+    let (scale, normalize) = match (o.norm, first.seconds, second.seconds) {
+        (Norm::PerSecond, Some(a), Some(b)) if a > 0.0 => (b / a, false),
+        _ => (1.0, true),
+    };
+    let options = differential::Options {
+        normalize,
+        strip_hex: false,
+    };
+    let mut out = Vec::new();
+    differential::from_readers(
+        options,
+        &folded_bytes(first, scale)[..],
+        &folded_bytes(second, 1.0)[..],
+        &mut out,
+    )?;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+fn flame_options(o: &Outcome, widths_of: &str) -> flamegraph::Options<'static> {
+    let mut f = flamegraph::Options::default();
+    f.title = format!(
+        "bar diff{}: {} -> {}",
+        o.view.map_or(String::new(), |v| format!(" {}", v.name())),
+        o.base.label,
+        o.cand.label
+    );
+    f.subtitle = Some(format!(
+        "red grew, blue shrank ({}); widths: {widths_of}",
+        match o.norm {
+            Norm::Share => "by share of total weight",
+            Norm::PerSecond => "per second",
+        }
+    ));
+    f.count_name = o.view.map_or("samples", |v| v.unit()).to_owned();
+    f
+}
+
+/// Writes `diff.svg` (widths of the candidate), `diff-base.svg` (widths of the base, so what
+/// vanished shows too), `diff.folded` and `diff.json` into `dir`.
+pub fn write_files(o: &Outcome, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let lines = diff_folded(o, &o.base.pooled, &o.cand.pooled)?;
+    let path = dir.join("diff.folded");
+    write_atomic(&path, |w| {
+        for l in &lines {
+            writeln!(w, "{l}")?;
+        }
+        Ok(())
+    })?;
+    written.push(path);
+    let path = dir.join("diff.svg");
+    write_svg(&path, &lines, flame_options(o, "candidate"))?;
+    written.push(path);
+    let reversed = diff_folded(o, &o.cand.pooled, &o.base.pooled)?;
+    let mut options = flame_options(o, "base");
+    // Reversed inputs give base - candidate; negated, red is still growth.
+    options.negate_differentials = true;
+    let path = dir.join("diff-base.svg");
+    write_svg(&path, &reversed, options)?;
+    written.push(path);
+    let path = dir.join("diff.json");
+    let text = serde_json::to_string_pretty(&to_json(o)).map_err(io::Error::other)?;
+    write_atomic(&path, |w| writeln!(w, "{text}"))?;
+    written.push(path);
+    Ok(written)
+}
+
+fn side_json(o: &Outcome, side: &super::Side) -> Value {
+    json!({
+        "label": side.label,
+        "weight": side.pooled.weight(),
+        "seconds": side.pooled.seconds,
+        "replicates": side.replicates.len(),
+        "unit": o.view.map(|v| v.unit()),
+    })
+}
+
+fn frame_json(o: &Outcome, c: &FrameChange) -> Value {
+    json!({
+        "frame": c.frame,
+        "total": {"base": shown(o, c.base.total), "cand": shown(o, c.cand.total), "change": shown(o, c.delta_total())},
+        "self": {"base": shown(o, c.base.self_), "cand": shown(o, c.cand.self_), "change": shown(o, c.delta_self())},
+        "p": c.p,
+        "p_adjusted": c.p_adjusted,
+        "status": c.status,
+    })
+}
+
+/// The machine-readable result: sides, method, top frames, paths, latencies and verdict.
+pub fn to_json(o: &Outcome) -> Value {
+    let top =
+        |n: usize| -> Vec<Value> { o.frames.iter().take(n).map(|c| frame_json(o, c)).collect() };
+    let gate = o.verdict.as_ref().map(|v| {
+        json!({
+            "on": v.on,
+            "fail_above": v.threshold,
+            "threshold_unit": threshold_unit(v.on, o.norm),
+            "failed": v.failed(),
+            "offenders": v.offenders,
+        })
+    });
+    json!({
+        "kind": o.view.map(|v| v.name()),
+        "normalization": o.norm,
+        "unit": unit(o),
+        "base": side_json(o, &o.base),
+        "cand": side_json(o, &o.cand),
+        "test": {
+            "frames": "mann-whitney-u, two-sided, over replicates",
+            "adjustment": "benjamini-hochberg",
+            "replicates": o.replicates,
+            "alpha": o.test.alpha,
+            "min_share_pct": o.test.min_share * 100.0,
+            "latency": "kolmogorov-smirnov, two-sample, asymptotic",
+        },
+        "frames": top(o.frames.len().min(MAX_JSON_FRAMES)),
+        "paths": o.paths.iter().map(|p| json!({
+            "path": p.path,
+            "change": shown(o, p.delta),
+            "share_of_change_pct": p.share_of_change * 100.0,
+        })).collect::<Vec<_>>(),
+        "latency": o.latency,
+        "gate": gate,
+        "warnings": o.warnings,
+    })
+}
+
+/// Frames in the JSON: enough for any table, not every kernel frame of a large profile.
+const MAX_JSON_FRAMES: usize = 200;
+
+fn threshold_unit(on: GateOn, norm: Norm) -> &'static str {
+    match (on, norm) {
+        (GateOn::Frames, Norm::Share) => "points of share",
+        (GateOn::Frames, Norm::PerSecond) => "percent of the base rate",
+        (GateOn::Latency, _) => "percent of the base p99",
+    }
+}
+
+/// Keeps the end of a long name (the function, not its crate path).
+fn clip(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_owned();
+    }
+    let tail: String = s.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+fn p_text(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_owned(), |p| format!("{p:.1e}"))
+}
+
+/// The table for people: sides, frames with the largest change, paths, latencies, verdict.
+pub fn table(o: &Outcome, top: usize) -> String {
+    let mut t = String::new();
+    let u = unit(o);
+    let _ = writeln!(
+        t,
+        "bar diff{}, {}",
+        o.view.map_or(String::new(), |v| format!(" {}", v.name())),
+        match o.norm {
+            Norm::Share => "share of total weight (%)".to_owned(),
+            Norm::PerSecond => format!("per second ({u})"),
+        }
+    );
+    for (name, s) in [("base", &o.base), ("cand", &o.cand)] {
+        let _ = writeln!(
+            t,
+            "  {name}: {}: weight {}{}, {} replicates",
+            s.label,
+            s.pooled.weight(),
+            s.pooled
+                .seconds
+                .map_or(String::new(), |x| format!(" in {x:.2} s")),
+            s.replicates.len()
+        );
+    }
+    let tested = o.frames.iter().any(|c| c.p.is_some());
+    let _ = writeln!(
+        t,
+        "  significance: {}",
+        if tested {
+            format!(
+                "Mann-Whitney U over {}, Benjamini-Hochberg adjusted, level {}; frames under {}% not tested",
+                o.replicates,
+                o.test.alpha,
+                o.test.min_share * 100.0
+            )
+        } else {
+            "not tested (one measurement per side: give several inputs per side or --windows)"
+                .to_owned()
+        }
+    );
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {:>7}  verdict",
+        "frame", "total", "", "change", "self", "", "change", "p adj"
+    );
+    let _ = writeln!(
+        t,
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "base", "cand", "", "base", "cand", ""
+    );
+    for c in o.frames.iter().take(top) {
+        let _ = writeln!(
+            t,
+            "{:<48} {:>9.2} {:>9.2} {:>+9.2} {:>9.2} {:>9.2} {:>+9.2}  {:>7}  {}",
+            clip(&c.frame, 48),
+            shown(o, c.base.total),
+            shown(o, c.cand.total),
+            shown(o, c.delta_total()),
+            shown(o, c.base.self_),
+            shown(o, c.cand.self_),
+            shown(o, c.delta_self()),
+            p_text(c.p_adjusted),
+            match c.status {
+                Status::Grew => "grew",
+                Status::Shrank => "shrank",
+                Status::Noise => "noise",
+                Status::Untested => "-",
+            }
+        );
+    }
+    if !o.paths.is_empty() {
+        let _ = writeln!(t, "\nroot-cause paths (change, share of the total change):");
+        for p in &o.paths {
+            let shown_path = if p.path.len() > 6 {
+                format!("{};…;{}", p.path[0], p.path[p.path.len() - 4..].join(";"))
+            } else {
+                p.path.join(";")
+            };
+            let _ = writeln!(
+                t,
+                "  {:>+9.2} {u:<3} {:>+6.1}%  {shown_path}",
+                shown(o, p.delta),
+                p.share_of_change * 100.0
+            );
+        }
+    }
+    if !o.latency.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nlatency (us): p50 and p99, base -> cand; two-sample KS"
+        );
+        for l in &o.latency {
+            let _ = writeln!(
+                t,
+                "  {:<28} p50 {} -> {} ({:+.0}%)  p99 {} -> {} ({:+.0}%)  D {:.3} p {:.1e}  {}",
+                l.name,
+                l.base.p50,
+                l.cand.p50,
+                l.p50_shift_pct,
+                l.base.p99,
+                l.cand.p99,
+                l.p99_shift_pct,
+                l.ks_d,
+                l.ks_p,
+                if l.significant {
+                    "significant"
+                } else {
+                    "noise"
+                }
+            );
+        }
+    }
+    if let Some(v) = &o.verdict {
+        let what = threshold_unit(v.on, o.norm);
+        if v.failed() {
+            let names: Vec<String> = v
+                .offenders
+                .iter()
+                .map(|x| format!("{} ({:+.2}, p {:.1e})", x.name, x.growth, x.p))
+                .collect();
+            let _ = writeln!(
+                t,
+                "\ngate: FAILED: grew by more than {} {what}: {}",
+                v.threshold,
+                names.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "\ngate: passed: nothing significant grew by more than {} {what}",
+                v.threshold
+            );
+        }
+    }
+    t
+}
+
+/// The diff as a section of `report.html`: the differential flame graph, the frames that
+/// changed most with their p-values, the root-cause paths, latency shifts and the verdict.
+pub fn html_section(o: &Outcome, dir: &Path) -> String {
+    use crate::render::html::{escape, flame_iframe};
+    let json = to_json(o);
+    let unit = escape(json["unit"].as_str().unwrap_or_default());
+    let num = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+    };
+    let mut h = format!(
+        "<p>base: {} ({} replicates) &rarr; candidate: {} ({} replicates); red grew, blue shrank.</p>",
+        escape(json["base"]["label"].as_str().unwrap_or_default()),
+        json["base"]["replicates"],
+        escape(json["cand"]["label"].as_str().unwrap_or_default()),
+        json["cand"]["replicates"],
+    );
+    h.push_str(&flame_iframe(&dir.join("diff.svg")));
+    h.push_str(&format!(
+        "<table class=\"diff-frames\"><tr><th>frame</th><th>base ({unit})</th><th>candidate ({unit})</th><th>change</th><th>p (adjusted)</th><th>status</th></tr>"
+    ));
+    for f in json["frames"].as_array().into_iter().flatten().take(15) {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            escape(f["frame"].as_str().unwrap_or_default()),
+            num(&f["total"]["base"]),
+            num(&f["total"]["cand"]),
+            num(&f["total"]["change"]),
+            f["p_adjusted"].as_f64().map_or_else(|| "-".to_owned(), |p| format!("{p:.2e}")),
+            escape(&f["status"].to_string().replace('"', "")),
+        ));
+    }
+    h.push_str("</table><p><b>Root-cause paths</b> (the paths that explain most of the change):</p><table class=\"diff-paths\"><tr><th>path</th><th>change</th><th>share of the change</th></tr>");
+    for p in json["paths"].as_array().into_iter().flatten() {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1} %</td></tr>",
+            escape(
+                &p["path"]
+                    .as_array()
+                    .map(|f| f
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(";"))
+                    .unwrap_or_default()
+            ),
+            num(&p["change"]),
+            p["share_of_change_pct"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    h.push_str("</table>");
+    if let Some(lat) = json["latency"].as_array().filter(|l| !l.is_empty()) {
+        h.push_str("<p><b>Latency</b> (two-sample Kolmogorov-Smirnov):</p><pre>");
+        for l in lat {
+            h.push_str(&escape(&l.to_string()));
+            h.push('\n');
+        }
+        h.push_str("</pre>");
+    }
+    if let Some(g) = json["gate"].as_object() {
+        h.push_str(&format!(
+            "<p><b>Gate</b>: {} (fail above {} {})</p>",
+            if g["failed"] == true {
+                "FAILED"
+            } else {
+                "passed"
+            },
+            g["fail_above"],
+            escape(g["threshold_unit"].as_str().unwrap_or_default())
+        ));
+    }
+    h
+}
