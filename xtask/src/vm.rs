@@ -338,10 +338,9 @@ fn vm_run(series: &str, initrd: &Path, opts: &Options, dir: &Path) -> Outcome {
             Ok((rc, std::fs::read_to_string(&log).unwrap_or_default()))
         };
         let (mut rc, mut text) = boot()?;
-        // Under multi-threaded TCG, live patching of kernel text (jump labels flipped when a
-        // tracepoint is enabled) can race with the other virtual CPU, which then executes a
-        // stale int3 and oopses. That is the emulator, not bar: such a VM is booted once more,
-        // and the report says so. A second crash fails the kernel.
+        // Live patching of kernel text (when a tracepoint or kprobe is switched on) is where
+        // emulation has crashed guests (scripts/vm/run.sh): such a VM is booted once more, and
+        // the report says so. A second crash fails the kernel.
         if !text.contains("BAR-VM: done")
             && let Some(crash) = kernel_crash(&text)
         {
