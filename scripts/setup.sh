@@ -76,7 +76,8 @@ bench_tools() {
 
 case "${1:-build}" in
     build) rust_prereqs ;;
-    vm) rust_prereqs; apt_install qemu-system-x86 busybox-static cpio ;;
+    # e2fsprogs makes the VMs' scratch disk; util-linux has the setpriv the tests use.
+    vm) rust_prereqs; apt_install qemu-system-x86 busybox-static cpio e2fsprogs util-linux ;;
     bench)
         rust_prereqs
         apt_install linux-perf bpftrace bpfcc-tools libbpf-tools bpftool time stress-ng hyperfine

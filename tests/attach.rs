@@ -1,7 +1,7 @@
 //! `bar-probe attach` against workloads of bar's own, on the running kernel: the functions
 //! that burn CPU and fault pages must show up by name, with the weights the workloads report.
 
-use bar_tests::{Recording, Workload, out_dir, root_or_skip};
+use bar_tests::{Recording, Workload, emulated, metric, out_dir, root_or_skip};
 
 #[test]
 fn faults_are_counted_and_attributed_with_kernel_stacks() {
@@ -106,8 +106,17 @@ fn cpu_samples_land_in_the_burning_function_at_the_asked_frequency() {
     let hot = folded.weight_with("burn_cpu_hot_loop");
     // One thread busy for 3 s at 199 Hz: about 600 samples (the clock is per CPU, so a
     // busy thread gets about one sample per period).
+    metric("cpu_samples_3s_199hz", total);
+    let low = if emulated() {
+        // The cpu-clock timer of an emulated CPU skips the periods during which the host did
+        // not run it; how many depends on the host's load, not on bar.
+        eprintln!("emulated CPUs: accepting from 120 samples, as timer periods are lost");
+        120
+    } else {
+        420
+    };
     assert!(
-        (420..=780).contains(&total),
+        (low..=780).contains(&total),
         "{total} samples for 3 s at 199 Hz"
     );
     // Frame-pointer unwinding loses the caller of a sample taken in a callee's prologue, so a
@@ -162,4 +171,73 @@ fn ctrl_c_stops_and_writes_complete_outputs() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn faults_tell_major_from_minor_where_the_kernel_says() {
+    if !root_or_skip("faults_tell_major_from_minor_where_the_kernel_says") {
+        return;
+    }
+    let dir = out_dir("majfaults");
+    // The cold file must be on a file system with a page cache that can be dropped.
+    let files = out_dir("majfaults-file");
+    std::fs::create_dir_all(&files).unwrap();
+    let files_arg = files.to_str().unwrap();
+    let mut w = Workload::start(&["majorfaults", "--count", "400", "--dir", files_arg]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "faults"], &dir);
+    w.go();
+    let report = w.finish();
+    let rec = rec.finish();
+    let _ = std::fs::remove_dir_all(&files);
+    let s = rec.summary();
+    let faults = &s["kinds"]["faults"];
+    let attach = faults["attach"].as_str().unwrap_or_default();
+    let folded = rec.folded("faults");
+    let major_cold =
+        folded.weight_where(|s| s.contains("read_cold_file_pages") && s.ends_with(";[major]"));
+    if faults["major"].is_null() {
+        // The exception tracepoints run before a fault is resolved: they cannot tell, and
+        // must not pretend (no count, no [major] frame).
+        assert!(faults["minor"].is_null(), "{faults}");
+        assert_eq!(folded.weight_with("[major]"), 0);
+        eprintln!(
+            "major/minor not checked: faults attach via {attach}, which runs before a fault is resolved"
+        );
+        return;
+    }
+    let kernel_major = report["major_faults"].as_u64().unwrap();
+    assert!(
+        kernel_major >= 360,
+        "the workload's cold reads were not major faults ({report}): is its folder on tmpfs?"
+    );
+    metric("major_faults_kernel", kernel_major);
+    metric("major_faults_bar", major_cold);
+    // bar counts as the kernel's own accounting does: the same number, in the reading
+    // function, each with the [major] leaf.
+    assert!(
+        major_cold * 100 >= kernel_major * 95 && major_cold <= kernel_major + 5,
+        "{major_cold} major faults in read_cold_file_pages, the kernel counted {kernel_major}\n{:#?}",
+        folded.stacks
+    );
+    let minor_fresh =
+        folded.weight_where(|s| s.contains("touch_fresh_pages") && !s.ends_with("[major]"));
+    assert!(
+        minor_fresh * 10 >= 400 * 9,
+        "{minor_fresh} minor faults in touch_fresh_pages for 400 pages"
+    );
+    assert_eq!(
+        folded.weight_where(|s| s.contains("touch_fresh_pages") && s.ends_with("[major]")),
+        0
+    );
+    let (major, minor) = (
+        faults["major"].as_u64().unwrap(),
+        faults["minor"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        major + minor,
+        faults["events"].as_u64().unwrap(),
+        "{faults}"
+    );
+    assert!(major >= major_cold, "{faults}");
 }

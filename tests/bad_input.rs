@@ -114,7 +114,7 @@ fn requested_family_with_no_usable_attach_point() {
     if !root_or_skip("requested_family_with_no_usable_attach_point") {
         return;
     }
-    // As on a kernel without BTF and without the tracepoints: every attach point refused.
+    // As on a kernel without BTF, kprobes or the tracepoints: every attach point refused.
     let dir = out_dir("no-attach");
     let out = run(&[
         "attach",
@@ -123,7 +123,7 @@ fn requested_family_with_no_usable_attach_point() {
         "--events",
         "faults",
         "--avoid",
-        "tp_btf,tracepoint",
+        "fentry,kprobe,tp_btf,tracepoint",
         "-d",
         "1s",
         "-o",

@@ -267,14 +267,25 @@ fn a_process_that_execs_is_symbolized_as_its_new_program() {
         return;
     }
     let dir = out_dir("exec");
-    // A shell that burns a little CPU, then becomes bar-probe's cpu workload (same pid).
+    // A shell that waits for the recording, burns a little CPU, then becomes bar-probe's cpu
+    // workload (same pid).
     let script = format!(
-        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec {} workload cpu --seconds 2",
+        "read go; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec {} workload cpu --seconds 2",
         bar_probe().display()
     );
-    let mut sh = Command::new("sh").arg("-c").arg(&script).spawn().unwrap();
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = sh.id().to_string();
     let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
+    {
+        use std::io::Write as _;
+        let mut stdin = sh.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+    }
     let _ = sh.wait();
     let rec = rec.finish();
     let folded = rec.folded("cpu");

@@ -1,6 +1,6 @@
 //! Off-CPU, TCP connect and NUMA migration families against workloads of bar's own.
 
-use bar_tests::{Recording, Workload, out_dir, root_or_skip};
+use bar_tests::{Recording, Workload, assert_blocked_matches_sleeps, out_dir, root_or_skip};
 
 #[test]
 fn offcpu_blocked_time_matches_the_sleeps() {
@@ -14,17 +14,8 @@ fn offcpu_blocked_time_matches_the_sleeps() {
     w.go();
     let report = w.finish();
     let rec = rec.finish();
-    let slept_us = report["total_us"].as_u64().expect("total_us");
     let folded = rec.folded("offcpu");
-    let blocked =
-        folded.weight_where(|s| s.contains("sleep_in_named_function") && s.ends_with("[blocked]"));
-    let lo = slept_us * 85 / 100;
-    let hi = slept_us * 115 / 100;
-    assert!(
-        (lo..=hi).contains(&blocked),
-        "blocked {blocked} us in sleep_in_named_function, slept {slept_us} us\n{:#?}",
-        folded.stacks
-    );
+    assert_blocked_matches_sleeps(&report, &folded);
     // The kernel part shows where it blocked.
     assert!(
         folded
@@ -35,7 +26,12 @@ fn offcpu_blocked_time_matches_the_sleeps() {
     let s = rec.summary();
     let off = &s["kinds"]["offcpu"];
     let p50 = off["blocked_us"]["p50"].as_u64().expect("p50");
-    assert!((5000..6500).contains(&p50), "p50 of 5 ms sleeps: {p50}");
+    let median = report["measured_median_us"].as_u64().expect("median");
+    // As for the total: at least the 5 ms asked, at most what a sleep measured from outside.
+    assert!(
+        p50 >= 4900 && p50 * 100 <= median * 102,
+        "p50 of 5 ms sleeps: {p50} us, measured median {median} us"
+    );
     assert!(off["blocked_us"]["p99"].as_u64() >= Some(p50));
     assert!(off["blocked_us"]["max"].as_u64() >= off["blocked_us"]["p99"].as_u64());
     assert!(
@@ -199,8 +195,8 @@ fn fallback_to_classic_tracepoints_when_tp_btf_is_off() {
     if !root_or_skip("fallback_to_classic_tracepoints_when_tp_btf_is_off") {
         return;
     }
-    // The preferred point of offcpu, faults and tcp is tp_btf here; turning it off must land
-    // each on its classic tracepoint, with the same results.
+    // Turning off everything better than the classic tracepoints (function hooks where the
+    // kernel has them, tp_btf) must land each family on its tracepoint, with the same results.
     let dir = out_dir("fallback");
     let mut w = Workload::start(&["tcp", "--count", "5", "--refused", "3"]);
     let pid = w.pid().to_string();
@@ -212,7 +208,7 @@ fn fallback_to_classic_tracepoints_when_tp_btf_is_off() {
             "--events",
             "offcpu,faults,tcp",
             "--avoid",
-            "tp_btf",
+            "fentry,kprobe,tp_btf",
         ],
         &dir,
     );

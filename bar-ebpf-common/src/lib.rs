@@ -20,6 +20,12 @@ pub mod maps {
     pub const OFFCPU_START: &str = "OFFCPU_START";
     /// TCP: connect attempts in flight, keyed by socket address.
     pub const TCP_START: &str = "TCP_START";
+    /// TCP: connects entered but not yet in SYN_SENT, keyed by thread id (kprobe/fentry).
+    pub const TCP_CONNECTING: &str = "TCP_CONNECTING";
+    /// Faults: arguments of `handle_mm_fault` between kprobe and kretprobe, by thread id.
+    pub const FAULT_ARGS: &str = "FAULT_ARGS";
+    /// NUMA: nodes of the page migration a thread is in, by thread id.
+    pub const NUMA_PENDING: &str = "NUMA_PENDING";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -58,6 +64,10 @@ pub struct UserStack {
 pub const OFFCPU_MAP_ENTRIES: u32 = 65536;
 /// TCP connects that can be in flight at once.
 pub const TCP_MAP_ENTRIES: u32 = 16384;
+/// Threads that can be inside connect(), a page fault or a page migration at once, in the
+/// per-thread maps of the kprobe and fentry attach points (LRU: a thread that never came back
+/// is evicted first).
+pub const THREAD_MAP_ENTRIES: u32 = 16384;
 
 /// Record kinds, the first field of every record after the timestamp.
 pub mod kind {
@@ -168,6 +178,10 @@ pub mod counter {
     pub const COUNT: u32 = super::kind::COUNT + 2;
 }
 
+/// Stack id of a record that has no stack to show, rather than one that failed: `-EFAULT`, what
+/// `bpf_get_stackid` returns when there is no stack to walk (a kernel thread's user stack).
+pub const NO_STACK: i32 = -14;
+
 /// Common first part of every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +205,14 @@ pub struct Header {
 pub mod fault_flag {
     /// The fault was taken in user mode (`page_fault_user`), not kernel mode.
     pub const USER_MODE: u32 = 1;
+    /// A major fault: the page had to be read in (`VM_FAULT_MAJOR`), or the fault was a retry
+    /// after one that had to wait for it (`FAULT_FLAG_TRIED`), as the kernel's own `maj_flt`
+    /// accounting counts them. Meaningful only with [`SEVERITY_KNOWN`].
+    pub const MAJOR: u32 = 2;
+    /// The attach point saw the outcome of the fault (`handle_mm_fault` returned), so
+    /// [`MAJOR`] tells major from minor. The exception tracepoints run before the fault is
+    /// handled and leave this clear.
+    pub const SEVERITY_KNOWN: u32 = 4;
 }
 
 /// A page fault of a target thread.
@@ -314,6 +336,31 @@ pub struct NumaPagesRecord {
     pub reason: u32,
     /// Destination node when the attach point knows it, otherwise -1.
     pub dst_nid: i32,
+    /// Node the (first) page of the batch was on when the attach point knows it, otherwise -1.
+    pub src_nid: i32,
+}
+
+/// The nodes of a page migration a thread has entered, kept until `mm_migrate_pages` reports
+/// the batch (kprobe/fentry on `migrate_pages`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NumaPending {
+    /// `enum migrate_reason` of the batch, so a nested migration of another reason (direct
+    /// compaction while allocating the destination pages) does not take these nodes.
+    pub reason: u32,
+    pub src_nid: i32,
+    pub dst_nid: i32,
+    pub _pad: u32,
+}
+
+/// Arguments of a `handle_mm_fault` call, kept from its kprobe to its kretprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultArgs {
+    pub address: u64,
+    pub ip: u64,
+    /// `enum fault_flag` bits.
+    pub flags: u32,
     pub _pad: u32,
 }
 
@@ -342,19 +389,30 @@ pub struct Layout {
     pub sock_daddr: u32,
     pub sock_saddr_v6: u32,
     pub sock_daddr_v6: u32,
-    // sched:sched_move_numa, sched:sched_stick_numa
+    // sched:sched_move_numa
     pub numa_tgid: u32,
+    pub numa_pid: u32,
     pub numa_src_cpu: u32,
     pub numa_src_nid: u32,
     pub numa_dst_cpu: u32,
     pub numa_dst_nid: u32,
     // sched:sched_swap_numa
+    pub swap_src_pid: u32,
+    pub swap_dst_pid: u32,
     pub swap_src_tgid: u32,
     pub swap_src_cpu: u32,
     pub swap_src_nid: u32,
     pub swap_dst_tgid: u32,
     pub swap_dst_cpu: u32,
     pub swap_dst_nid: u32,
+    // sched:sched_stick_numa: the task's own fields (pid, tgid, cpu, nid) and where it did not
+    // go; older kernels give it the move format, newer ones the swap format's src_/dst_.
+    pub stick_tgid: u32,
+    pub stick_pid: u32,
+    pub stick_src_cpu: u32,
+    pub stick_src_nid: u32,
+    pub stick_dst_cpu: u32,
+    pub stick_dst_nid: u32,
     // migrate:mm_migrate_pages
     pub mig_succeeded: u32,
     pub mig_failed: u32,
@@ -377,6 +435,21 @@ pub struct Layout {
     pub pt_regs_ip: u32,
     pub pt_regs_bp: u32,
     pub pt_regs_cs: u32,
+    pub task_state: u32,
+    pub page_flags: u32,
+    pub page_lru: u32,
+    pub migration_target_nid: u32,
+    /// Width of the node field at the top of `page->flags` (`NODES_SHIFT`), derived from BTF.
+    pub page_nid_bits: u32,
+    // Values of kernel enums the programs test (BTF), not offsets.
+    pub mr_syscall: u32,
+    pub mr_numa_misplaced: u32,
+    pub vm_fault_major: u32,
+    pub vm_fault_retry: u32,
+    pub fault_flag_write: u32,
+    pub fault_flag_user: u32,
+    pub fault_flag_tried: u32,
+    pub fault_flag_instruction: u32,
     pub _pad: u32,
 }
 
@@ -405,6 +478,15 @@ impl Layout {
             sock_saddr_v6: u,
             sock_daddr_v6: u,
             numa_tgid: u,
+            numa_pid: u,
+            swap_src_pid: u,
+            swap_dst_pid: u,
+            stick_tgid: u,
+            stick_pid: u,
+            stick_src_cpu: u,
+            stick_src_nid: u,
+            stick_dst_cpu: u,
+            stick_dst_nid: u,
             numa_src_cpu: u,
             numa_src_nid: u,
             numa_dst_cpu: u,
@@ -435,6 +517,19 @@ impl Layout {
             pt_regs_ip: u,
             pt_regs_bp: u,
             pt_regs_cs: u,
+            task_state: u,
+            page_flags: u,
+            page_lru: u,
+            migration_target_nid: u,
+            page_nid_bits: u,
+            mr_syscall: u,
+            mr_numa_misplaced: u,
+            vm_fault_major: u,
+            vm_fault_retry: u,
+            fault_flag_write: u,
+            fault_flag_user: u,
+            fault_flag_tried: u,
+            fault_flag_instruction: u,
             _pad: 0,
         }
     }
@@ -460,6 +555,10 @@ pub struct Config {
     /// has `bpf_task_pt_regs` and the layout has the `pt_regs` offsets); zero: user stacks
     /// come from `bpf_get_stackid`.
     pub user_walk: u32,
+    /// Node ids below this are possible on this machine; a node read from a page that is not
+    /// is reported as unknown rather than trusted.
+    pub nr_node_ids: u32,
+    pub _pad: u32,
     pub layout: Layout,
 }
 
@@ -472,6 +571,8 @@ impl Config {
             min_block_ns: 0,
             null_mode: 0,
             user_walk: 0,
+            nr_node_ids: 0,
+            _pad: 0,
             layout: Layout::unknown(),
         }
     }
@@ -502,16 +603,19 @@ const _: () = {
     assert!(size_of::<TcpStart>() == 24);
     assert!(size_of::<NumaTaskRecord>() == 56);
     assert!(size_of::<NumaPagesRecord>() == 80);
-    assert!(size_of::<Layout>() == 48 * 4);
-    assert!(size_of::<Config>() == 32 + 48 * 4);
+    assert!(size_of::<NumaPending>() == 16);
+    assert!(size_of::<FaultArgs>() == 24);
+    // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
+    assert!(size_of::<Layout>() == 70 * 4);
+    assert!(size_of::<Config>() == 40 + 70 * 4);
     assert!(size_of::<UserStack>() == 16 + USER_STACK_FRAMES * 8);
 };
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, OffCpuStart,
-        TcpRecord, TcpStart, UserStack,
+        Config, FaultArgs, FaultRecord, Header, NumaPagesRecord, NumaPending, NumaTaskRecord,
+        OffCpuRecord, OffCpuStart, TcpRecord, TcpStart, UserStack,
     };
 
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
@@ -526,4 +630,6 @@ mod user {
     unsafe impl aya::Pod for NumaTaskRecord {}
     unsafe impl aya::Pod for NumaPagesRecord {}
     unsafe impl aya::Pod for UserStack {}
+    unsafe impl aya::Pod for NumaPending {}
+    unsafe impl aya::Pod for FaultArgs {}
 }

@@ -5,22 +5,34 @@
 //! exits, so nothing accumulates over a long capture.
 //!
 //! Attach points: `tp_btf/sched_switch` (arguments direct, needs the four-argument form with
-//! `prev_state`, Linux 5.18+), else the classic `sched:sched_switch` tracepoint.
+//! `prev_state`, Linux 5.18+); then `finish_task_switch(prev)` by fentry or kprobe, as bcc's
+//! offcputime does, for kernels whose tracepoint lacks `prev_state`; last the classic
+//! `sched:sched_switch` tracepoint.
+//!
+//! `finish_task_switch` runs after the switch, in the context of the task switched *in*: the
+//! switch-out of `prev` is recorded from its `task_struct` (BTF offsets), and the stacks are
+//! taken when the thread runs again. They are the same stacks: a thread off CPU does not move,
+//! its kernel stack still ends in `schedule()` and its user stack where it entered the kernel.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::LruHashMap,
-    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext,
+        tracing::StackIdContext,
+    },
 };
 use bar_ebpf_common::{
     Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, counter, kind, offcpu_reason,
 };
 
-use crate::shared::{bump, config, emit, now, null_mode, offset, read, stacks, traced_current};
+use crate::shared::{
+    bump, config, emit, now, null_mode, offset, read, stacks, traced_current, traced_tgid,
+};
 
 #[map]
 static OFFCPU_START: LruHashMap<u32, OffCpuStart> =
@@ -64,6 +76,12 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
         return;
     };
     let _ = OFFCPU_START.remove(next_tid);
+    report(ctx, ts, next_tid, &start);
+}
+
+/// Reports the off-CPU interval `start` of thread `tid`, which is back on CPU at `ts`.
+#[inline(always)]
+fn report<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, start: &OffCpuStart) {
     let blocked_ns = ts.saturating_sub(start.ts_ns);
     if blocked_ns < config!(min_block_ns) {
         return;
@@ -73,7 +91,7 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
             ts_ns: ts,
             kind: kind::OFFCPU,
             pid: start.pid,
-            tid: next_tid,
+            tid,
             user_stack: start.user_stack,
             kernel_stack: start.kernel_stack,
             _pad: 0,
@@ -130,5 +148,71 @@ pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
 pub fn bar_thread_exit_tp(_ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = OFFCPU_START.remove(tid);
+    0
+}
+
+/// After a context switch, in the task switched in: the switch-out of `prev` (a
+/// `task_struct`) and the return of the current task.
+#[inline(always)]
+fn finish_switch<C: StackIdContext>(ctx: &C, prev: *const c_void) {
+    if null_mode() {
+        return;
+    }
+    let ts = now();
+    let prev_tgid = read::<u32>(prev, offset!(task_tgid)).unwrap_or(0);
+    // The cgroup filter cannot be applied to a task that is not current; it is applied when
+    // the thread runs again, below.
+    if traced_tgid(prev_tgid) {
+        let state = read::<u32>(prev, offset!(task_state)).unwrap_or(0);
+        let tid = read::<u32>(prev, offset!(task_pid)).unwrap_or(0);
+        if state & TASK_DEAD == 0 && tid != 0 {
+            let start = OffCpuStart {
+                ts_ns: ts,
+                pid: prev_tgid,
+                reason: if state == 0 {
+                    offcpu_reason::PREEMPTED
+                } else {
+                    offcpu_reason::BLOCKED
+                },
+                state,
+                // Taken when the thread runs again.
+                user_stack: 0,
+                kernel_stack: 0,
+                _pad: 0,
+            };
+            if OFFCPU_START.insert(tid, start, 0).is_err() {
+                bump(counter::OFFCPU_MAP_FULL);
+            }
+        }
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if tid == 0 || !traced_current(pid_tgid) {
+        return;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(mut start) = (unsafe { OFFCPU_START.get(tid) }).copied() else {
+        return;
+    };
+    let _ = OFFCPU_START.remove(tid);
+    if ts.saturating_sub(start.ts_ns) < config!(min_block_ns) {
+        return;
+    }
+    (start.user_stack, start.kernel_stack) = stacks(ctx);
+    report(ctx, ts, tid, &start);
+}
+
+#[fentry]
+pub fn bar_finish_switch_fentry(ctx: FEntryContext) -> u32 {
+    // finish_task_switch(struct task_struct *prev)
+    finish_switch(&ctx, ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn bar_finish_switch_kprobe(ctx: ProbeContext) -> u32 {
+    // The kernel's copy may be a compiler clone (finish_task_switch.isra.0) that keeps `prev`
+    // as its first argument, which is what bcc's offcputime relies on too.
+    finish_switch(&ctx, ctx.arg(0).unwrap_or(core::ptr::null()));
     0
 }

@@ -79,6 +79,10 @@ pub struct ViewAgg {
     pub per_stack_us: HashMap<(u32, u32), Histogram<u64>>,
     pub user_mode: u64,
     pub kernel_mode: u64,
+    /// Faults whose attach point told major from minor, and those it could not.
+    pub major: u64,
+    pub minor: u64,
+    pub severity_unknown: u64,
     pub tcp: BTreeMap<String, TcpDest>,
     /// TCP connect latency over every destination.
     pub tcp_latency_us: Histogram<u64>,
@@ -96,6 +100,9 @@ impl Default for ViewAgg {
             per_stack_us: HashMap::new(),
             user_mode: 0,
             kernel_mode: 0,
+            major: 0,
+            minor: 0,
+            severity_unknown: 0,
             tcp: BTreeMap::new(),
             tcp_latency_us: new_histogram(),
             numa: NumaStats::default(),
@@ -151,6 +158,9 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
 pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
     match &ev.detail {
         None => (1, Vec::new()),
+        // Major faults carry their own leaf, so a flame graph shows where I/O was waited for;
+        // minor faults (and faults of unknown severity) have none.
+        Some(Detail::Fault(f)) if f.major == Some(true) => (1, vec!["[major]".to_owned()]),
         Some(Detail::Fault(_)) => (1, Vec::new()),
         Some(Detail::Offcpu(o)) => {
             let state = if o.reason == offcpu_reason::PREEMPTED {
@@ -204,6 +214,11 @@ impl ViewAgg {
                     self.user_mode += 1;
                 } else {
                     self.kernel_mode += 1;
+                }
+                match f.major {
+                    Some(true) => self.major += 1,
+                    Some(false) => self.minor += 1,
+                    None => self.severity_unknown += 1,
                 }
             }
             Some(Detail::Offcpu(o)) => {
@@ -260,7 +275,11 @@ impl ViewAgg {
                     .or_default();
                 e.0 = e.0.saturating_add(p.succeeded);
                 e.1 = e.1.saturating_add(p.failed);
-                let pair = self.numa.node_pairs.entry((-1, p.dst_nid)).or_default();
+                let pair = self
+                    .numa
+                    .node_pairs
+                    .entry((p.src_nid.unwrap_or(-1), p.dst_nid))
+                    .or_default();
                 pair.pages = pair.pages.saturating_add(p.succeeded);
             }
             None => {}

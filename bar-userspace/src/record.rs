@@ -837,6 +837,8 @@ fn human(v: f64) -> String {
 }
 
 fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
+    use bar_ebpf_common::fault_flag;
+
     use crate::capture::proto::event::Detail;
     let h = r.header();
     let detail = match r {
@@ -845,7 +847,9 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             address: f.address,
             ip: f.ip,
             error_code: f.error_code,
-            user_mode: f.flags & bar_ebpf_common::fault_flag::USER_MODE != 0,
+            user_mode: f.flags & fault_flag::USER_MODE != 0,
+            major: (f.flags & fault_flag::SEVERITY_KNOWN != 0)
+                .then_some(f.flags & fault_flag::MAJOR != 0),
         })),
         Record::OffCpu(o) => Some(Detail::Offcpu(proto::OffCpu {
             blocked_ns: o.blocked_ns,
@@ -880,6 +884,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             mode: p.mode,
             reason: p.reason,
             dst_nid: p.dst_nid,
+            src_nid: Some(p.src_nid),
         })),
     };
     proto::Event {

@@ -28,7 +28,8 @@ use blazesym::{
 use crate::capture::proto;
 
 /// errno values bpf_get_stackid returns.
-const EFAULT: i32 = 14;
+/// A stack that is not there to walk (see `bar_ebpf_common::NO_STACK`): no frames, no error.
+const EFAULT: i32 = -bar_ebpf_common::NO_STACK;
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 
@@ -67,7 +68,49 @@ struct ProcessInfo {
     /// process in another mount namespace, empty otherwise).
     root: String,
     alive: bool,
-    perf_map: Option<Vec<(u64, u64, String)>>,
+    perf_map: PerfMap,
+}
+
+/// A JIT's `/tmp/perf-PID.map`: (start, end, name) sorted by start, and the size and mtime of
+/// the file it was read from, so that it is read again only when the JIT has added to it.
+#[derive(Debug, Default)]
+struct PerfMap {
+    entries: Vec<(u64, u64, String)>,
+    stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+impl PerfMap {
+    /// Reads the map again if the file changed since it was last read. A JIT writes its map as
+    /// it generates code, possibly after bar first looked at the process.
+    fn refresh(&mut self, pid: u32, root: &str) {
+        let path = format!("{root}/tmp/perf-{pid}.map");
+        let Ok(meta) = fs::metadata(&path) else {
+            return;
+        };
+        let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        if self.stamp == Some(stamp) {
+            return;
+        }
+        let Ok(text) = fs::read_to_string(&path) else {
+            return;
+        };
+        self.entries = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+                let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+                Some((start, start + size, it.next()?.to_owned()))
+            })
+            .collect();
+        self.entries.sort_by_key(|e| e.0);
+        self.stamp = Some(stamp);
+    }
+
+    fn lookup(&self, a: u64) -> Option<&str> {
+        let idx = self.entries.partition_point(|e| e.0 <= a);
+        (idx > 0 && a < self.entries[idx - 1].1).then(|| self.entries[idx - 1].2.as_str())
+    }
 }
 
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
@@ -102,6 +145,12 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
             path,
         });
     }
+    // A process that has exited but not been reaped (a zombie) still has a maps file, and it
+    // is empty: that is not a snapshot to replace a good one with. A live process always has
+    // executable mappings.
+    if out.is_empty() {
+        return None;
+    }
     Some(out)
 }
 
@@ -113,21 +162,6 @@ fn process_root(pid: u32) -> String {
         (Ok(t), Ok(o)) if t.dev() != o.dev() || t.ino() != o.ino() => format!("/proc/{pid}/root"),
         _ => String::new(),
     }
-}
-
-fn read_perf_map(pid: u32, root: &str) -> Option<Vec<(u64, u64, String)>> {
-    let text = fs::read_to_string(format!("{root}/tmp/perf-{pid}.map")).ok()?;
-    let mut out: Vec<(u64, u64, String)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ' ');
-            let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
-            let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
-            Some((start, start + size, it.next()?.to_owned()))
-        })
-        .collect();
-    out.sort_by_key(|e| e.0);
-    Some(out)
 }
 
 /// Reads a process's name (`comm`).
@@ -244,10 +278,12 @@ impl Symbolizer {
     fn snapshot(pid: u32) -> ProcessInfo {
         let root = process_root(pid);
         let maps = read_maps(pid);
+        let mut perf_map = PerfMap::default();
+        perf_map.refresh(pid, &root);
         ProcessInfo {
             alive: maps.is_some(),
             mappings: maps.unwrap_or_default(),
-            perf_map: read_perf_map(pid, &root),
+            perf_map,
             root,
         }
     }
@@ -479,9 +515,21 @@ impl Symbolizer {
                     Some(m) => info.mappings = m,
                     None => info.alive = false,
                 }
-                if let Some(pm) = read_perf_map(pid, &info.root) {
-                    info.perf_map = Some(pm);
-                }
+            }
+            // Code in anonymous memory is a JIT's: its names are in the perf map, which may
+            // have grown since it was read.
+            let anonymous = |a: u64| {
+                info.mappings
+                    .iter()
+                    .find(|x| x.start <= a && a < x.end)
+                    .is_none_or(|x| x.path.is_empty() || x.path.starts_with("[anon"))
+            };
+            if info.alive
+                && addrs
+                    .iter()
+                    .any(|&a| anonymous(a) && info.perf_map.lookup(a).is_none())
+            {
+                info.perf_map.refresh(pid, &info.root);
             }
         }
         // Map every address to (object, file offset) and group by object for batch lookup.
@@ -580,11 +628,8 @@ impl Symbolizer {
                     ));
                 }
             }
-            if let Some(pm) = &info.perf_map {
-                let idx = pm.partition_point(|e| e.0 <= a);
-                if idx > 0 && a < pm[idx - 1].1 {
-                    return Place::Jit(pm[idx - 1].2.clone());
-                }
+            if let Some(name) = info.perf_map.lookup(a) {
+                return Place::Jit(name.to_owned());
             }
             Place::Unknown(format!("[unknown 0x{a:x}]"))
         }

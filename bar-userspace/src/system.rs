@@ -148,6 +148,75 @@ pub fn kprobes_unavailable(tracefs: Option<&Path>) -> Option<String> {
     Some("this kernel has no kprobe support (no kprobe PMU, no kprobe_events; CONFIG_KPROBES is off)".into())
 }
 
+/// Text symbols of the running kernel (`/proc/kallsyms`), for kprobe targets.
+pub struct KernelSymbols {
+    names: std::collections::HashSet<String>,
+}
+
+impl KernelSymbols {
+    pub fn read() -> Result<Self, String> {
+        let text = fs::read_to_string("/proc/kallsyms")
+            .map_err(|e| format!("/proc/kallsyms is not readable: {e}"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses kallsyms lines: `address type name [module]`.
+    fn parse(text: &str) -> Self {
+        let names = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let (_addr, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+                // Functions of the kernel proper and of modules (`t`/`T`).
+                matches!(kind, "t" | "T").then(|| name.to_owned())
+            })
+            .collect();
+        Self { names }
+    }
+
+    /// The symbol a kprobe on function `name` attaches to: `name` itself, or the compiler's
+    /// only clone of it (`name.isra.0`, `name.constprop.0`, ...), which is what a static
+    /// function the compiler specialised is called in kallsyms.
+    pub fn resolve(&self, name: &str) -> Result<String, String> {
+        if self.names.contains(name) {
+            return Ok(name.to_owned());
+        }
+        let prefix = format!("{name}.");
+        let mut clones: Vec<&String> = self
+            .names
+            .iter()
+            // `.cold` parts are split-off code of the function, not entry points.
+            .filter(|n| n.starts_with(&prefix) && !n.contains(".cold"))
+            .collect();
+        clones.sort();
+        match clones.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!("the kernel has no function {name}")),
+            many => Err(format!(
+                "the kernel has several copies of {name} ({}), a kprobe on one would miss the others",
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// Node ids the kernel may use (`/sys/devices/system/node/possible`, e.g. `0-1`): one past the
+/// highest.
+pub fn possible_node_ids() -> u32 {
+    fs::read_to_string("/sys/devices/system/node/possible")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| r.rsplit('-').next()?.parse::<u32>().ok())
+                .max()
+        })
+        .map_or(1, |n| n + 1)
+}
+
 /// NUMA nodes with memory or CPUs.
 pub fn numa_nodes() -> Vec<u32> {
     let mut nodes: Vec<u32> = fs::read_dir("/sys/devices/system/node")
@@ -284,4 +353,40 @@ pub fn cgroup_id(path: &Path) -> Result<(PathBuf, u64), String> {
         ));
     }
     Ok((full, meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff810d1000 T handle_mm_fault
+ffffffff810d2000 t handle_mm_fault.cold
+ffffffff810e1000 t finish_task_switch.isra.0
+ffffffff810e2000 t finish_task_switch.cold
+ffffffff810f1000 t two.constprop.0
+ffffffff810f2000 t two.isra.0
+ffffffff810f3000 D migrate_pages_data
+ffffffffc0001000 t tcp_v6_connect\t[ipv6]
+";
+
+    #[test]
+    fn kprobe_targets_resolve_to_the_function_or_its_only_clone() {
+        let syms = KernelSymbols::parse(KALLSYMS);
+        assert_eq!(syms.resolve("handle_mm_fault").unwrap(), "handle_mm_fault");
+        assert_eq!(
+            syms.resolve("finish_task_switch").unwrap(),
+            "finish_task_switch.isra.0"
+        );
+        assert_eq!(syms.resolve("tcp_v6_connect").unwrap(), "tcp_v6_connect");
+        let two = syms.resolve("two").unwrap_err();
+        assert!(two.contains("two.constprop.0, two.isra.0"), "{two}");
+        // Data symbols are not functions.
+        assert!(syms.resolve("migrate_pages_data").is_err());
+        assert!(
+            syms.resolve("migrate_pages")
+                .unwrap_err()
+                .contains("no function")
+        );
+    }
 }

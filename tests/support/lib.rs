@@ -51,9 +51,84 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-/// A fresh output folder under the target directory.
+/// True when the tests run under full-system emulation (the test VMs set
+/// `BAR_TEST_EMULATED=1`). A virtual CPU is then a host thread that other host work preempts:
+/// guest timers fire late and periodic sampling loses periods. Only bounds that depend on
+/// timer delivery are relaxed, and the test says so.
+pub fn emulated() -> bool {
+    std::env::var_os("BAR_TEST_EMULATED").is_some_and(|v| v == "1")
+}
+
+/// Prints a measurement for the test report, one line `bar-metric: NAME VALUE`; the VM matrix
+/// collects these lines from every kernel.
+pub fn metric(name: &str, value: impl std::fmt::Display) {
+    println!("bar-metric: {name} {value}");
+}
+
+/// `bar-probe info --json`.
+pub fn machine_info() -> Value {
+    let out = run(&["info", "--json"]);
+    assert!(out.status.success(), "bar-probe info failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("info --json is JSON")
+}
+
+/// One attach point of a family, in its chain's order: how `info` names it, its method, and
+/// why this machine cannot use it (None when it can).
+#[derive(Debug, Clone)]
+pub struct ChainPoint {
+    pub attach: String,
+    pub method: String,
+    pub unusable: Option<String>,
+}
+
+/// The chain of a family as `info` found it here, best first. `info` lists the point in use
+/// and the rejected ones; those rejected because a better one was used come after it.
+pub fn family_chain(info: &Value, family: &str) -> Vec<ChainPoint> {
+    let f = info["families"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["family"] == family))
+        .unwrap_or_else(|| panic!("family {family} in {info}"));
+    let point = |attach: &str, unusable: Option<String>| ChainPoint {
+        attach: attach.to_owned(),
+        method: attach.split(':').next().unwrap_or_default().to_owned(),
+        unusable,
+    };
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for r in f["rejected"].as_array().into_iter().flatten() {
+        let attach = r["attach"].as_str().unwrap_or_default();
+        let reason = r["reason"].as_str().unwrap_or_default();
+        if reason.starts_with("not needed:") {
+            after.push(point(attach, None));
+        } else {
+            before.push(point(attach, Some(reason.to_owned())));
+        }
+    }
+    if let Some(m) = f["method"].as_str() {
+        before.push(point(m, None));
+    }
+    before.extend(after);
+    before
+}
+
+/// The `--avoid` list that makes the loader pass over every point before `chain[i]`.
+pub fn avoid_before(chain: &[ChainPoint], i: usize) -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    for p in &chain[..i] {
+        if p.method != chain[i].method && !methods.contains(&p.method.as_str()) {
+            methods.push(&p.method);
+        }
+    }
+    methods.join(",")
+}
+
+/// A fresh output folder under `$BAR_TEST_TMPDIR` (the test VMs point it at a disk), else the
+/// target directory.
 pub fn out_dir(name: &str) -> PathBuf {
-    let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let base = std::env::var_os("BAR_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("bar-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -239,6 +314,23 @@ impl Folded {
             .map(|(_, w)| w)
             .sum()
     }
+}
+
+/// Checks the off-CPU time recorded in `sleep_in_named_function` against the `sleep`
+/// workload's report. A thread cannot be off CPU for less than the sleeps it asked for, nor for
+/// longer than the time it measured around them (which also holds the CPU time of the calls,
+/// large under emulation): bar's figure must fall between the two, give or take 2%.
+pub fn assert_blocked_matches_sleeps(report: &Value, folded: &Folded) -> u64 {
+    let asked = report["total_us"].as_u64().expect("total_us");
+    let measured = report["measured_us"].as_u64().expect("measured_us");
+    let blocked =
+        folded.weight_where(|s| s.contains("sleep_in_named_function") && s.ends_with("[blocked]"));
+    assert!(
+        blocked * 100 >= asked * 98 && blocked * 100 <= measured * 102,
+        "blocked {blocked} us in sleep_in_named_function; sleeps asked {asked} us, measured {measured} us\n{:#?}",
+        folded.stacks
+    );
+    blocked
 }
 
 /// Asserts a failure with exactly one stderr line, `bar-probe: ...`, containing `needle`.

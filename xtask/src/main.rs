@@ -3,9 +3,11 @@
 //!   cargo xtask demo      set up, build, run `bar-probe demo` (the README's first command)
 //!   cargo xtask test      set up, fmt, clippy, unit and integration tests as root (the second)
 //!   cargo xtask bench     set up the peers, build, measure, write docs/benchmarks.md
+//!   cargo xtask vm-test   the integration tests on the host kernel and on 6.1 and 6.12 in qemu
 //!   cargo xtask setup     only install what the build needs
 
 mod bench;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -66,6 +68,22 @@ enum Cmd {
         /// Only run integration tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// The kernel matrix: the integration tests on the host kernel, then in qemu on Debian's
+    /// cloud kernels (fetched with apt), where kprobes, fentry and two NUMA nodes exist.
+    VmTest {
+        /// Kernel series to boot, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12")]
+        kernels: Vec<String>,
+        /// Leave out the host kernel.
+        #[arg(long)]
+        no_host: bool,
+        /// Only run integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Minutes one VM may take before it counts as hung.
+        #[arg(long, default_value_t = 30)]
+        timeout_minutes: u64,
     },
 }
 
@@ -165,6 +183,22 @@ fn main() -> anyhow::Result<()> {
             run(as_root(&root().join("target/release/bar-probe"))
                 .arg("demo")
                 .args(args))
+        }
+        Cmd::VmTest {
+            kernels,
+            no_host,
+            filter,
+            timeout_minutes,
+        } => {
+            if !is_root() {
+                bail!("the kernel matrix loads eBPF programs: run `sudo -E cargo xtask vm-test`");
+            }
+            vm::vm_test(&vm::Options {
+                kernels,
+                host: !no_host,
+                filter,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+            })
         }
         Cmd::Fuzz { seconds } => {
             setup("build")?;

@@ -220,6 +220,9 @@ pub struct Fault {
     pub error_code: u32,
     #[prost(bool, tag = "4")]
     pub user_mode: bool,
+    /// Major (true) or minor (false); absent when the attach point could not tell.
+    #[prost(bool, optional, tag = "5")]
+    pub major: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -283,6 +286,10 @@ pub struct NumaPages {
     pub reason: u32,
     #[prost(int32, tag = "7")]
     pub dst_nid: i32,
+    /// Node the pages came from; absent in captures from before it was recorded, -1 when the
+    /// attach point did not know it.
+    #[prost(int32, optional, tag = "8")]
+    pub src_nid: Option<i32>,
 }
 
 /// Loss counters so far (cumulative: the last block wins).

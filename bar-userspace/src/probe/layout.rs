@@ -102,14 +102,33 @@ pub fn fill_tracepoint(
             layout.sock_saddr_v6 = f.offset("saddr_v6", 16).map_err(bad)?;
             layout.sock_daddr_v6 = f.offset("daddr_v6", 16).map_err(bad)?;
         }
-        ("sched", "sched_move_numa" | "sched_stick_numa") => {
+        ("sched", "sched_move_numa") => {
             layout.numa_tgid = f.offset("tgid", 4).map_err(bad)?;
+            layout.numa_pid = f.offset("pid", 4).map_err(bad)?;
             layout.numa_src_cpu = f.offset("src_cpu", 4).map_err(bad)?;
             layout.numa_src_nid = f.offset("src_nid", 4).map_err(bad)?;
             layout.numa_dst_cpu = f.offset("dst_cpu", 4).map_err(bad)?;
             layout.numa_dst_nid = f.offset("dst_nid", 4).map_err(bad)?;
         }
+        ("sched", "sched_stick_numa") => {
+            // The move format (tgid, pid, ...) on older kernels, the swap format with the
+            // task as src_ (and no dst_ task) since it became a pair event.
+            let p = if f.fields.contains_key("src_tgid") {
+                "src_"
+            } else {
+                ""
+            };
+            let at = |name: &str| f.offset(&format!("{p}{name}"), 4).map_err(bad);
+            layout.stick_tgid = at("tgid")?;
+            layout.stick_pid = at("pid")?;
+            layout.stick_src_cpu = f.offset("src_cpu", 4).map_err(bad)?;
+            layout.stick_src_nid = f.offset("src_nid", 4).map_err(bad)?;
+            layout.stick_dst_cpu = f.offset("dst_cpu", 4).map_err(bad)?;
+            layout.stick_dst_nid = f.offset("dst_nid", 4).map_err(bad)?;
+        }
         ("sched", "sched_swap_numa") => {
+            layout.swap_src_pid = f.offset("src_pid", 4).map_err(bad)?;
+            layout.swap_dst_pid = f.offset("dst_pid", 4).map_err(bad)?;
             layout.swap_src_tgid = f.offset("src_tgid", 4).map_err(bad)?;
             layout.swap_src_cpu = f.offset("src_cpu", 4).map_err(bad)?;
             layout.swap_src_nid = f.offset("src_nid", 4).map_err(bad)?;
@@ -250,11 +269,83 @@ impl KernelBtf {
         })
     }
 
-    /// Whether the kernel has a function of that name in BTF (an fentry/fexit target).
-    pub fn has_function(&self, name: &str) -> bool {
-        self.btf
+    /// Parameter names of a kernel function, from its BTF prototype; None when BTF has no
+    /// function of that name (an fentry/fexit target must have one).
+    pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        let func = types.iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        let Ok(Type::FuncProto(proto)) = self.btf.resolve_chained_type(func) else {
+            return None;
+        };
+        Some(
+            proto
+                .parameters
+                .iter()
+                .map(|p| self.btf.resolve_name(p).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// Value of `member` in `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32, String> {
+        let types = self
+            .btf
             .resolve_types_by_name(name)
-            .is_ok_and(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+            .map_err(|_| format!("enum {name} not in BTF"))?;
+        let e = types
+            .iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(e),
+                _ => None,
+            })
+            .ok_or_else(|| format!("enum {name} not in BTF"))?;
+        e.members
+            .iter()
+            .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == member))
+            .map(btf_rs::EnumMember::val)
+            .ok_or_else(|| format!("enum {name} has no {member}"))
+    }
+
+    /// Number of elements of the array `member` of `struct name`.
+    fn array_len(&self, name: &str, member: &str) -> Result<usize, String> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| format!("struct {name} not in BTF: {e}"))?;
+        let st = types
+            .iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| format!("struct {name} not in BTF"))?;
+        let m = st
+            .members
+            .iter()
+            .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == member))
+            .ok_or_else(|| format!("struct {name} has no member {member}"))?;
+        match self.btf.resolve_chained_type(m) {
+            Ok(Type::Array(a)) => Ok(a.len()),
+            _ => Err(format!("{name}.{member} is not an array")),
+        }
+    }
+
+    /// `NODES_SHIFT`, the width of the node field in `page->flags`. The kernel does not export
+    /// it, but sizes `struct zonelist` by it: `_zonerefs[MAX_NUMNODES * MAX_NR_ZONES + 1]`,
+    /// with `MAX_NUMNODES = 1 << NODES_SHIFT` and `MAX_NR_ZONES` the last `enum zone_type`.
+    pub fn nodes_shift(&self) -> Result<u32, String> {
+        let refs = self.array_len("zonelist", "_zonerefs")?;
+        let zones = self.enum_value("zone_type", "__MAX_NR_ZONES")? as usize;
+        let nodes = refs.saturating_sub(1) / zones.max(1);
+        if zones == 0 || !nodes.is_power_of_two() || nodes * zones + 1 != refs {
+            return Err(format!(
+                "zonelist has {refs} zonerefs for {zones} zones: not a power-of-two node count"
+            ));
+        }
+        Ok(nodes.trailing_zeros())
     }
 
     pub fn raw(&self) -> &Btf {
@@ -274,6 +365,10 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
     layout.task_tgid = get(&task, "tgid");
     layout.sock_sk_err = get(&sock, "sk_err");
     // struct sock starts with struct sock_common, so its offsets are offsets in the socket.
+    let page = btf.struct_members("page").unwrap_or_default();
+    let migration = btf
+        .struct_members("migration_target_control")
+        .unwrap_or_default();
     layout.skc_family = get(&common, "skc_family");
     layout.skc_daddr = get(&common, "skc_daddr");
     layout.skc_rcv_saddr = get(&common, "skc_rcv_saddr");
@@ -285,6 +380,20 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
     layout.pt_regs_ip = get(&regs, "ip");
     layout.pt_regs_bp = get(&regs, "bp");
     layout.pt_regs_cs = get(&regs, "cs");
+    layout.task_state = get(&task, "__state");
+    layout.page_flags = get(&page, "flags");
+    layout.page_lru = get(&page, "lru");
+    layout.migration_target_nid = get(&migration, "nid");
+    layout.page_nid_bits = btf.nodes_shift().unwrap_or(Layout::UNKNOWN);
+    let value = |e: &str, m: &str| btf.enum_value(e, m).unwrap_or(Layout::UNKNOWN);
+    layout.mr_syscall = value("migrate_reason", "MR_SYSCALL");
+    layout.mr_numa_misplaced = value("migrate_reason", "MR_NUMA_MISPLACED");
+    layout.vm_fault_major = value("vm_fault_reason", "VM_FAULT_MAJOR");
+    layout.vm_fault_retry = value("vm_fault_reason", "VM_FAULT_RETRY");
+    layout.fault_flag_write = value("fault_flag", "FAULT_FLAG_WRITE");
+    layout.fault_flag_user = value("fault_flag", "FAULT_FLAG_USER");
+    layout.fault_flag_tried = value("fault_flag", "FAULT_FLAG_TRIED");
+    layout.fault_flag_instruction = value("fault_flag", "FAULT_FLAG_INSTRUCTION");
 }
 
 /// Whether bar's programs can walk user stacks themselves (see `user_stack` in bar-ebpf): the
@@ -311,6 +420,44 @@ format:
 \tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;
 
 print fmt: \"prev_comm=%s\"";
+
+    /// The running kernel's BTF, where the machine has one (the build and test machines do).
+    fn host_btf() -> Option<KernelBtf> {
+        crate::system::btf_present()
+            .then(KernelBtf::load)
+            .and_then(Result::ok)
+    }
+
+    #[test]
+    fn reads_function_prototypes_enums_and_the_node_width_from_btf() {
+        let Some(btf) = host_btf() else {
+            eprintln!("skipped: this machine has no kernel BTF");
+            return;
+        };
+        let params = btf
+            .function_params("handle_mm_fault")
+            .expect("handle_mm_fault");
+        assert_eq!(&params[..4], ["vma", "address", "flags", "regs"]);
+        assert!(btf.function_params("no_such_function_here").is_none());
+        for (e, m) in [
+            ("fault_flag", "FAULT_FLAG_USER"),
+            ("fault_flag", "FAULT_FLAG_TRIED"),
+            ("vm_fault_reason", "VM_FAULT_MAJOR"),
+            ("vm_fault_reason", "VM_FAULT_RETRY"),
+        ] {
+            let v = btf.enum_value(e, m).unwrap();
+            assert!(v.is_power_of_two(), "{e} {m} = {v} is a flag bit");
+        }
+        assert!(btf.enum_value("fault_flag", "NO_SUCH").is_err());
+        // NODES_SHIFT is between 0 (no NUMA) and 10 (MAX_NUMNODES 1024) on every x86 config.
+        let shift = btf.nodes_shift().unwrap();
+        assert!(shift <= 10, "{shift}");
+        let mut layout = Layout::unknown();
+        fill_btf(&mut layout, &btf);
+        assert_eq!(layout.page_nid_bits, shift);
+        assert_ne!(layout.task_state, Layout::UNKNOWN);
+        assert_ne!(layout.migration_target_nid, Layout::UNKNOWN);
+    }
 
     #[test]
     fn parses_fields_with_arrays_and_sizes() {

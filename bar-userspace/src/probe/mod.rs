@@ -6,12 +6,12 @@
 
 pub mod layout;
 
-use std::str::FromStr;
+use std::{cell::OnceCell, str::FromStr};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, PerfEvent, ProgramError, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -19,6 +19,7 @@ use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps};
 use serde::Serialize;
 
 use self::layout::KernelBtf;
+use crate::system::KernelSymbols;
 
 /// The kernel object, built for the BPF target by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bar"));
@@ -107,6 +108,16 @@ impl FromStr for Method {
     }
 }
 
+/// A kernel function an fentry/fexit or kprobe/kretprobe program attaches to.
+#[derive(Debug)]
+pub struct KernelFn {
+    pub name: &'static str,
+    /// Arguments the program reads, by position and name. They are checked against the
+    /// function's BTF prototype, so a kernel where the signature changed refuses the attach
+    /// point instead of handing the program the wrong argument.
+    pub params: &'static [(usize, &'static str)],
+}
+
 /// One program of an attach point.
 #[derive(Debug)]
 pub enum Prog {
@@ -126,6 +137,18 @@ pub enum Prog {
         name: &'static str,
         optional: bool,
     },
+    /// fentry (or fexit, on return) on a kernel function named in BTF.
+    Fentry {
+        prog: &'static str,
+        function: KernelFn,
+        exit: bool,
+    },
+    /// kprobe (or kretprobe, on return) on a kernel function found in kallsyms.
+    Kprobe {
+        prog: &'static str,
+        function: KernelFn,
+        ret: bool,
+    },
 }
 
 /// A layout offset an attach point needs, by name for messages.
@@ -141,17 +164,31 @@ pub struct AttachPoint {
 }
 
 impl AttachPoint {
-    /// How `info` and `summary.json` name it, e.g. `tp_btf:sched_switch`.
+    /// How `info` and `summary.json` name it, e.g. `tp_btf:sched_switch`; a return probe is
+    /// `function%return`, as perf-probe writes it.
     pub fn describe(&self) -> String {
-        let names: Vec<String> = self
-            .programs
-            .iter()
-            .map(|p| match p {
+        self.describe_with(|f| f.name.to_owned())
+    }
+
+    /// As [`Self::describe`], with kprobe targets named by `symbol` (the kernel's actual
+    /// symbol, which may be a compiler clone such as `finish_task_switch.isra.0`).
+    fn describe_with(&self, symbol: impl Fn(&KernelFn) -> String) -> String {
+        let ret = |name: String, ret: bool| if ret { format!("{name}%return") } else { name };
+        let mut names: Vec<String> = Vec::new();
+        for p in self.programs {
+            let name = match p {
                 Prog::CpuClock { .. } => "cpu-clock".to_owned(),
                 Prog::BtfTracepoint { tracepoint, .. } => (*tracepoint).to_owned(),
                 Prog::Tracepoint { category, name, .. } => format!("{category}:{name}"),
-            })
-            .collect();
+                Prog::Fentry { function, exit, .. } => ret(function.name.to_owned(), *exit),
+                Prog::Kprobe {
+                    function, ret: r, ..
+                } => ret(symbol(function), *r),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
         format!("{}:{}", self.method.name(), names.join("+"))
     }
 }
@@ -162,7 +199,51 @@ const CPU_CHAIN: &[AttachPoint] = &[AttachPoint {
     needs: &[],
 }];
 
+/// `handle_mm_fault(vma, address, flags, regs)`: what the fault programs read of it.
+const HANDLE_MM_FAULT: KernelFn = KernelFn {
+    name: "handle_mm_fault",
+    params: &[(1, "address"), (2, "flags"), (3, "regs")],
+};
+
+const FAULT_OUTCOME_NEEDS: &[Need] = &[
+    ("pt_regs.ip", |l| l.pt_regs_ip),
+    ("enum vm_fault_reason VM_FAULT_MAJOR", |l| l.vm_fault_major),
+    ("enum vm_fault_reason VM_FAULT_RETRY", |l| l.vm_fault_retry),
+    ("enum fault_flag FAULT_FLAG_WRITE", |l| l.fault_flag_write),
+    ("enum fault_flag FAULT_FLAG_USER", |l| l.fault_flag_user),
+    ("enum fault_flag FAULT_FLAG_TRIED", |l| l.fault_flag_tried),
+    ("enum fault_flag FAULT_FLAG_INSTRUCTION", |l| {
+        l.fault_flag_instruction
+    }),
+];
+
+// Where the outcome of a fault can be seen (major or minor), that is preferred.
 const FAULTS_CHAIN: &[AttachPoint] = &[
+    AttachPoint {
+        method: Method::Fentry,
+        programs: &[Prog::Fentry {
+            prog: "bar_fault_fexit",
+            function: HANDLE_MM_FAULT,
+            exit: true,
+        }],
+        needs: FAULT_OUTCOME_NEEDS,
+    },
+    AttachPoint {
+        method: Method::Kprobe,
+        programs: &[
+            Prog::Kprobe {
+                prog: "bar_fault_kprobe",
+                function: HANDLE_MM_FAULT,
+                ret: false,
+            },
+            Prog::Kprobe {
+                prog: "bar_fault_kretprobe",
+                function: HANDLE_MM_FAULT,
+                ret: true,
+            },
+        ],
+        needs: FAULT_OUTCOME_NEEDS,
+    },
     AttachPoint {
         method: Method::TpBtf,
         programs: &[
@@ -199,6 +280,27 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
     },
 ];
 
+/// `finish_task_switch(prev)`, in the context of the task switched in.
+const FINISH_TASK_SWITCH: KernelFn = KernelFn {
+    name: "finish_task_switch",
+    params: &[(0, "prev")],
+};
+
+const THREAD_EXIT: Prog = Prog::Tracepoint {
+    prog: "bar_thread_exit_tp",
+    category: "sched",
+    name: "sched_process_exit",
+    optional: false,
+};
+
+const FINISH_SWITCH_NEEDS: &[Need] = &[
+    ("task_struct.pid", |l| l.task_pid),
+    ("task_struct.tgid", |l| l.task_tgid),
+    ("task_struct.__state", |l| l.task_state),
+];
+
+// tp_btf first: it passes prev_state and runs in the task switched out, the cheapest and most
+// direct; finish_task_switch is for kernels without the four-argument tracepoint.
 const OFFCPU_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::TpBtf,
@@ -216,6 +318,30 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
             },
         ],
         needs: &[("task_struct.pid", |l| l.task_pid)],
+    },
+    AttachPoint {
+        method: Method::Fentry,
+        programs: &[
+            Prog::Fentry {
+                prog: "bar_finish_switch_fentry",
+                function: FINISH_TASK_SWITCH,
+                exit: false,
+            },
+            THREAD_EXIT,
+        ],
+        needs: FINISH_SWITCH_NEEDS,
+    },
+    AttachPoint {
+        method: Method::Kprobe,
+        programs: &[
+            Prog::Kprobe {
+                prog: "bar_finish_switch_kprobe",
+                function: FINISH_TASK_SWITCH,
+                ret: false,
+            },
+            THREAD_EXIT,
+        ],
+        needs: FINISH_SWITCH_NEEDS,
     },
     AttachPoint {
         method: Method::Tracepoint,
@@ -237,7 +363,76 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
     },
 ];
 
+const TCP_V4_CONNECT: KernelFn = KernelFn {
+    name: "tcp_v4_connect",
+    params: &[(0, "sk")],
+};
+const TCP_V6_CONNECT: KernelFn = KernelFn {
+    name: "tcp_v6_connect",
+    params: &[(0, "sk")],
+};
+const TCP_SET_STATE: KernelFn = KernelFn {
+    name: "tcp_set_state",
+    params: &[(0, "sk"), (1, "state")],
+};
+
+const SOCK_NEEDS: &[Need] = &[
+    ("sock.sk_err", |l| l.sock_sk_err),
+    ("sock_common.skc_family", |l| l.skc_family),
+    ("sock_common.skc_daddr", |l| l.skc_daddr),
+    ("sock_common.skc_rcv_saddr", |l| l.skc_rcv_saddr),
+    ("sock_common.skc_dport", |l| l.skc_dport),
+    ("sock_common.skc_num", |l| l.skc_num),
+    ("sock_common.skc_v6_daddr", |l| l.skc_v6_daddr),
+    ("sock_common.skc_v6_rcv_saddr", |l| l.skc_v6_rcv_saddr),
+    ("sock_common.skc_state", |l| l.skc_state),
+];
+
+// The function hooks first: the attempt is timed from connect()'s entry into the protocol, as
+// tcpconnlat does, rather than from the state change a few steps later.
 const TCP_CHAIN: &[AttachPoint] = &[
+    AttachPoint {
+        method: Method::Fentry,
+        programs: &[
+            Prog::Fentry {
+                prog: "bar_tcp_v4_connect_fentry",
+                function: TCP_V4_CONNECT,
+                exit: false,
+            },
+            Prog::Fentry {
+                prog: "bar_tcp_v6_connect_fentry",
+                function: TCP_V6_CONNECT,
+                exit: false,
+            },
+            Prog::Fentry {
+                prog: "bar_tcp_set_state_fentry",
+                function: TCP_SET_STATE,
+                exit: false,
+            },
+        ],
+        needs: SOCK_NEEDS,
+    },
+    AttachPoint {
+        method: Method::Kprobe,
+        programs: &[
+            Prog::Kprobe {
+                prog: "bar_tcp_connect_kprobe",
+                function: TCP_V4_CONNECT,
+                ret: false,
+            },
+            Prog::Kprobe {
+                prog: "bar_tcp_connect_kprobe",
+                function: TCP_V6_CONNECT,
+                ret: false,
+            },
+            Prog::Kprobe {
+                prog: "bar_tcp_set_state_kprobe",
+                function: TCP_SET_STATE,
+                ret: false,
+            },
+        ],
+        needs: SOCK_NEEDS,
+    },
     AttachPoint {
         method: Method::TpBtf,
         programs: &[Prog::BtfTracepoint {
@@ -245,16 +440,7 @@ const TCP_CHAIN: &[AttachPoint] = &[
             tracepoint: "inet_sock_set_state",
             args: 3,
         }],
-        needs: &[
-            ("sock.sk_err", |l| l.sock_sk_err),
-            ("sock_common.skc_family", |l| l.skc_family),
-            ("sock_common.skc_daddr", |l| l.skc_daddr),
-            ("sock_common.skc_rcv_saddr", |l| l.skc_rcv_saddr),
-            ("sock_common.skc_dport", |l| l.skc_dport),
-            ("sock_common.skc_num", |l| l.skc_num),
-            ("sock_common.skc_v6_daddr", |l| l.skc_v6_daddr),
-            ("sock_common.skc_v6_rcv_saddr", |l| l.skc_v6_rcv_saddr),
-        ],
+        needs: SOCK_NEEDS,
     },
     AttachPoint {
         method: Method::Tracepoint,
@@ -268,36 +454,99 @@ const TCP_CHAIN: &[AttachPoint] = &[
     },
 ];
 
-const NUMA_CHAIN: &[AttachPoint] = &[AttachPoint {
-    method: Method::Tracepoint,
-    programs: &[
-        Prog::Tracepoint {
-            prog: "bar_move_numa_tp",
-            category: "sched",
-            name: "sched_move_numa",
-            optional: true,
-        },
-        Prog::Tracepoint {
-            prog: "bar_swap_numa_tp",
-            category: "sched",
-            name: "sched_swap_numa",
-            optional: true,
-        },
-        Prog::Tracepoint {
-            prog: "bar_stick_numa_tp",
-            category: "sched",
-            name: "sched_stick_numa",
-            optional: true,
-        },
-        Prog::Tracepoint {
-            prog: "bar_migrate_pages_tp",
-            category: "migrate",
-            name: "mm_migrate_pages",
-            optional: true,
-        },
-    ],
-    needs: &[],
-}];
+/// `migrate_pages(from, get_new, put_new, private, mode, reason, ret_succeeded)`.
+const MIGRATE_PAGES: KernelFn = KernelFn {
+    name: "migrate_pages",
+    params: &[(0, "from"), (3, "private"), (5, "reason")],
+};
+
+const MOVE_NUMA: Prog = Prog::Tracepoint {
+    prog: "bar_move_numa_tp",
+    category: "sched",
+    name: "sched_move_numa",
+    optional: true,
+};
+const SWAP_NUMA: Prog = Prog::Tracepoint {
+    prog: "bar_swap_numa_tp",
+    category: "sched",
+    name: "sched_swap_numa",
+    optional: true,
+};
+const STICK_NUMA: Prog = Prog::Tracepoint {
+    prog: "bar_stick_numa_tp",
+    category: "sched",
+    name: "sched_stick_numa",
+    optional: true,
+};
+/// With a migrate_pages() hook, the batch tracepoint is what reports: it cannot be missing.
+const MIGRATE_PAGES_TP: Prog = Prog::Tracepoint {
+    prog: "bar_migrate_pages_tp",
+    category: "migrate",
+    name: "mm_migrate_pages",
+    optional: false,
+};
+
+const MIGRATE_NODE_NEEDS: &[Need] = &[
+    ("page.flags", |l| l.page_flags),
+    ("page.lru", |l| l.page_lru),
+    ("migration_target_control.nid", |l| l.migration_target_nid),
+    ("the node width of page flags (zonelist, zone_type)", |l| {
+        l.page_nid_bits
+    }),
+    ("enum migrate_reason MR_SYSCALL", |l| l.mr_syscall),
+    ("enum migrate_reason MR_NUMA_MISPLACED", |l| {
+        l.mr_numa_misplaced
+    }),
+];
+
+// The migrate_pages() hooks add the node pair of each batch to the tracepoints.
+const NUMA_CHAIN: &[AttachPoint] = &[
+    AttachPoint {
+        method: Method::Fentry,
+        programs: &[
+            Prog::Fentry {
+                prog: "bar_migrate_pages_fentry",
+                function: MIGRATE_PAGES,
+                exit: false,
+            },
+            MOVE_NUMA,
+            SWAP_NUMA,
+            STICK_NUMA,
+            MIGRATE_PAGES_TP,
+        ],
+        needs: MIGRATE_NODE_NEEDS,
+    },
+    AttachPoint {
+        method: Method::Kprobe,
+        programs: &[
+            Prog::Kprobe {
+                prog: "bar_migrate_pages_kprobe",
+                function: MIGRATE_PAGES,
+                ret: false,
+            },
+            MOVE_NUMA,
+            SWAP_NUMA,
+            STICK_NUMA,
+            MIGRATE_PAGES_TP,
+        ],
+        needs: MIGRATE_NODE_NEEDS,
+    },
+    AttachPoint {
+        method: Method::Tracepoint,
+        programs: &[
+            MOVE_NUMA,
+            SWAP_NUMA,
+            STICK_NUMA,
+            Prog::Tracepoint {
+                prog: "bar_migrate_pages_tp",
+                category: "migrate",
+                name: "mm_migrate_pages",
+                optional: true,
+            },
+        ],
+        needs: &[],
+    },
+];
 
 /// What to record and how; filled from the command line.
 #[derive(Debug, Clone)]
@@ -339,6 +588,10 @@ struct Offer {
     layout: Layout,
     /// Tracepoints whose format could not be read or did not match, with the reason.
     tracepoint_errors: Vec<(String, String)>,
+    /// Why kprobes cannot be used here, if they cannot.
+    kprobes: Option<String>,
+    /// Kernel text symbols, read the first time a kprobe target is looked up.
+    symbols: OnceCell<Result<KernelSymbols, String>>,
 }
 
 impl Offer {
@@ -386,7 +639,45 @@ impl Offer {
             aya_btf,
             layout,
             tracepoint_errors,
+            kprobes: crate::system::kprobes_unavailable(tracefs.as_deref().ok()),
+            symbols: OnceCell::new(),
         }
+    }
+
+    /// The kallsyms symbol a kprobe on `function` attaches to.
+    fn kprobe_symbol(&self, function: &KernelFn) -> Result<String, String> {
+        if let Some(why) = &self.kprobes {
+            return Err(why.clone());
+        }
+        self.symbols
+            .get_or_init(KernelSymbols::read)
+            .as_ref()
+            .map_err(Clone::clone)?
+            .resolve(function.name)
+    }
+
+    /// Checks that the arguments the program reads are where it reads them. For fentry the
+    /// prototype must be in BTF (the program is verified against it); a kprobe target that BTF
+    /// does not describe (a compiler clone) is taken as it is.
+    fn check_params(&self, function: &KernelFn, required: bool) -> Result<(), String> {
+        let btf = self.btf.as_ref().map_err(Clone::clone)?;
+        let Some(params) = btf.function_params(function.name) else {
+            return if required {
+                Err(format!("BTF has no function {}", function.name))
+            } else {
+                Ok(())
+            };
+        };
+        for &(i, want) in function.params {
+            if params.get(i).map(String::as_str) != Some(want) {
+                return Err(format!(
+                    "{}() takes ({}) here, the program reads argument {i} as `{want}`",
+                    function.name,
+                    params.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Why an attach point cannot work here before even trying, if that can be told.
@@ -404,6 +695,11 @@ impl Offer {
         for prog in point.programs {
             match prog {
                 Prog::CpuClock { .. } => {}
+                Prog::Fentry { function, .. } => self.check_params(function, true)?,
+                Prog::Kprobe { function, .. } => {
+                    self.kprobe_symbol(function)?;
+                    self.check_params(function, false)?;
+                }
                 Prog::BtfTracepoint {
                     tracepoint, args, ..
                 } => {
@@ -437,8 +733,27 @@ impl Offer {
     }
 }
 
+/// ENOTSUPP, the kernel-internal "not supported" (524) that reaches user space from BPF
+/// attach paths, and that libc cannot name.
+const ENOTSUPP: i32 = 524;
+
 /// A short, one-line reason from a program error (the verifier log can be thousands of lines).
 fn short_error(e: &ProgramError) -> String {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(ENOTSUPP)
+        {
+            return "the kernel cannot attach it: ENOTSUPP (524), which is what x86 kernels \
+                    before 6.6 answer for fentry on functions with more than six arguments"
+                .to_owned();
+        }
+        src = err.source();
+    }
+    short_error_text(e)
+}
+
+fn short_error_text(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -493,6 +808,7 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
     config.cgroup_id = opts.cgroup_id;
     config.min_block_ns = opts.min_block_ns;
     config.null_mode = u32::from(opts.null_mode);
+    config.nr_node_ids = crate::system::possible_node_ids();
     config.layout = offer.layout;
     config.user_walk = u32::from(
         offer
@@ -544,7 +860,13 @@ impl Loaded {
                     })
                 };
                 match result {
-                    Ok(()) => st.method = Some(describe),
+                    Ok(()) => {
+                        st.method = Some(point.describe_with(|f| {
+                            self.offer
+                                .kprobe_symbol(f)
+                                .unwrap_or_else(|_| f.name.to_owned())
+                        }));
+                    }
                     Err(reason) => st.rejected.push(Rejected {
                         attach: describe,
                         reason,
@@ -594,6 +916,20 @@ fn try_attach(
             Prog::BtfTracepoint {
                 prog, tracepoint, ..
             } => (*prog, attach_btf_tracepoint(ebpf, offer, prog, tracepoint)),
+            Prog::Fentry {
+                prog,
+                function,
+                exit,
+            } => (
+                *prog,
+                attach_fentry(ebpf, offer, prog, function.name, *exit),
+            ),
+            Prog::Kprobe { prog, function, .. } => (
+                *prog,
+                offer
+                    .kprobe_symbol(function)
+                    .and_then(|symbol| attach_kprobe(ebpf, prog, &symbol)),
+            ),
             Prog::Tracepoint {
                 prog,
                 category,
@@ -690,6 +1026,41 @@ fn attach_btf_tracepoint(
     Ok(())
 }
 
+fn attach_fentry(
+    ebpf: &mut Ebpf,
+    offer: &Offer,
+    prog: &str,
+    function: &str,
+    exit: bool,
+) -> Result<(), String> {
+    let btf = offer
+        .aya_btf
+        .as_ref()
+        .ok_or("this kernel's BTF could not be parsed")?;
+    if exit {
+        let p: &mut FExit = program(ebpf, prog)?;
+        p.load(function, btf).map_err(|e| short_error(&e))?;
+        p.attach().map_err(|e| short_error(&e))?;
+    } else {
+        let p: &mut FEntry = program(ebpf, prog)?;
+        p.load(function, btf).map_err(|e| short_error(&e))?;
+        p.attach().map_err(|e| short_error(&e))?;
+    }
+    Ok(())
+}
+
+/// A kprobe or kretprobe (the object says which); one program may be attached to several
+/// functions, so it is loaded once.
+fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, symbol: &str) -> Result<(), String> {
+    let p: &mut KProbe = program(ebpf, prog)?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| short_error(&e))?;
+    }
+    p.attach(symbol, 0)
+        .map_err(|e| format!("{symbol}: {}", short_error(&e)))?;
+    Ok(())
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     prog: &str,
@@ -702,4 +1073,48 @@ fn attach_tracepoint(
     }
     p.attach(category, name).map_err(|e| short_error(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_points_are_named_by_method_and_targets() {
+        let names: Vec<String> = chain(Family::Faults)
+            .iter()
+            .map(AttachPoint::describe)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "fentry:handle_mm_fault%return",
+                "kprobe:handle_mm_fault+handle_mm_fault%return",
+                "tp_btf:page_fault_user+page_fault_kernel",
+                "tracepoint:exceptions:page_fault_user+exceptions:page_fault_kernel",
+            ]
+        );
+        // A kprobe is named by the symbol it really attached to.
+        let offcpu = &chain(Family::Offcpu)[2];
+        assert_eq!(offcpu.method, Method::Kprobe);
+        assert_eq!(
+            offcpu.describe_with(|f| format!("{}.isra.0", f.name)),
+            "kprobe:finish_task_switch.isra.0+sched:sched_process_exit"
+        );
+    }
+
+    #[test]
+    fn every_chain_ends_with_a_point_that_needs_no_btf() {
+        // A kernel without BTF or kprobes still has somewhere to attach each family.
+        for f in Family::ALL {
+            let last = chain(f).last().unwrap();
+            assert!(last.needs.is_empty(), "{f}: {}", last.describe());
+            assert!(
+                last.programs
+                    .iter()
+                    .all(|p| matches!(p, Prog::Tracepoint { .. } | Prog::CpuClock { .. })),
+                "{f}"
+            );
+        }
+    }
 }

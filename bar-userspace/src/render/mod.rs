@@ -143,6 +143,7 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(F
                 "time": at, "pid": ev.pid, "tid": ev.tid, "comm": comm, "type": "pages",
                 "reason": migrate_reason(p.reason), "mode": p.mode,
                 "succeeded": p.succeeded, "failed": p.failed, "thp_succeeded": p.thp_succeeded, "thp_failed": p.thp_failed,
+                "from_node": p.src_nid.filter(|n| *n >= 0),
                 "to_node": if p.dst_nid < 0 { Value::Null } else { json!(p.dst_nid) },
                 "stack": stack,
             }),

@@ -67,6 +67,12 @@ fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value
         Family::Faults => {
             obj.insert("user_mode".into(), json!(agg.user_mode));
             obj.insert("kernel_mode".into(), json!(agg.kernel_mode));
+            // null when the attach point cannot tell (the exception tracepoints run before the
+            // fault is resolved): unknown is not zero.
+            let known = agg.major + agg.minor > 0 || agg.severity_unknown == 0;
+            let count = |n: u64| if known { json!(n) } else { Value::Null };
+            obj.insert("major".into(), count(agg.major));
+            obj.insert("minor".into(), count(agg.minor));
         }
         Family::Offcpu => {
             obj.insert("min_block_us".into(), json!(meta.min_block_ns / 1000));

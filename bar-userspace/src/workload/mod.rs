@@ -5,13 +5,18 @@
 //! which the benchmarks compare traced and untraced. Functions are `#[inline(never)]` so they
 //! keep their own frames.
 
+mod numa;
+
 use std::{
     hint::black_box,
     io::{BufRead as _, Write as _},
     net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -35,6 +40,15 @@ pub enum Workload {
     Migrate,
     /// Phase A in `phase_a_parse`, phase B in `phase_b_render`, `--seconds` each.
     Phases,
+    /// Reads `--count` pages of a file in `--dir` whose page cache was dropped, one major fault
+    /// each, in `read_cold_file_pages`; then `--count` fresh pages in `touch_fresh_pages`.
+    Majorfaults,
+    /// Cross-node NUMA activity (needs two nodes; NUMA balancing on for the first two parts):
+    /// pages placed on one node and used from the other's CPU in `touch_remote_node_memory`,
+    /// the thread chasing them in `chase_memory_from_other_node`, then pages moved by
+    /// migrate_pages(2) in `migrate_pages_between_nodes` and move_pages(2) in
+    /// `move_pages_to_node`. `--count` pages per part, `--seconds` at most per part.
+    Numa,
     /// Runs generated machine code named only in `/tmp/perf-PID.map`, as a JIT does.
     Jit,
 }
@@ -62,6 +76,10 @@ pub struct WorkloadArgs {
     /// Wait for a line on stdin before starting, so a tracer can attach first.
     #[arg(long)]
     pub wait: bool,
+    /// Folder for the workload's files (majorfaults); it needs a file system with a page cache
+    /// that can be dropped (not tmpfs).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 const PAGE: usize = 4096;
@@ -76,7 +94,8 @@ pub fn burn_cpu_hot_loop(iterations: u64) -> u64 {
 }
 
 /// Maps `pages` fresh anonymous pages, writes one byte in each (one page fault per page) and
-/// unmaps them. Returns the pages touched.
+/// unmaps them. Returns the pages touched. Transparent huge pages are turned off for the
+/// mapping, or a kernel with THP "always" would fault 2 MiB at once.
 #[inline(never)]
 pub fn touch_fresh_pages(pages: usize) -> usize {
     // SAFETY: anonymous private mapping of the given length; unmapped below.
@@ -93,6 +112,8 @@ pub fn touch_fresh_pages(pages: usize) -> usize {
     if p == libc::MAP_FAILED {
         return 0;
     }
+    // SAFETY: advice on the mapping made above.
+    unsafe { libc::madvise(p, pages * PAGE, libc::MADV_NOHUGEPAGE) };
     let base = p.cast::<u8>();
     for i in 0..pages {
         // SAFETY: inside the mapping.
@@ -115,6 +136,70 @@ pub fn sleep_in_named_function(d: Duration) {
 #[inline(never)]
 fn nap(d: Duration) {
     std::thread::sleep(d);
+}
+
+/// Faults this thread has taken so far: (major, minor), as the kernel counts them.
+fn thread_faults() -> (u64, u64) {
+    // SAFETY: rusage is plain data, getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    (ru.ru_majflt as u64, ru.ru_minflt as u64)
+}
+
+/// Writes `pages` pages to a new file in `dir`, drops them from the page cache, and reads one
+/// byte of each through a mapping with readahead off: one major fault per page. Returns the
+/// major faults the kernel counted for this thread while reading.
+#[inline(never)]
+pub fn read_cold_file_pages(dir: &Path, pages: usize) -> anyhow::Result<u64> {
+    let path = dir.join(format!("bar-cold-pages-{}", std::process::id()));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let result = (|| {
+        std::io::Write::write_all(&mut &file, &vec![0x5a; pages * PAGE])?;
+        file.sync_all()?;
+        let fd = file.as_raw_fd();
+        // SAFETY: advice on our own file descriptor.
+        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: a shared read-only mapping of the file just written, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * PAGE,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Random access: no readahead, so each page is read in by its own fault.
+        // SAFETY: advice on the mapping made above.
+        unsafe { libc::madvise(p, pages * PAGE, libc::MADV_RANDOM) };
+        let (before, _) = thread_faults();
+        let base = p.cast::<u8>();
+        let mut sum = 0u64;
+        for i in 0..pages {
+            // SAFETY: inside the mapping.
+            sum += u64::from(unsafe { std::ptr::read_volatile(base.add(i * PAGE)) });
+        }
+        let (after, _) = thread_faults();
+        black_box(sum);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, pages * PAGE) };
+        Ok(after - before)
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.with_context(|| format!("reading back {}", path.display()))
 }
 
 #[inline(never)]
@@ -232,11 +317,14 @@ fn ping_pong_round_trips(count: u64, rate: Option<f64>) -> u64 {
     count
 }
 
-fn pin_to_cpu(cpu: usize) {
+/// Lets the calling thread run only on `cpus`.
+fn set_affinity(cpus: &[usize]) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
@@ -375,13 +463,22 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             report(json!({"workload": "faults", "pages": pages}), start);
         }
         Workload::Sleep => {
+            // Each sleep lasts at least what was asked, plus however late the timer and the
+            // wakeup were: the measured time is the truth an off-CPU profile should match.
             let d = Duration::from_micros(args.micros);
-            for _ in 0..args.count {
-                sleep_in_named_function(d);
-            }
+            let mut measured: Vec<u64> = (0..args.count)
+                .map(|_| {
+                    let t = Instant::now();
+                    sleep_in_named_function(d);
+                    t.elapsed().as_micros() as u64
+                })
+                .collect();
+            measured.sort_unstable();
             report(
                 json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
-                           "total_us": args.count * args.micros}),
+                           "total_us": args.count * args.micros,
+                           "measured_us": measured.iter().sum::<u64>(),
+                           "measured_median_us": measured.get(measured.len() / 2).copied().unwrap_or(0)}),
                 start,
             );
         }
@@ -390,7 +487,7 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             let threads: Vec<_> = (0..2)
                 .map(|_| {
                     std::thread::spawn(move || {
-                        pin_to_cpu(0);
+                        set_affinity(&[0]);
                         let mut n = 0u64;
                         while Instant::now() < end {
                             n = n.wrapping_add(burn_cpu_hot_loop(100_000));
@@ -441,6 +538,23 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 start,
             );
         }
+        Workload::Majorfaults => {
+            let dir = args
+                .dir
+                .as_deref()
+                .context("the majorfaults workload needs --dir")?;
+            let pages = args.count as usize;
+            let major = read_cold_file_pages(dir, pages)?;
+            let (_, minor_before) = thread_faults();
+            let touched = touch_fresh_pages(pages);
+            let (_, minor_after) = thread_faults();
+            report(
+                json!({"workload": "majorfaults", "cold_pages": pages, "major_faults": major,
+                           "fresh_pages": touched, "minor_faults": minor_after - minor_before}),
+                start,
+            );
+        }
+        Workload::Numa => report(numa::run(args.count as usize, until(30.0) - start)?, start),
         #[cfg(target_arch = "x86_64")]
         Workload::Jit => {
             let calls = run_jitted_code(until(2.0))?;
@@ -456,10 +570,17 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             let b_start_wall = jiff::Timestamp::now();
             black_box(phase_b_render(a_end + Duration::from_secs_f64(each)));
             let b_end_wall = jiff::Timestamp::now();
+            // The same instants as Unix seconds, for phase files in CSV.
+            let unix = |t: jiff::Timestamp| {
+                let ns = t.as_nanosecond();
+                format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)
+            };
             report(
                 json!({"workload": "phases",
                            "phases": [{"name": "A", "start": a_start_wall.to_string(), "end": b_start_wall.to_string()},
-                                      {"name": "B", "start": b_start_wall.to_string(), "end": b_end_wall.to_string()}]}),
+                                      {"name": "B", "start": b_start_wall.to_string(), "end": b_end_wall.to_string()}],
+                           "phases_unix": [["A", unix(a_start_wall), unix(b_start_wall)],
+                                           ["B", unix(b_start_wall), unix(b_end_wall)]]}),
                 start,
             );
         }
