@@ -12,7 +12,7 @@ pub mod proto;
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io::{self, BufReader, BufWriter, Cursor, Read, Seek, SeekFrom, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
@@ -130,10 +130,20 @@ impl std::fmt::Display for Damage {
     }
 }
 
-/// Reads blocks from a capture held in memory.
+/// Where a reader takes its bytes from: the file itself, or a copy in memory.
+trait Source: Read + Seek + Send {}
+impl<T: Read + Seek + Send> Source for T {}
+
+/// Reads blocks from a capture, one block in memory at a time: a capture grows with the length
+/// of a recording (tens of MB per million events), and reading it whole made the memory of
+/// every command that reads one grow with it.
 pub struct Reader {
-    data: Vec<u8>,
+    src: Box<dyn Source>,
+    /// Length of the capture and the offset of the next block in it.
+    len: usize,
     pos: usize,
+    /// The payload of the block being decoded, kept between blocks for its allocation.
+    payload: Vec<u8>,
     block: u64,
     crc: crc32fast::Hasher,
     /// Set once a damaged block was met; no block after it is returned.
@@ -144,18 +154,30 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let data = std::fs::read(path).map_err(|source| CaptureError::Io {
+        let io = |source| CaptureError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        Self::from_bytes(data, path)
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len() as usize;
+        Self::from_source(Box::new(BufReader::with_capacity(1 << 20, file)), len, path)
     }
 
     pub fn from_bytes(data: Vec<u8>, path: &Path) -> Result<Self, CaptureError> {
-        if data.len() < FILE_HEADER_LEN || &data[..8] != MAGIC {
+        let len = data.len();
+        Self::from_source(Box::new(Cursor::new(data)), len, path)
+    }
+
+    fn from_source(
+        mut src: Box<dyn Source>,
+        len: usize,
+        path: &Path,
+    ) -> Result<Self, CaptureError> {
+        let mut header = [0u8; FILE_HEADER_LEN];
+        if len < FILE_HEADER_LEN || src.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
             return Err(CaptureError::NotACapture(path.to_owned()));
         }
-        let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version > VERSION {
             return Err(CaptureError::TooNew {
                 path: path.to_owned(),
@@ -163,8 +185,10 @@ impl Reader {
             });
         }
         Ok(Self {
-            data,
+            src,
+            len,
             pos: FILE_HEADER_LEN,
+            payload: Vec::new(),
             block: 0,
             crc: crc32fast::Hasher::new(),
             damage: None,
@@ -172,13 +196,16 @@ impl Reader {
         })
     }
 
-    /// Starts over from the first block (the file is held in memory).
+    /// Starts over from the first block.
     pub fn rewind(&mut self) {
         self.pos = FILE_HEADER_LEN;
         self.block = 0;
         self.crc = crc32fast::Hasher::new();
         self.damage = None;
         self.complete = false;
+        if let Err(e) = self.src.seek(SeekFrom::Start(FILE_HEADER_LEN as u64)) {
+            self.fail(format!("cannot read the capture again: {e}"));
+        }
     }
 
     fn fail(&mut self, reason: impl Into<String>) -> Option<Body> {
@@ -195,16 +222,19 @@ impl Reader {
         if self.damage.is_some() || self.complete {
             return None;
         }
-        let rest = self.data.len() - self.pos;
+        let rest = self.len.saturating_sub(self.pos);
         if rest == 0 {
             return self.fail("the file ends without a trailer (recording was interrupted)");
         }
         if rest < BLOCK_HEADER_LEN {
             return self.fail("a block header is cut short");
         }
-        let p = self.pos;
-        let len = u32::from_le_bytes(self.data[p..p + 4].try_into().ok()?) as usize;
-        let crc = u32::from_le_bytes(self.data[p + 4..p + 8].try_into().ok()?);
+        let mut head = [0u8; BLOCK_HEADER_LEN];
+        if let Err(e) = self.src.read_exact(&mut head) {
+            return self.fail(format!("cannot read a block header: {e}"));
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
         if len > MAX_BLOCK {
             return self.fail(format!("a block claims {len} bytes"));
         }
@@ -214,7 +244,18 @@ impl Reader {
                 rest - BLOCK_HEADER_LEN
             ));
         }
-        let payload = &self.data[p + BLOCK_HEADER_LEN..p + BLOCK_HEADER_LEN + len];
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.resize(len, 0);
+        let body = self.decode(&mut payload, crc);
+        self.payload = payload;
+        body
+    }
+
+    fn decode(&mut self, payload: &mut [u8], crc: u32) -> Option<Body> {
+        if let Err(e) = self.src.read_exact(payload) {
+            return self.fail(format!("cannot read a block: {e}"));
+        }
+        let payload = &*payload;
         // Under the fuzzer the checksum is not enforced, so that mutated payloads reach the
         // protobuf decoder and the aggregation instead of all stopping here.
         if !cfg!(fuzzing) && crc32fast::hash(payload) != crc {
@@ -236,7 +277,7 @@ impl Reader {
         } else {
             self.crc.update(payload);
         }
-        self.pos += BLOCK_HEADER_LEN + len;
+        self.pos += BLOCK_HEADER_LEN + payload.len();
         self.block += 1;
         Some(body)
     }
