@@ -391,7 +391,8 @@ fn jit_code_is_named_from_the_perf_map() {
     // The map file is gone when the process ends; the name survives in the capture.
     assert!(
         folded.weight_with("bar_jit_hot_loop") * 2 >= folded.total(),
-        "{:#?}",
-        folded.stacks
+        "{:#?}\n{}",
+        folded.stacks,
+        rec.stderr.join("\n")
     );
 }

@@ -335,8 +335,11 @@ impl Symbolizer {
                 new_user.insert(key);
             }
         }
-        self.resolve_kernel(new_kernel);
+        // User frames first: their process may exit at any moment, taking its memory map and
+        // perf map along, while kallsyms stays. The first kernel lookup parses kallsyms, which
+        // took seconds on an emulated CPU: enough for a short-lived target to be gone.
         self.resolve_user(new_user);
+        self.resolve_kernel(new_kernel);
         raws.iter()
             .map(|r| {
                 if let Some(&id) = self.resolved.get(r) {
