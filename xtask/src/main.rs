@@ -122,7 +122,15 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line, not a backtrace: what failed is already above it.
+    if let Err(e) = xtask() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn xtask() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup("build"),
         Cmd::Demo { args } => {
