@@ -84,6 +84,15 @@ fn tcp_connects_established_and_refused_with_caller_stacks() {
     let refused =
         folded.weight_where(|s| s.contains("connect_to_closed_port") && s.ends_with("[refused]"));
     assert_eq!((ok, refused), (20, 7), "{:#?}", folded.stacks);
+    // The kernel side ends in the connect path itself, whichever hook saw it: no frame of the
+    // tracing machinery (a trampoline, a JITed program) is left at the leaf.
+    for stack in folded.stacks.keys() {
+        let leaf = stack.split(';').rfind(|f| f.ends_with("_[k]"));
+        assert!(
+            leaf.is_some_and(|f| f.starts_with("tcp_") || f.starts_with("inet_")),
+            "kernel leaf of {stack}"
+        );
+    }
     let listener = report["listener"].as_str().unwrap();
     let closed = report["closed"].as_str().unwrap();
     let s = rec.summary();

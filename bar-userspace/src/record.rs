@@ -202,6 +202,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             _ => None,
         };
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
+        let (sighted_tx, sighted_rx) = oneshot::channel::<()>();
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
             .spawn(move || {
@@ -217,8 +218,12 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 if let Some(pid) = target {
                     agg.first_sight(pid);
                 }
+                let _ = sighted_tx.send(());
                 agg.run(rx)
             })?;
+        // Whoever waits for "recording" may let the target run to its end at once: its map
+        // must be read before that is said.
+        let _ = sighted_rx.await;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {
             let tx = tx.clone();

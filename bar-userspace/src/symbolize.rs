@@ -47,7 +47,40 @@ fn is_tracing_frame(name: &str) -> bool {
         "__traceiter_",
         "bpf_trampoline_",
     ];
-    PREFIXES.iter().any(|p| name.starts_with(p))
+    name.starts_with(BPF_CODE) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Name given to code in module space that no module owns: JITed BPF programs and
+/// trampolines, which kallsyms lists only when `net.core.bpf_jit_kallsyms` is on, so that
+/// blazesym would name them after whatever symbol precedes them.
+const BPF_CODE: &str = "[bpf";
+
+/// Code ranges of loaded modules, when the kernel shows them; `None` when module space cannot
+/// be told apart (not x86-64, or addresses hidden from us).
+fn module_code_ranges() -> Option<Vec<(u64, u64)>> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    // A kernel without module support has no /proc/modules: all of module space is BPF's.
+    let Ok(text) = fs::read_to_string("/proc/modules") else {
+        return Some(Vec::new());
+    };
+    text.lines()
+        .map(|l| {
+            // name size refcount deps state address
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size = f.get(1)?.parse::<u64>().ok()?;
+            let base = u64::from_str_radix(f.get(5)?.trim_start_matches("0x"), 16).ok()?;
+            (base != 0).then_some((base, base + size))
+        })
+        .collect()
+}
+
+/// Whether kernel address `a` is code of no module, in the space x86-64 kernels give modules
+/// and JITed BPF (above the 1 GiB kernel image).
+fn is_bpf_code(a: u64, modules: &[(u64, u64)]) -> bool {
+    const MODULE_SPACE: u64 = 0xffff_ffff_c000_0000;
+    a >= MODULE_SPACE && !modules.iter().any(|&(s, e)| s <= a && a < e)
 }
 
 /// One line of /proc/PID/maps that maps a file or is anonymous executable memory.
@@ -435,6 +468,7 @@ impl Symbolizer {
             debug_syms: false,
             ..Kernel::default()
         });
+        let modules = module_code_ranges();
         let names: HashMap<u64, (String, String)> =
             match self.blaze.symbolize(&src, Input::AbsAddr(&all)) {
                 Ok(syms) => all
@@ -442,6 +476,9 @@ impl Symbolizer {
                     .zip(syms)
                     .map(|(&a, s)| {
                         let named = match s {
+                            _ if modules.as_deref().is_some_and(|m| is_bpf_code(a, m)) => {
+                                (format!("{BPF_CODE} 0x{a:x}]"), String::new())
+                            }
                             Symbolized::Sym(sym) => {
                                 let module = sym
                                     .module
@@ -658,6 +695,15 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(stacks.len(), 1);
         assert_eq!(i.take_new().0.len(), 0);
+    }
+
+    #[test]
+    fn code_in_module_space_outside_modules_is_bpf() {
+        let ext4 = (0xffff_ffff_c010_0000, 0xffff_ffff_c020_0000);
+        assert!(is_bpf_code(0xffff_ffff_c000_1000, &[ext4]));
+        assert!(!is_bpf_code(0xffff_ffff_c010_1000, &[ext4]));
+        // The kernel image, below module space.
+        assert!(!is_bpf_code(0xffff_ffff_8100_0000, &[]));
     }
 
     #[test]

@@ -149,7 +149,15 @@ fn cargo() -> Command {
 /// The last revision before the performance changes that `docs/benchmarks.md` reports.
 const BEFORE_REV: &str = "7a6c141";
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line, not a backtrace: what failed is already above it.
+    if let Err(e) = xtask() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn xtask() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench {
             reps,

@@ -760,6 +760,10 @@ fn short_error_text(e: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
+            // The whole log, for whoever has to find out why a kernel refuses a program.
+            if std::env::var_os("BAR_VERIFIER_LOG").is_some() {
+                eprintln!("bar-probe: verifier log:\n{log}");
+            }
             let last = log
                 .lines()
                 .map(str::trim)
@@ -767,6 +771,7 @@ fn short_error_text(e: &ProgramError) -> String {
                     !l.is_empty()
                         && !l.starts_with("processed ")
                         && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
                 })
                 .unwrap_or_default()
                 .to_owned();
