@@ -8,7 +8,10 @@ use aya_ebpf::{
     bindings::{BPF_F_CURRENT_CPU, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_output,
-        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_task_pt_regs,
+        },
     },
     macros::map,
     maps::{HashMap, PerCpuArray, PerfEventArray, StackTrace},
@@ -155,6 +158,71 @@ fn mix(h: u64, word: u64) -> u64 {
     (h ^ word).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
+/// A user stack walk in progress, between [`user_stack`] and its [`walk_frame`] steps.
+#[repr(C)]
+struct WalkState {
+    walk: *mut UserStack,
+    window: *mut [u64; WINDOW_WORDS + 1],
+    /// The frame pointer to follow next.
+    fp: u64,
+    /// The window holds user memory from `base` to `base + len` bytes.
+    base: u64,
+    len: u64,
+    hash: u64,
+}
+
+/// One step of a user stack walk: frame `i + 1` (frame 0 is the interrupted instruction).
+/// Returns 1 to stop the walk, as bpf_loop expects.
+#[inline(never)]
+extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the state `user_stack` gave it, whose pointers are this
+    // CPU's walk slot.
+    let st = unsafe { &mut *state.cast::<WalkState>() };
+    // SAFETY: as above.
+    let (walk, window) = unsafe { (&mut *st.walk, &mut *st.window) };
+    let fp = st.fp;
+    if fp == 0 || fp % 8 != 0 {
+        return 1;
+    }
+    // A frame is the caller's frame pointer, then the return address.
+    if fp < st.base || fp + 16 > st.base + st.len {
+        let whole = (WINDOW_WORDS * 8) as u32;
+        let dst = window.as_mut_ptr().cast::<c_void>();
+        // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the source
+        // and fails on a bad one. A window that runs past the top of the stack fails too: then
+        // only the frame is read.
+        if unsafe { bpf_probe_read_user(dst, whole, fp as *const c_void) } == 0 {
+            st.len = u64::from(whole);
+        } else if unsafe { bpf_probe_read_user(dst, 16, fp as *const c_void) } == 0 {
+            st.len = 16;
+        } else {
+            return 1;
+        }
+        st.base = fp;
+    }
+    // The frame is inside the window (checked above); the mask only shows it.
+    let at = ((fp - st.base) / 8) as usize & (WINDOW_WORDS - 1);
+    let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
+        return 1;
+    };
+    let n = i as usize + 1;
+    let Some(slot) = walk.ips.get_mut(n) else {
+        return 1;
+    };
+    if ret == 0 {
+        return 1;
+    }
+    *slot = ret;
+    walk.nr = n as u32 + 1;
+    st.hash = mix(st.hash, ret);
+    // Callers' frames are higher up the stack; anything else is not a frame chain.
+    if next <= fp {
+        return 1;
+    }
+    st.fp = next;
+    0
+}
+
 /// The user stack of the current task, as an id for the record.
 ///
 /// `bpf_get_stackid` walks user frame pointers until a read fails, and the chain of every
@@ -173,20 +241,6 @@ fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     if config!(user_walk) == 0 {
         return stack_id(ctx, kernel_walk);
     }
-    // SAFETY: helpers without preconditions; the verifier checks the task pointer's type.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const c_void;
-    let Some(words) = read::<[u64; PT_REGS_WORDS]>(regs, 0) else {
-        return stack_id(ctx, kernel_walk);
-    };
-    let word = |off: u32| words.get(off as usize / 8).copied().unwrap_or(0);
-    let cs = word(config!(layout.pt_regs_cs));
-    if cs & 3 != 3 {
-        // Never in user mode: a kernel thread has no user stack.
-        return -EFAULT;
-    }
-    if cs != USER_CS_64 {
-        return stack_id(ctx, kernel_walk);
-    }
     let Some(walk) = USER_WALK.get_ptr_mut(slot) else {
         return stack_id(ctx, kernel_walk);
     };
@@ -195,52 +249,52 @@ fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
         stack: walk,
         window,
     } = unsafe { &mut *walk };
+    // The user registers go through the window too, not the BPF stack: the 512 bytes a
+    // program and its calls may use are already nearly taken by the records of some programs
+    // (6.1 refuses the TCP programs with a 168-byte copy of pt_regs on their stack).
+    const REGS_BYTES: u32 = (PT_REGS_WORDS * 8) as u32;
+    const _: () = assert!(PT_REGS_WORDS <= WINDOW_WORDS);
+    // SAFETY: helpers without preconditions; the verifier checks the task pointer's type.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const c_void;
+    let dst = window.as_mut_ptr().cast::<c_void>();
+    // SAFETY: `dst` has room for more than `REGS_BYTES`; the helper validates the source.
+    if unsafe { bpf_probe_read_kernel(dst, REGS_BYTES, regs) } != 0 {
+        return stack_id(ctx, kernel_walk);
+    }
+    let word = |off: u32| window.get(off as usize / 8).copied().unwrap_or(0);
+    let cs = word(config!(layout.pt_regs_cs));
+    if cs & 3 != 3 {
+        // Never in user mode: a kernel thread has no user stack.
+        return -EFAULT;
+    }
+    if cs != USER_CS_64 {
+        return stack_id(ctx, kernel_walk);
+    }
     let ip = word(config!(layout.pt_regs_ip));
-    let mut fp = word(config!(layout.pt_regs_bp));
-    let mut hash = mix(0xcbf2_9ce4_8422_2325, ip);
+    let fp = word(config!(layout.pt_regs_bp));
     walk.ips[0] = ip;
     walk.nr = 1;
-    // The window holds user memory from `base` to `base + len` bytes.
-    let (mut base, mut len) = (0u64, 0u64);
-    for i in 1..USER_STACK_FRAMES {
-        if fp == 0 || fp % 8 != 0 {
-            break;
-        }
-        // A frame is the caller's frame pointer, then the return address.
-        if fp < base || fp + 16 > base + len {
-            let whole = (WINDOW_WORDS * 8) as u32;
-            let dst = window.as_mut_ptr().cast::<c_void>();
-            // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the
-            // source and fails on a bad one. A window that runs past the top of the stack
-            // fails too: then only the frame is read.
-            if unsafe { bpf_probe_read_user(dst, whole, fp as *const c_void) } == 0 {
-                len = u64::from(whole);
-            } else if unsafe { bpf_probe_read_user(dst, 16, fp as *const c_void) } == 0 {
-                len = 16;
-            } else {
-                break;
-            }
-            base = fp;
-        }
-        // The frame is inside the window (checked above); the mask only shows it.
-        let at = ((fp - base) / 8) as usize & (WINDOW_WORDS - 1);
-        let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        if let Some(slot) = walk.ips.get_mut(i) {
-            *slot = ret;
-        }
-        walk.nr = i as u32 + 1;
-        hash = mix(hash, ret);
-        // Callers' frames are higher up the stack; anything else is not a frame chain.
-        if next <= fp {
-            break;
-        }
-        fp = next;
-    }
+    let mut state = WalkState {
+        walk: &raw mut *walk,
+        window: &raw mut *window,
+        fp,
+        base: 0,
+        len: 0,
+        hash: mix(0xcbf2_9ce4_8422_2325, ip),
+    };
+    // A loop written here would be verified once per possible frame (the verifier follows
+    // every iteration), which made each program take up to 0.15 s to load natively and many
+    // seconds on slow machines; bpf_loop's body is verified once.
+    // SAFETY: the callback and its state match what bpf_loop passes back to it.
+    unsafe {
+        bpf_loop(
+            (USER_STACK_FRAMES - 1) as u32,
+            walk_frame as *const () as *mut c_void,
+            (&raw mut state).cast::<c_void>(),
+            0,
+        )
+    };
+    let hash = state.hash;
     walk.hash = hash;
     let key = ((hash ^ (hash >> 32)) as u32 & (USER_STACK_KEY - 1)) | USER_STACK_KEY;
     // SAFETY: the value is only compared, not kept.

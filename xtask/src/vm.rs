@@ -312,9 +312,12 @@ fn vm_run(series: &str, initrd: &Path, opts: &Options, dir: &Path) -> Outcome {
                 vm_required_attach(series)
             ),
         ];
+        // Why a kernel refuses a program is what one most often needs to see from inside.
+        let verifier_log = std::env::var("BAR_VERIFIER_LOG").ok();
         let kernel_args: Vec<String> = kernel_args
             .into_iter()
             .chain(opts.filter.iter().map(|f| format!("bar.filter={f}")))
+            .chain(verifier_log.map(|v| format!("bar.env=BAR_VERIFIER_LOG={v}")))
             .collect();
         let boot = || -> anyhow::Result<(i32, String)> {
             // A fresh scratch disk for each boot: nothing left over from an earlier run.

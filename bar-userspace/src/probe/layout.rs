@@ -404,6 +404,7 @@ pub fn can_walk_user_stacks(layout: &Layout, btf: &KernelBtf) -> bool {
         .all(|&off| (off as usize) < bar_ebpf_common::PT_REGS_WORDS * 8)
         && btf.has_helper("BPF_FUNC_get_current_task_btf")
         && btf.has_helper("BPF_FUNC_task_pt_regs")
+        && btf.has_helper("BPF_FUNC_loop")
 }
 
 #[cfg(test)]

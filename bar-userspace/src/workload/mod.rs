@@ -73,6 +73,10 @@ pub struct WorkloadArgs {
     /// Units of work per second, spread evenly (faults, pingpong); default: as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Threads sharing the work and the rate (faults): one thread faults only as fast as one
+    /// CPU handles its faults.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub threads: u64,
     /// Wait for a line on stdin before starting, so a tracer can attach first.
     #[arg(long)]
     pub wait: bool,
@@ -451,16 +455,33 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             report(json!({"workload": "cpu", "result": n & 1}), start);
         }
         Workload::Faults => {
-            let mut pages = 0;
-            paced(counted(args), args.rate, |n| {
-                let mut left = n as usize;
-                while left > 0 {
-                    let chunk = left.min(1024);
-                    pages += touch_fresh_pages(chunk);
-                    left -= chunk;
-                }
+            let (total, threads) = (counted(args), args.threads);
+            let rate = args.rate.map(|r| r / threads as f64);
+            let pages: usize = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    // Thread t takes its share of the pages, the first ones the remainder.
+                    .map(|t| total / threads + u64::from(t < total % threads))
+                    .map(|share| {
+                        s.spawn(move || {
+                            let mut pages = 0;
+                            paced(share, rate, |n| {
+                                let mut left = n as usize;
+                                while left > 0 {
+                                    let chunk = left.min(1024);
+                                    pages += touch_fresh_pages(chunk);
+                                    left -= chunk;
+                                }
+                            });
+                            pages
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
             });
-            report(json!({"workload": "faults", "pages": pages}), start);
+            report(
+                json!({"workload": "faults", "pages": pages, "threads": threads}),
+                start,
+            );
         }
         Workload::Sleep => {
             // Each sleep lasts at least what was asked, plus however late the timer and the

@@ -537,13 +537,14 @@ pub fn render(r: &Results) -> String {
         &mut d,
         format!(
             "`bar-probe attach --pid PID -e faults` (default buffers: 256 pages per CPU) on \
-             `bar-probe workload faults --rate RATE --seconds {}`, which touches fresh pages at a \
-             steady rate (in 1 ms slices). {reps} repetitions per rate, interleaved. \"Achieved\" is \
+             `bar-probe workload faults --rate RATE --seconds {} --threads {}`, whose threads (one \
+             per CPU) touch fresh pages at a steady rate (in 1 ms slices). {reps} repetitions per rate, interleaved. \"Achieved\" is \
              the rate the workload kept while traced (pages / its own elapsed time); a rate counts \
              as sustained when the workload kept it (within 5%) and no record was lost in any \
              repetition. Lost = records the perf buffers had no room for (`summary.json` \
              `lost.total`, or the programs' failed outputs per kind when larger).",
-            tp.seconds
+            tp.seconds,
+            super::fault_threads()
         ),
     );
     w(&mut d, String::new());
@@ -787,9 +788,10 @@ pub fn render(r: &Results) -> String {
         &mut d,
         format!(
             "`/usr/bin/time -v bar-probe attach --pid PID -e faults` on `bar-probe workload faults \
-             --rate {:.0} --seconds {}` (the sustained rate of section 2), {} runs.",
+             --rate {:.0} --seconds {} --threads {}` (the sustained rate of section 2), {} runs.",
             mem.rate,
             mem.seconds,
+            super::fault_threads(),
             mem.trials.len()
         ),
     );

@@ -690,8 +690,17 @@ impl Throughput {
     }
 }
 
+/// Threads of the steady fault generator: one per CPU, as one thread faults only as fast as
+/// one CPU handles its faults (about 400k/s traced here, short of the rates asked).
+pub fn fault_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn faults_at(rate: f64, seconds: f64) -> Vec<String> {
-    args(&format!("faults --rate {rate:.0} --seconds {seconds}"))
+    args(&format!(
+        "faults --rate {rate:.0} --seconds {seconds} --threads {}",
+        fault_threads()
+    ))
 }
 
 fn run_ladder(ctx: &mut Ctx, tp: &mut Throughput, tracers: &[&str], rates: &[f64], reps: usize) {
