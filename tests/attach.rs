@@ -1,7 +1,7 @@
 //! `bar-probe attach` against workloads of bar's own, on the running kernel: the functions
 //! that burn CPU and fault pages must show up by name, with the weights the workloads report.
 
-use bar_tests::{Recording, Workload, emulated, metric, out_dir, root_or_skip};
+use bar_tests::{Recording, Workload, attach_through, emulated, metric, out_dir, root_or_skip};
 
 #[test]
 fn faults_are_counted_and_attributed_with_kernel_stacks() {
@@ -9,12 +9,11 @@ fn faults_are_counted_and_attributed_with_kernel_stacks() {
         return;
     }
     let dir = out_dir("faults");
-    let mut w = Workload::start(&["faults", "--count", "40000"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "faults"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["faults", "--count", "40000"],
+        &["--events", "faults"],
+        &dir,
+    );
     let pages = report["pages"].as_u64().expect("pages");
     assert_eq!(pages, 40000);
 
@@ -56,7 +55,7 @@ fn faults_are_counted_and_attributed_with_kernel_stacks() {
     );
 
     let s = rec.summary();
-    assert_eq!(s["target"]["pid"].as_u64(), Some(u64::from(w_pid(&pid))));
+    assert_eq!(s["target"]["pid"], report["pid"]);
     assert_eq!(s["target"]["comm"], "bar-probe");
     assert_eq!(s["stop_reason"], "target-exited");
     assert_eq!(s["complete"], true);
@@ -74,33 +73,17 @@ fn faults_are_counted_and_attributed_with_kernel_stacks() {
     assert!(dir.join("faults.svg").exists());
 }
 
-fn w_pid(pid: &str) -> u32 {
-    pid.parse().expect("pid")
-}
-
 #[test]
 fn cpu_samples_land_in_the_burning_function_at_the_asked_frequency() {
     if !root_or_skip("cpu_samples_land_in_the_burning_function_at_the_asked_frequency") {
         return;
     }
     let dir = out_dir("cpu");
-    let mut w = Workload::start(&["cpu", "--seconds", "3"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(
-        &[
-            "attach",
-            "--pid",
-            &pid,
-            "--events",
-            "cpu",
-            "--frequency",
-            "199",
-        ],
+    let (_, rec) = attach_through(
+        &["cpu", "--seconds", "3"],
+        &["--events", "cpu", "--frequency", "199"],
         &dir,
     );
-    w.go();
-    w.finish();
-    let rec = rec.finish();
     let folded = rec.folded("cpu");
     let total = folded.total();
     let hot = folded.weight_with("burn_cpu_hot_loop");
@@ -183,12 +166,11 @@ fn faults_tell_major_from_minor_where_the_kernel_says() {
     let files = out_dir("majfaults-file");
     std::fs::create_dir_all(&files).unwrap();
     let files_arg = files.to_str().unwrap();
-    let mut w = Workload::start(&["majorfaults", "--count", "400", "--dir", files_arg]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "faults"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["majorfaults", "--count", "400", "--dir", files_arg],
+        &["--events", "faults"],
+        &dir,
+    );
     let _ = std::fs::remove_dir_all(&files);
     let s = rec.summary();
     let faults = &s["kinds"]["faults"];

@@ -3,7 +3,9 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use bar_tests::{Recording, Workload, bar_probe, out_dir, read_json, root_or_skip, run};
+use bar_tests::{
+    Recording, Workload, attach_through, bar_probe, out_dir, read_json, root_or_skip, run,
+};
 
 fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -381,12 +383,7 @@ fn jit_code_is_named_from_the_perf_map() {
         return;
     }
     let dir = out_dir("jit");
-    let mut w = Workload::start(&["jit", "--seconds", "2"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = attach_through(&["jit", "--seconds", "2"], &["--events", "cpu"], &dir);
     let folded = rec.folded("cpu");
     // The map file is gone when the process ends; the name survives in the capture.
     assert!(

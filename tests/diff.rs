@@ -4,20 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use bar_tests::{Recording, Value, Workload, out_dir, read_json, root_or_skip, run};
+use bar_tests::{
+    Recording, Value, Workload, attach_through, out_dir, read_json, root_or_skip, run,
+};
 
 /// Records one run of a built-in workload's CPU samples; returns the capture and the
 /// workload's own report.
 fn record(workload: &[&str], dir: &Path) -> (PathBuf, Value) {
-    let mut w = Workload::start(workload);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(
-        &["attach", "--pid", &pid, "--events", "cpu", "-F", "499"],
-        dir,
-    );
-    w.go();
-    let report = w.finish();
-    rec.finish();
+    let (report, _) = attach_through(workload, &["--events", "cpu", "-F", "499"], dir);
     (dir.join("capture.bar"), report)
 }
 

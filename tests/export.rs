@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output},
 };
 
-use bar_tests::{Folded, Recording, Workload, one_line_error, out_dir, root_or_skip, run};
+use bar_tests::{Folded, attach_through, one_line_error, out_dir, root_or_skip, run};
 
 /// True when `go tool pprof` runs here; `cargo xtask test` installs it, so there a missing Go
 /// is a failure, not a skip.
@@ -147,23 +147,11 @@ fn cpu_profile_opens_in_go_pprof_with_the_folded_top_functions() {
         return;
     }
     let dir = out_dir("export-cpu");
-    let mut w = Workload::start(&["cpu", "--seconds", "3"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(
-        &[
-            "attach",
-            "--pid",
-            &pid,
-            "--events",
-            "cpu,offcpu",
-            "--frequency",
-            "199",
-        ],
+    let (report, rec) = attach_through(
+        &["cpu", "--seconds", "3"],
+        &["--events", "cpu,offcpu", "--frequency", "199"],
         &dir,
     );
-    w.go();
-    w.finish();
-    let rec = rec.finish();
     let folded = rec.folded("cpu");
     let (_, file) = export(&dir, "cpu");
 
@@ -204,6 +192,7 @@ fn cpu_profile_opens_in_go_pprof_with_the_folded_top_functions() {
 
     // Labels: the process, its thread and its name.
     let tags = pprof(&["-tags"], &file);
+    let pid = &report["pid"];
     assert!(tags.contains(&format!(" {pid}")), "pid label: {tags}");
     assert!(tags.contains("bar-probe"), "comm label: {tags}");
     for key in ["pid:", "tid:", "comm:"] {
@@ -256,12 +245,11 @@ fn offcpu_profile_has_the_blocked_time_in_nanoseconds() {
         return;
     }
     let dir = out_dir("export-offcpu");
-    let mut w = Workload::start(&["sleep", "--count", "100", "--micros", "5000"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["sleep", "--count", "100", "--micros", "5000"],
+        &["--events", "offcpu"],
+        &dir,
+    );
     let folded = rec.folded("offcpu");
     let (_, file) = export(&dir, "offcpu");
 

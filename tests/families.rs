@@ -1,6 +1,8 @@
 //! Off-CPU, TCP connect and NUMA migration families against workloads of bar's own.
 
-use bar_tests::{Recording, Workload, assert_blocked_matches_sleeps, out_dir, root_or_skip};
+use bar_tests::{
+    Recording, Workload, assert_blocked_matches_sleeps, attach_through, out_dir, root_or_skip,
+};
 
 #[test]
 fn offcpu_blocked_time_matches_the_sleeps() {
@@ -8,12 +10,11 @@ fn offcpu_blocked_time_matches_the_sleeps() {
         return;
     }
     let dir = out_dir("offcpu");
-    let mut w = Workload::start(&["sleep", "--count", "200", "--micros", "5000"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["sleep", "--count", "200", "--micros", "5000"],
+        &["--events", "offcpu"],
+        &dir,
+    );
     let folded = rec.folded("offcpu");
     assert_blocked_matches_sleeps(&report, &folded);
     // The kernel part shows where it blocked.
@@ -47,12 +48,11 @@ fn offcpu_shows_preemption_of_threads_sharing_a_cpu() {
         return;
     }
     let dir = out_dir("preempt");
-    let mut w = Workload::start(&["preempt", "--seconds", "2"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "offcpu,cpu"], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = attach_through(
+        &["preempt", "--seconds", "2"],
+        &["--events", "offcpu,cpu"],
+        &dir,
+    );
     let folded = rec.folded("offcpu");
     let preempted =
         folded.weight_where(|s| s.ends_with("[preempted]") && s.contains("burn_cpu_hot_loop"));
@@ -70,12 +70,11 @@ fn tcp_connects_established_and_refused_with_caller_stacks() {
         return;
     }
     let dir = out_dir("tcp");
-    let mut w = Workload::start(&["tcp", "--count", "20", "--refused", "7"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "tcp"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["tcp", "--count", "20", "--refused", "7"],
+        &["--events", "tcp"],
+        &dir,
+    );
     assert_eq!(report["established"], 20);
     assert_eq!(report["refused"], 7);
     let folded = rec.folded("tcp");
@@ -142,12 +141,11 @@ fn numa_page_migrations_are_recorded_with_reason() {
         return;
     }
     let dir = out_dir("numa");
-    let mut w = Workload::start(&["migrate", "--count", "20000"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "numa"], &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(
+        &["migrate", "--count", "20000"],
+        &["--events", "numa"],
+        &dir,
+    );
     assert_eq!(
         report["compacted"], true,
         "the workload could compact memory"
@@ -207,13 +205,9 @@ fn fallback_to_classic_tracepoints_when_tp_btf_is_off() {
     // Turning off everything better than the classic tracepoints (function hooks where the
     // kernel has them, tp_btf) must land each family on its tracepoint, with the same results.
     let dir = out_dir("fallback");
-    let mut w = Workload::start(&["tcp", "--count", "5", "--refused", "3"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(
+    let (_, rec) = attach_through(
+        &["tcp", "--count", "5", "--refused", "3"],
         &[
-            "attach",
-            "--pid",
-            &pid,
             "--events",
             "offcpu,faults,tcp",
             "--avoid",
@@ -221,9 +215,6 @@ fn fallback_to_classic_tracepoints_when_tp_btf_is_off() {
         ],
         &dir,
     );
-    w.go();
-    w.finish();
-    let rec = rec.finish();
     let s = rec.summary();
     for (kind, tp) in [
         ("offcpu", "tracepoint:sched:sched_switch"),

@@ -264,6 +264,20 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Runs a built-in workload to its end under `bar-probe attach --pid PID ATTACH_ARGS -o DIR`:
+/// starts it, attaches, lets it go once bar-probe records, and waits for both. Returns the
+/// workload's report and the finished recording.
+pub fn attach_through(workload: &[&str], attach_args: &[&str], dir: &Path) -> (Value, Recording) {
+    let mut w = Workload::start(workload);
+    let pid = w.pid().to_string();
+    let mut args = vec!["attach", "--pid", &pid];
+    args.extend_from_slice(attach_args);
+    let rec = Recording::start(&args, dir);
+    w.go();
+    let report = w.finish();
+    (report, rec.finish())
+}
+
 pub fn read_json(path: &Path) -> Value {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));

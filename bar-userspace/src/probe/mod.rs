@@ -151,6 +151,32 @@ pub enum Prog {
     },
 }
 
+impl Prog {
+    /// A classic tracepoint that must attach.
+    const fn tracepoint(prog: &'static str, category: &'static str, name: &'static str) -> Self {
+        Self::Tracepoint {
+            prog,
+            category,
+            name,
+            optional: false,
+        }
+    }
+
+    /// A classic tracepoint that may be missing as long as a sibling attaches.
+    const fn optional_tracepoint(
+        prog: &'static str,
+        category: &'static str,
+        name: &'static str,
+    ) -> Self {
+        Self::Tracepoint {
+            prog,
+            category,
+            name,
+            optional: true,
+        }
+    }
+}
+
 /// A layout offset an attach point needs, by name for messages.
 type Need = (&'static str, fn(&Layout) -> u32);
 
@@ -263,18 +289,8 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Tracepoint,
         programs: &[
-            Prog::Tracepoint {
-                prog: "bar_fault_user_tp",
-                category: "exceptions",
-                name: "page_fault_user",
-                optional: false,
-            },
-            Prog::Tracepoint {
-                prog: "bar_fault_kernel_tp",
-                category: "exceptions",
-                name: "page_fault_kernel",
-                optional: false,
-            },
+            Prog::tracepoint("bar_fault_user_tp", "exceptions", "page_fault_user"),
+            Prog::tracepoint("bar_fault_kernel_tp", "exceptions", "page_fault_kernel"),
         ],
         needs: &[],
     },
@@ -286,12 +302,7 @@ const FINISH_TASK_SWITCH: KernelFn = KernelFn {
     params: &[(0, "prev")],
 };
 
-const THREAD_EXIT: Prog = Prog::Tracepoint {
-    prog: "bar_thread_exit_tp",
-    category: "sched",
-    name: "sched_process_exit",
-    optional: false,
-};
+const THREAD_EXIT: Prog = Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit");
 
 const FINISH_SWITCH_NEEDS: &[Need] = &[
     ("task_struct.pid", |l| l.task_pid),
@@ -310,12 +321,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
                 tracepoint: "sched_switch",
                 args: 4,
             },
-            Prog::Tracepoint {
-                prog: "bar_thread_exit_tp",
-                category: "sched",
-                name: "sched_process_exit",
-                optional: false,
-            },
+            Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit"),
         ],
         needs: &[("task_struct.pid", |l| l.task_pid)],
     },
@@ -346,18 +352,8 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Tracepoint,
         programs: &[
-            Prog::Tracepoint {
-                prog: "bar_switch_tp",
-                category: "sched",
-                name: "sched_switch",
-                optional: false,
-            },
-            Prog::Tracepoint {
-                prog: "bar_thread_exit_tp",
-                category: "sched",
-                name: "sched_process_exit",
-                optional: false,
-            },
+            Prog::tracepoint("bar_switch_tp", "sched", "sched_switch"),
+            Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit"),
         ],
         needs: &[],
     },
@@ -444,12 +440,11 @@ const TCP_CHAIN: &[AttachPoint] = &[
     },
     AttachPoint {
         method: Method::Tracepoint,
-        programs: &[Prog::Tracepoint {
-            prog: "bar_sock_state_tp",
-            category: "sock",
-            name: "inet_sock_set_state",
-            optional: false,
-        }],
+        programs: &[Prog::tracepoint(
+            "bar_sock_state_tp",
+            "sock",
+            "inet_sock_set_state",
+        )],
         needs: &[],
     },
 ];
@@ -460,31 +455,13 @@ const MIGRATE_PAGES: KernelFn = KernelFn {
     params: &[(0, "from"), (3, "private"), (5, "reason")],
 };
 
-const MOVE_NUMA: Prog = Prog::Tracepoint {
-    prog: "bar_move_numa_tp",
-    category: "sched",
-    name: "sched_move_numa",
-    optional: true,
-};
-const SWAP_NUMA: Prog = Prog::Tracepoint {
-    prog: "bar_swap_numa_tp",
-    category: "sched",
-    name: "sched_swap_numa",
-    optional: true,
-};
-const STICK_NUMA: Prog = Prog::Tracepoint {
-    prog: "bar_stick_numa_tp",
-    category: "sched",
-    name: "sched_stick_numa",
-    optional: true,
-};
+const MOVE_NUMA: Prog = Prog::optional_tracepoint("bar_move_numa_tp", "sched", "sched_move_numa");
+const SWAP_NUMA: Prog = Prog::optional_tracepoint("bar_swap_numa_tp", "sched", "sched_swap_numa");
+const STICK_NUMA: Prog =
+    Prog::optional_tracepoint("bar_stick_numa_tp", "sched", "sched_stick_numa");
 /// With a migrate_pages() hook, the batch tracepoint is what reports: it cannot be missing.
-const MIGRATE_PAGES_TP: Prog = Prog::Tracepoint {
-    prog: "bar_migrate_pages_tp",
-    category: "migrate",
-    name: "mm_migrate_pages",
-    optional: false,
-};
+const MIGRATE_PAGES_TP: Prog =
+    Prog::tracepoint("bar_migrate_pages_tp", "migrate", "mm_migrate_pages");
 
 const MIGRATE_NODE_NEEDS: &[Need] = &[
     ("page.flags", |l| l.page_flags),
@@ -537,12 +514,7 @@ const NUMA_CHAIN: &[AttachPoint] = &[
             MOVE_NUMA,
             SWAP_NUMA,
             STICK_NUMA,
-            Prog::Tracepoint {
-                prog: "bar_migrate_pages_tp",
-                category: "migrate",
-                name: "mm_migrate_pages",
-                optional: true,
-            },
+            Prog::optional_tracepoint("bar_migrate_pages_tp", "migrate", "mm_migrate_pages"),
         ],
         needs: &[],
     },

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,34 +97,56 @@ pub fn burn_cpu_hot_loop(iterations: u64) -> u64 {
     x
 }
 
+/// Anonymous memory of a known size, with transparent huge pages off so that pages migrate
+/// and fault one by one (a kernel with THP "always" would fault 2 MiB at once).
+struct Region {
+    ptr: *mut u8,
+    pages: usize,
+}
+
+impl Region {
+    fn new(pages: usize) -> anyhow::Result<Self> {
+        // SAFETY: anonymous private mapping, unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap of {pages} pages: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: advice on the mapping just made.
+        unsafe { libc::madvise(p, pages * PAGE, libc::MADV_NOHUGEPAGE) };
+        Ok(Self {
+            ptr: p.cast(),
+            pages,
+        })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.ptr.cast(), self.pages * PAGE) };
+    }
+}
+
 /// Maps `pages` fresh anonymous pages, writes one byte in each (one page fault per page) and
-/// unmaps them. Returns the pages touched. Transparent huge pages are turned off for the
-/// mapping, or a kernel with THP "always" would fault 2 MiB at once.
+/// unmaps them. Returns the pages touched.
 #[inline(never)]
 pub fn touch_fresh_pages(pages: usize) -> usize {
-    // SAFETY: anonymous private mapping of the given length; unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            pages * PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    let Ok(r) = Region::new(pages) else {
         return 0;
-    }
-    // SAFETY: advice on the mapping made above.
-    unsafe { libc::madvise(p, pages * PAGE, libc::MADV_NOHUGEPAGE) };
-    let base = p.cast::<u8>();
+    };
     for i in 0..pages {
         // SAFETY: inside the mapping.
-        unsafe { std::ptr::write_volatile(base.add(i * PAGE), 1) };
+        unsafe { std::ptr::write_volatile(r.ptr.add(i * PAGE), 1) };
     }
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, pages * PAGE) };
     pages
 }
 
@@ -407,6 +429,7 @@ fn wait_for_go() {
 /// Prints the workload's JSON line, with the time its work took.
 fn report(mut v: serde_json::Value, start: Instant) {
     v["elapsed_us"] = json!(start.elapsed().as_micros() as u64);
+    v["pid"] = json!(std::process::id());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::{PAGE, set_affinity};
+use super::{PAGE, Region, set_affinity};
 
 const MPOL_DEFAULT: i64 = 0;
 const MPOL_BIND: i64 = 2;
@@ -33,37 +33,7 @@ const MASK_BITS: u64 = 64;
 /// migration, not a NUMA placement); the other rounds give NUMA balancing its chances.
 const CHASE_ROUNDS: usize = 3;
 
-/// Anonymous memory of a known size, with transparent huge pages off so that pages migrate
-/// and fault one by one.
-struct Region {
-    ptr: *mut u8,
-    pages: usize,
-}
-
 impl Region {
-    fn new(pages: usize) -> anyhow::Result<Self> {
-        // SAFETY: anonymous private mapping, unmapped on drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                pages * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap of {pages} pages: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just made.
-        unsafe { libc::madvise(p, pages * PAGE, libc::MADV_NOHUGEPAGE) };
-        Ok(Self {
-            ptr: p.cast(),
-            pages,
-        })
-    }
-
     /// mbind(2) on the whole region.
     fn mbind(&self, mode: i64, nodes: u64, flags: i32) -> anyhow::Result<()> {
         let (mask, maxnode) = if mode == MPOL_DEFAULT {
@@ -152,13 +122,6 @@ impl Region {
             .iter()
             .filter(|&&s| s == node as i32)
             .count())
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new().
-        unsafe { libc::munmap(self.ptr.cast(), self.pages * PAGE) };
     }
 }
 
