@@ -160,6 +160,8 @@ fn record_all_sees_the_host_but_not_itself() {
     }
     let dir = out_dir("all");
     let mut w = Workload::start(&["cpu", "--seconds", "2"]);
+    // A second process of ours: an idle machine (a test VM) may have no other activity.
+    let mut other = Workload::start(&["faults", "--count", "20000"]);
     let rec = Recording::start(
         &[
             "record",
@@ -173,7 +175,9 @@ fn record_all_sees_the_host_but_not_itself() {
     );
     let recorder = rec.child.id();
     w.go();
+    other.go();
     let workload = w.pid();
+    let other = other.finish();
     w.finish();
     let rec = rec.finish();
     let s = rec.summary();
@@ -187,6 +191,10 @@ fn record_all_sees_the_host_but_not_itself() {
     assert!(
         !pids.contains(&u64::from(recorder)),
         "bar-probe never records itself: {pids:?}"
+    );
+    assert!(
+        pids.contains(&other["pid"].as_u64().unwrap()),
+        "every process is recorded: {pids:?}"
     );
     assert!(s["processes"]["count"].as_u64() > Some(1));
     let row = top

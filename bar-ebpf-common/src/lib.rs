@@ -552,8 +552,8 @@ pub struct Config {
     /// floor against which the cost of recording is measured.
     pub null_mode: u32,
     /// Non-zero: programs walk user frame pointers themselves into `USER_STACKS` (the kernel
-    /// has `bpf_task_pt_regs` and the layout has the `pt_regs` offsets); zero: user stacks
-    /// come from `bpf_get_stackid`.
+    /// has `bpf_task_pt_regs` and `bpf_loop`, and the layout has the `pt_regs` offsets); zero:
+    /// user stacks come from `bpf_get_stackid`.
     pub user_walk: u32,
     /// Node ids below this are possible on this machine; a node read from a page that is not
     /// is reported as unknown rather than trusted.

@@ -233,8 +233,8 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
 /// `perf_callchain_user`) but stops at a null or descending frame pointer, and interns the
 /// stack in `USER_STACKS` under 30 bits of a 64-bit hash of its frames (the other bits tell
 /// two stacks with the same key apart, reported as a collision like `-EEXIST` from
-/// `bpf_get_stackid`). 32-bit tasks, and kernels without `bpf_task_pt_regs`, keep the
-/// kernel's walk.
+/// `bpf_get_stackid`). 32-bit tasks, and kernels without `bpf_task_pt_regs` or `bpf_loop`,
+/// keep the kernel's walk.
 #[inline(always)]
 fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     let kernel_walk = u64::from(BPF_F_USER_STACK);

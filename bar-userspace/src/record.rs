@@ -218,11 +218,12 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 if let Some(pid) = target {
                     agg.first_sight(pid);
                 }
+                agg.symbolizer.prepare_kernel();
                 let _ = sighted_tx.send(());
                 agg.run(rx)
             })?;
         // Whoever waits for "recording" may let the target run to its end at once: its map
-        // must be read before that is said.
+        // must be read before that is said (and kallsyms parsed, not to compete with it).
         let _ = sighted_rx.await;
         // A tick keeps the status line and the flushes going when no events arrive.
         let ticker = {

@@ -141,9 +141,24 @@ fn node_cpus(node: u32) -> Vec<usize> {
         .collect()
 }
 
+#[inline(always)]
 fn current_cpu() -> usize {
-    // SAFETY: no preconditions.
-    unsafe { libc::sched_getcpu() }.max(0) as usize
+    // Without a call: glibc's sched_getcpu reads the thread's rseq area without a frame of its
+    // own, so a NUMA hinting fault taken there (on the TLS page) showed in its caller's caller,
+    // not in the loop that chases the memory. Linux keeps the CPU number in the low 12 bits
+    // of TSC_AUX, which rdtscp reads.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut aux = 0u32;
+        // SAFETY: rdtscp has no preconditions on x86-64 CPUs Linux runs on.
+        unsafe { core::arch::x86_64::__rdtscp(&mut aux) };
+        (aux & 0xfff) as usize
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: no preconditions.
+        unsafe { libc::sched_getcpu() }.max(0) as usize
+    }
 }
 
 /// Uses the pages (pinned to a CPU of `away`) until NUMA balancing has moved nearly all of

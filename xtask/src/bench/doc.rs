@@ -113,7 +113,9 @@ pub fn render(r: &Results) -> String {
         &mut d,
         format!(
             "Written by `cargo xtask bench{}` on {} in {:.0} minutes, from bar at `{}`; every \
-             figure below comes from that one run. Do not edit by hand: run it again.",
+             figure below comes from that one run. Everything but the closing notes (a reading of \
+             these figures, added after the run) is written by the harness: run it again rather \
+             than edit it.",
             if r.opts.quick { " --quick" } else { "" },
             m.date,
             r.minutes,
