@@ -5,8 +5,8 @@
 //! kernels offer) says they must work here.
 
 use bar_tests::{
-    ChainPoint, Recording, Value, Workload, assert_blocked_matches_sleeps, avoid_before,
-    family_chain, machine_info, metric, out_dir, root_or_skip,
+    ChainPoint, Recording, Value, Workload, assert_blocked_matches_sleeps, attach_through,
+    avoid_before, family_chain, machine_info, metric, out_dir, root_or_skip,
 };
 
 /// Whether the environment says `family` must be able to attach by `method` here.
@@ -27,15 +27,10 @@ fn record_through(
 ) -> Result<(Value, Recording), String> {
     let point = &chain[i];
     let dir = out_dir(&format!("via-{family}-{}", point.method));
-    let mut w = Workload::start(workload);
-    let pid = w.pid().to_string();
-    let mut args = vec!["attach", "--pid", &pid, "--events", family];
+    let mut args = vec!["--events", family];
     let avoid = forcing(chain, i);
     args.extend(avoid.iter().map(String::as_str));
-    let rec = Recording::start(&args, &dir);
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
+    let (report, rec) = attach_through(workload, &args, &dir);
     let attach = rec.summary()["kinds"][family]["attach"]
         .as_str()
         .unwrap_or_default()

@@ -360,15 +360,15 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
     let sock = btf.struct_members("sock").unwrap_or_default();
     let common = btf.struct_members("sock_common").unwrap_or_default();
     let regs = btf.struct_members("pt_regs").unwrap_or_default();
+    let page = btf.struct_members("page").unwrap_or_default();
+    let migration = btf
+        .struct_members("migration_target_control")
+        .unwrap_or_default();
     let get = |s: &[btf_rs::Member], m: &str| btf.offset_in(s, m).unwrap_or(Layout::UNKNOWN);
     layout.task_pid = get(&task, "pid");
     layout.task_tgid = get(&task, "tgid");
     layout.sock_sk_err = get(&sock, "sk_err");
     // struct sock starts with struct sock_common, so its offsets are offsets in the socket.
-    let page = btf.struct_members("page").unwrap_or_default();
-    let migration = btf
-        .struct_members("migration_target_control")
-        .unwrap_or_default();
     layout.skc_family = get(&common, "skc_family");
     layout.skc_daddr = get(&common, "skc_daddr");
     layout.skc_rcv_saddr = get(&common, "skc_rcv_saddr");

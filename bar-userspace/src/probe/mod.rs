@@ -321,7 +321,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
                 tracepoint: "sched_switch",
                 args: 4,
             },
-            Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit"),
+            THREAD_EXIT,
         ],
         needs: &[("task_struct.pid", |l| l.task_pid)],
     },
@@ -353,7 +353,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
         method: Method::Tracepoint,
         programs: &[
             Prog::tracepoint("bar_switch_tp", "sched", "sched_switch"),
-            Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit"),
+            THREAD_EXIT,
         ],
         needs: &[],
     },

@@ -561,11 +561,11 @@ pub fn render(r: &Results) -> String {
         format!(
             "`bar-probe attach --pid PID -e faults` (default buffers: 256 pages per CPU) on \
              `bar-probe workload faults --rate RATE --seconds {} --threads {}`, whose threads (one \
-             per CPU) touch fresh pages at a steady rate (in 1 ms slices). {reps} repetitions per rate, interleaved. \"Achieved\" is \
-             the rate the workload kept while traced (pages / its own elapsed time); a rate counts \
-             as sustained when the workload kept it (within 5%) and no record was lost in any \
-             repetition. Lost = records the perf buffers had no room for (`summary.json` \
-             `lost.total`, or the programs' failed outputs per kind when larger).",
+             per CPU) touch fresh pages at a steady rate (in 1 ms slices). {reps} repetitions per \
+             rate, interleaved. \"Achieved\" is the rate the workload kept while traced (pages \
+             / its own elapsed time); a rate counts as sustained when the workload kept it \
+             (within 5%) and no record was lost in any repetition. Lost = records the perf \
+             buffers had no room for (`summary.json` `lost.total`, or the programs' failed outputs per kind when larger).",
             tp.seconds,
             super::fault_threads()
         ),
