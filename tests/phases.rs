@@ -195,8 +195,11 @@ fn live_markers_from_mark_and_a_fifo() {
     let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     f.write_all(b"B\n").unwrap();
     drop(f);
-    w.finish();
+    // The end marker while the workload still runs its phase B (2 s): once the target exits,
+    // the recording ends with it and no longer takes markers.
+    std::thread::sleep(Duration::from_millis(1000));
     mark(&["B", "--end"]);
+    w.finish();
     let rec = rec.finish();
     let s = rec.summary();
     let names: Vec<&str> = s["phases"]
