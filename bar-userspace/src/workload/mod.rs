@@ -527,11 +527,18 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             );
         }
         Workload::Preempt => {
-            let end = until(3.0);
+            // The clock starts once both threads sit on CPU 0: moving a thread waits for the
+            // kernel's stopper, which under an emulated CPU took seconds, and the threads must
+            // share the CPU for the whole time asked.
+            let pinned = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let length = Duration::from_secs_f64(args.seconds.unwrap_or(3.0));
             let threads: Vec<_> = (0..2)
                 .map(|_| {
+                    let pinned = pinned.clone();
                     std::thread::spawn(move || {
                         set_affinity(&[0]);
+                        pinned.wait();
+                        let end = Instant::now() + length;
                         let mut n = 0u64;
                         while Instant::now() < end {
                             n = n.wrapping_add(burn_cpu_hot_loop(100_000));
