@@ -1,7 +1,10 @@
 //! `bar-probe attach` against workloads of bar's own, on the running kernel: the functions
 //! that burn CPU and fault pages must show up by name, with the weights the workloads report.
 
-use bar_tests::{Recording, Workload, attach_through, emulated, metric, out_dir, root_or_skip};
+use bar_tests::{
+    Folded, Recording, Workload, assert_blocked_matches_sleeps, attach_through, emulated, metric,
+    out_dir, root_or_skip, run,
+};
 
 #[test]
 fn faults_are_counted_and_attributed_with_kernel_stacks() {
@@ -71,6 +74,77 @@ fn faults_are_counted_and_attributed_with_kernel_stacks() {
     assert_eq!(s["kernel_release"].as_str().map(str::is_empty), Some(false));
     assert!(s["start"].as_str().unwrap() < s["end"].as_str().unwrap());
     assert!(dir.join("faults.svg").exists());
+}
+
+#[test]
+fn faults_and_offcpu_summed_in_the_kernel_keep_their_counts() {
+    if !root_or_skip("faults_and_offcpu_summed_in_the_kernel_keep_their_counts") {
+        return;
+    }
+    let dir = out_dir("summed-faults");
+    let (report, rec) = attach_through(
+        &["faults", "--count", "40000"],
+        &["--events", "faults", "--aggregate", "100ms"],
+        &dir,
+    );
+    let pages = report["pages"].as_u64().expect("pages");
+    let folded = rec.folded("faults");
+    let in_touch = folded.weight_with("touch_fresh_pages");
+    // The same bounds as faults sent one by one.
+    assert!(
+        in_touch * 10 >= pages * 9 && in_touch <= pages + pages / 10,
+        "{in_touch} faults in touch_fresh_pages for {pages} pages\n{:#?}",
+        folded.stacks
+    );
+    assert!(
+        folded
+            .stacks
+            .keys()
+            .any(|s| s.contains("touch_fresh_pages") && s.contains("_[k]")),
+        "{:#?}",
+        folded.stacks
+    );
+    let faults = &rec.summary()["kinds"]["faults"];
+    assert_eq!(faults["summed_in_kernel_every_ms"], 100, "{faults}");
+    assert_eq!(faults["events"].as_u64(), Some(folded.total()));
+    assert_eq!(faults["lost"], 0, "{faults}");
+
+    let dir = out_dir("summed-offcpu");
+    let (report, rec) = attach_through(
+        &["sleep", "--count", "200", "--micros", "5000"],
+        &["--events", "offcpu", "--aggregate", "100ms"],
+        &dir,
+    );
+    let folded = rec.folded("offcpu");
+    assert_blocked_matches_sleeps(&report, &folded);
+    let offcpu = &rec.summary()["kinds"]["offcpu"];
+    // 200 sleeps of 5 ms, each interval counted although summed; the percentiles are of the
+    // windows' means, which are the mean sleep.
+    let p50 = offcpu["blocked_us"]["p50"].as_u64().expect("p50");
+    let mean = report["measured_us"].as_u64().expect("measured_us") / 200;
+    assert!(
+        offcpu["blocked_us"]["count"].as_u64() >= Some(200),
+        "{offcpu}"
+    );
+    assert!(
+        p50 >= 4900 && p50 * 10 <= mean * 13,
+        "p50 {p50} us, mean sleep {mean} us: {offcpu}"
+    );
+
+    // The capture alone renders the same sums.
+    let again = out_dir("summed-offcpu-report");
+    let capture = dir.join("capture.bar");
+    let out = run(&[
+        "report",
+        capture.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        Folded::read(&again.join("offcpu.folded")).stacks,
+        folded.stacks
+    );
 }
 
 #[test]

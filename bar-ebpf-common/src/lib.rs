@@ -26,6 +26,10 @@ pub mod maps {
     pub const FAULT_ARGS: &str = "FAULT_ARGS";
     /// NUMA: nodes of the page migration a thread is in, by thread id.
     pub const NUMA_PENDING: &str = "NUMA_PENDING";
+    /// Records summed in the kernel instead of sent one by one, by [`crate::SumKey`].
+    pub const SUMS: &str = "SUMS";
+    /// Which half of `SUMS` programs add to now (its lowest bit), flipped by the collector.
+    pub const SUM_EPOCH: &str = "SUM_EPOCH";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -41,10 +45,6 @@ pub const USER_STACK_FRAMES: usize = 127;
 /// user frame pointers by bar's programs); without it, an id in `STACKS` (`bpf_get_stackid`).
 /// Stack map ids are below the map's size, far below this bit.
 pub const USER_STACK_KEY: u32 = 1 << 30;
-
-/// Words of `struct pt_regs` the programs read to find the user registers (all of it on
-/// x86-64); offsets beyond are not used.
-pub const PT_REGS_WORDS: usize = 21;
 
 /// A user stack as bar's programs walk it: the instruction pointer at entry to the kernel,
 /// then the return addresses of the frames, innermost first (as in a stack map entry).
@@ -68,6 +68,38 @@ pub const TCP_MAP_ENTRIES: u32 = 16384;
 /// per-thread maps of the kprobe and fentry attach points (LRU: a thread that never came back
 /// is evicted first).
 pub const THREAD_MAP_ENTRIES: u32 = 16384;
+
+/// Distinct (stack, thread, detail) keys `SUMS` holds over two windows; a record that finds
+/// the map full is counted as dropped for its kind.
+pub const SUM_MAP_ENTRIES: u32 = 16384;
+
+/// What records of a window with the same thread, stacks and details have in common: summed
+/// in the kernel (`--aggregate`), they become one entry of `SUMS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SumKey {
+    /// One of [`kind`].
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    /// [`fault_flag`] bits of a fault; [`offcpu_reason`] of an off-CPU interval.
+    pub detail: u32,
+    /// The task state at switch-out of an off-CPU interval; 0 for faults.
+    pub state: u32,
+    /// The window parity (`SUM_EPOCH & 1`) the record was added in.
+    pub epoch: u32,
+}
+
+/// The records summed under a [`SumKey`], on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SumValue {
+    pub count: u64,
+    /// Off-CPU: nanoseconds blocked, summed; 0 for faults.
+    pub total: u64,
+}
 
 /// Record kinds, the first field of every record after the timestamp.
 pub mod kind {
@@ -103,6 +135,9 @@ pub enum Family {
 
 impl Family {
     pub const ALL: [Self; 5] = [Self::Cpu, Self::Offcpu, Self::Faults, Self::Tcp, Self::Numa];
+    /// The families whose programs sum their records in the kernel with `--aggregate`: the
+    /// ones that come in storms.
+    pub const SUMMABLE: [Self; 2] = [Self::Offcpu, Self::Faults];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -558,7 +593,9 @@ pub struct Config {
     /// Node ids below this are possible on this machine; a node read from a page that is not
     /// is reported as unknown rather than trusted.
     pub nr_node_ids: u32,
-    pub _pad: u32,
+    /// Non-zero: faults and off-CPU intervals are summed in `SUMS` (`--aggregate`) instead of
+    /// sent one by one; the collector drains the sums every window.
+    pub sum_records: u32,
     pub layout: Layout,
 }
 
@@ -572,7 +609,7 @@ impl Config {
             null_mode: 0,
             user_walk: 0,
             nr_node_ids: 0,
-            _pad: 0,
+            sum_records: 0,
             layout: Layout::unknown(),
         }
     }
@@ -605,6 +642,8 @@ const _: () = {
     assert!(size_of::<NumaPagesRecord>() == 80);
     assert!(size_of::<NumaPending>() == 16);
     assert!(size_of::<FaultArgs>() == 24);
+    assert!(size_of::<SumKey>() == 32);
+    assert!(size_of::<SumValue>() == 16);
     // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
     assert!(size_of::<Layout>() == 70 * 4);
     assert!(size_of::<Config>() == 40 + 70 * 4);
@@ -615,7 +654,7 @@ const _: () = {
 mod user {
     use super::{
         Config, FaultArgs, FaultRecord, Header, NumaPagesRecord, NumaPending, NumaTaskRecord,
-        OffCpuRecord, OffCpuStart, TcpRecord, TcpStart, UserStack,
+        OffCpuRecord, OffCpuStart, SumKey, SumValue, TcpRecord, TcpStart, UserStack,
     };
 
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
@@ -632,4 +671,6 @@ mod user {
     unsafe impl aya::Pod for UserStack {}
     unsafe impl aya::Pod for NumaPending {}
     unsafe impl aya::Pod for FaultArgs {}
+    unsafe impl aya::Pod for SumKey {}
+    unsafe impl aya::Pod for SumValue {}
 }

@@ -29,10 +29,11 @@ use aya_ebpf::{
         tracing::StackIdContext,
     },
 };
-use bar_ebpf_common::{FaultArgs, FaultRecord, THREAD_MAP_ENTRIES, fault_flag, kind};
+use bar_ebpf_common::{FaultArgs, FaultRecord, SumKey, THREAD_MAP_ENTRIES, fault_flag, kind};
 
 use crate::shared::{
-    KernelStack, config, emit, header_with, in_stack_walk, null_mode, offset, read, traced_current,
+    KernelStack, add_to_sums, config, emit, header_with, in_stack_walk, null_mode, offset, read,
+    stacks_with, summing, traced_current,
 };
 
 /// The kernel stack id of a user-mode fault on this CPU, plus one (see [`KernelStack`]).
@@ -44,20 +45,36 @@ static USER_FAULT_KSTACK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static FAULT_ARGS: LruHashMap<u32, FaultArgs> = LruHashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
 
+/// Records a fault with `flags`; `details` gives its address, instruction pointer and error
+/// code, which are read only when they are kept (a fault summed in the kernel has none).
 #[inline(always)]
 fn record<C: StackIdContext>(
     ctx: &C,
     pid_tgid: u64,
-    address: u64,
-    ip: u64,
-    error_code: u64,
     flags: u32,
+    details: impl FnOnce() -> (u64, u64, u64),
 ) {
     let kernel = if flags & fault_flag::USER_MODE != 0 {
         KernelStack::OncePerCpu(&USER_FAULT_KSTACK)
     } else {
         KernelStack::Walk
     };
+    if summing() {
+        let (user_stack, kernel_stack) = stacks_with(ctx, kernel);
+        let key = SumKey {
+            kind: kind::FAULT,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            user_stack,
+            kernel_stack,
+            detail: flags,
+            state: 0,
+            epoch: 0,
+        };
+        add_to_sums(key, 0);
+        return;
+    }
+    let (address, ip, error_code) = details();
     let record = FaultRecord {
         header: header_with(ctx, kind::FAULT, pid_tgid, kernel),
         address,
@@ -75,11 +92,11 @@ fn from_btf(ctx: &BtfTracePointContext, flags: u32) -> u32 {
         return 0;
     }
     // page_fault_{user,kernel}(unsigned long address, struct pt_regs *regs, unsigned long error_code)
-    let address: u64 = ctx.arg(0);
-    let regs: *const c_void = ctx.arg(1);
-    let error_code: u64 = ctx.arg(2);
-    let ip = read::<u64>(regs, offset!(pt_regs_ip)).unwrap_or(0);
-    record(ctx, pid_tgid, address, ip, error_code, flags);
+    record(ctx, pid_tgid, flags, || {
+        let regs: *const c_void = ctx.arg(1);
+        let ip = read::<u64>(regs, offset!(pt_regs_ip)).unwrap_or(0);
+        (ctx.arg(0), ip, ctx.arg(2))
+    });
     0
 }
 
@@ -100,10 +117,14 @@ fn from_tracepoint(ctx: &TracePointContext, flags: u32) -> u32 {
         return 0;
     }
     let base = ctx.as_ptr().cast_const();
-    let address = read::<u64>(base, offset!(fault_address)).unwrap_or(0);
-    let ip = read::<u64>(base, offset!(fault_ip)).unwrap_or(0);
-    let error_code = read::<u64>(base, offset!(fault_error_code)).unwrap_or(0);
-    record(ctx, pid_tgid, address, ip, error_code, flags);
+    record(ctx, pid_tgid, flags, || {
+        let field = |off| read::<u64>(base, off).unwrap_or(0);
+        (
+            field(offset!(fault_address)),
+            field(offset!(fault_ip)),
+            field(offset!(fault_error_code)),
+        )
+    });
     0
 }
 
@@ -157,14 +178,9 @@ fn fault_done<C: StackIdContext>(ctx: &C, pid_tgid: u64, args: &FaultArgs, ret: 
     if major {
         record_flags |= fault_flag::MAJOR;
     }
-    record(
-        ctx,
-        pid_tgid,
-        args.address,
-        args.ip,
-        error_code,
-        record_flags,
-    );
+    record(ctx, pid_tgid, record_flags, || {
+        (args.address, args.ip, error_code)
+    });
 }
 
 /// The arguments of `handle_mm_fault(vma, address, flags, regs)` that a record needs; None for

@@ -27,11 +27,12 @@ use aya_ebpf::{
     },
 };
 use bar_ebpf_common::{
-    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, counter, kind, offcpu_reason,
+    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, SumKey, counter, kind, offcpu_reason,
 };
 
 use crate::shared::{
-    bump, config, emit, now, null_mode, offset, read, stacks, traced_current, traced_tgid,
+    add_to_sums, bump, config, emit, now, null_mode, offset, read, stacks, summing, traced_current,
+    traced_tgid,
 };
 
 #[map]
@@ -84,6 +85,20 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
 fn report<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, start: &OffCpuStart) {
     let blocked_ns = ts.saturating_sub(start.ts_ns);
     if blocked_ns < config!(min_block_ns) {
+        return;
+    }
+    if summing() {
+        let key = SumKey {
+            kind: kind::OFFCPU,
+            pid: start.pid,
+            tid,
+            user_stack: start.user_stack,
+            kernel_stack: start.kernel_stack,
+            detail: start.reason,
+            state: start.state,
+            epoch: 0,
+        };
+        add_to_sums(key, blocked_ns);
         return;
     }
     let record = OffCpuRecord {

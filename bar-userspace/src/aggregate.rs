@@ -154,14 +154,21 @@ pub fn format_endpoint(family: u32, addr: &[u8], port: u32) -> String {
     }
 }
 
+/// How many events `ev` stands for (several when they were summed in the kernel).
+pub fn count(ev: &proto::Event) -> u64 {
+    ev.count.max(1)
+}
+
 /// Weight and leaf annotations of an event in its view (also the leaf frames of `export`).
 pub fn weigh(ev: &proto::Event) -> (u64, Vec<String>) {
+    let n = count(ev);
     match &ev.detail {
-        None => (1, Vec::new()),
+        None => (n, Vec::new()),
         // Major faults carry their own leaf, so a flame graph shows where I/O was waited for;
         // minor faults (and faults of unknown severity) have none.
-        Some(Detail::Fault(f)) if f.major == Some(true) => (1, vec!["[major]".to_owned()]),
-        Some(Detail::Fault(_)) => (1, Vec::new()),
+        Some(Detail::Fault(f)) if f.major == Some(true) => (n, vec!["[major]".to_owned()]),
+        Some(Detail::Fault(_)) => (n, Vec::new()),
+        // Summed intervals carry their summed time.
         Some(Detail::Offcpu(o)) => {
             let state = if o.reason == offcpu_reason::PREEMPTED {
                 "[preempted]"
@@ -202,7 +209,8 @@ impl ViewAgg {
     /// Adds one event; `process` is the id of its process name ([`Profile::name`]).
     pub fn add(&mut self, ev: &proto::Event, process: u32) {
         let (weight, leaf) = weigh(ev);
-        self.events += 1;
+        let n = count(ev);
+        self.events += n;
         self.weight = self.weight.saturating_add(weight);
         if weight > 0 {
             let w = self.stacks.entry((process, ev.stack, leaf)).or_default();
@@ -211,30 +219,31 @@ impl ViewAgg {
         match &ev.detail {
             Some(Detail::Fault(f)) => {
                 if f.user_mode {
-                    self.user_mode += 1;
+                    self.user_mode += n;
                 } else {
-                    self.kernel_mode += 1;
+                    self.kernel_mode += n;
                 }
                 match f.major {
-                    Some(true) => self.major += 1,
-                    Some(false) => self.minor += 1,
-                    None => self.severity_unknown += 1,
+                    Some(true) => self.major += n,
+                    Some(false) => self.minor += n,
+                    None => self.severity_unknown += n,
                 }
             }
             Some(Detail::Offcpu(o)) => {
-                let us = (o.blocked_ns / 1000).max(1);
+                // Intervals summed in the kernel are known only by their mean.
+                let us = (o.blocked_ns / n / 1000).max(1);
                 let h = if o.reason == offcpu_reason::PREEMPTED {
                     &mut self.preempted_us
                 } else {
                     &mut self.blocked_us
                 };
-                let _ = h.record(us);
+                let _ = h.record_n(us, n);
                 if o.reason != offcpu_reason::PREEMPTED {
                     let _ = self
                         .per_stack_us
                         .entry((process, ev.stack))
                         .or_insert_with(new_histogram)
-                        .record(us);
+                        .record_n(us, n);
                 }
             }
             Some(Detail::Tcp(t)) => {
@@ -630,6 +639,7 @@ mod tests {
             pid,
             tid: pid,
             stack,
+            count: 0,
             detail,
         }
     }
@@ -716,6 +726,49 @@ mod tests {
         let h = &p.views[&Family::Offcpu].blocked_us;
         let p50 = h.value_at_quantile(0.5);
         assert!(h.equivalent(p50, 2500), "{p50}");
+    }
+
+    #[test]
+    fn events_summed_in_the_kernel_count_as_many() {
+        let mut p = profile();
+        let fault = proto::Fault {
+            user_mode: true,
+            major: Some(false),
+            ..Default::default()
+        };
+        let events = vec![
+            proto::Event {
+                count: 5,
+                ..ev(kind::FAULT, 7, 1, Some(Detail::Fault(fault.clone())))
+            },
+            ev(kind::FAULT, 7, 1, Some(Detail::Fault(fault))),
+            // Four intervals of 1 ms on average, 4 ms in all.
+            proto::Event {
+                count: 4,
+                ..ev(
+                    kind::OFFCPU,
+                    7,
+                    2,
+                    Some(Detail::Offcpu(proto::OffCpu {
+                        blocked_ns: 4_000_000,
+                        reason: 1,
+                        state: 1,
+                    })),
+                )
+            },
+        ];
+        p.add_block(Body::Events(proto::Events { events }));
+        let faults = &p.views[&Family::Faults];
+        assert_eq!((faults.events, faults.weight), (6, 6));
+        assert_eq!((faults.user_mode, faults.minor), (6, 6));
+        assert_eq!(p.folded(faults), vec!["app;main;work:x 6".to_owned()]);
+        let off = &p.views[&Family::Offcpu];
+        assert_eq!((off.events, off.weight), (4, 4000));
+        assert_eq!(off.blocked_us.len(), 4);
+        assert!(
+            off.blocked_us
+                .equivalent(off.blocked_us.value_at_quantile(0.5), 1000)
+        );
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Collect: one tokio task per CPU drains that CPU's perf ring buffer, decodes the records
 //! defined in bar-ebpf-common and hands them on in batches. Buffer overflows arrive as perf
-//! "lost" records and are counted per CPU.
+//! "lost" records and are counted per CPU. With `--aggregate`, one more task collects the sums
+//! the kernel keeps instead (`sums`).
 
 mod ring;
+mod sums;
+
+pub use self::sums::spawn_sums;
 
 use std::{mem::size_of, os::fd::AsFd as _, ptr, time::Duration};
 
@@ -27,6 +31,16 @@ pub enum Record {
     NumaTask(NumaTaskRecord),
     NumaPages(NumaPagesRecord),
     Exec(Header),
+    /// `count` faults or off-CPU intervals of one window summed in the kernel: same thread,
+    /// stacks, `detail` (fault flags, off-CPU reason) and `state`; `total` is their blocked
+    /// nanoseconds (off-CPU). The header's time is the middle of the window.
+    Summed {
+        header: Header,
+        detail: u32,
+        state: u32,
+        count: u64,
+        total: u64,
+    },
 }
 
 impl Record {
@@ -38,7 +52,15 @@ impl Record {
             Self::Tcp(r) => &r.header,
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
-            Self::Exec(h) => h,
+            Self::Exec(h) | Self::Summed { header: h, .. } => h,
+        }
+    }
+
+    /// How many events the record stands for.
+    pub const fn count(&self) -> u64 {
+        match self {
+            Self::Summed { count, .. } => *count,
+            _ => 1,
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
             frequency: 1,
             min_block_ns: 0,
             null_mode: true,
+            sum_records: false,
             stack_map_entries: 1,
             avoid: Vec::new(),
         })?;
@@ -179,8 +180,16 @@ pub fn capture(path: &Path, as_json: bool) -> anyhow::Result<()> {
         Some(d) => println!("integrity    DAMAGED: {d}"),
     }
     for (view, agg) in &profile.views {
+        let summed = if m.aggregate_window_ns > 0 && Family::SUMMABLE.contains(view) {
+            format!(
+                " (summed in the kernel every {})",
+                humantime::format_duration(std::time::Duration::from_nanos(m.aggregate_window_ns))
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{:<12} {} events, weight {} {}",
+            "{:<12} {} events, weight {} {}{summed}",
             view.name(),
             agg.events,
             agg.weight,

@@ -23,7 +23,10 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Body, Writer, proto},
+    capture::{
+        Body, Writer,
+        proto::{self, event::Detail},
+    },
     collect::{self, Batch, ReaderOptions, Record},
     markers,
     phases::{self, WallPhase},
@@ -50,6 +53,8 @@ pub struct RecordOptions {
     pub frequency: u64,
     pub min_block_ns: u64,
     pub null_mode: bool,
+    /// Sum faults and off-CPU intervals in the kernel, collected every this long.
+    pub aggregate: Option<Duration>,
     pub stack_map_entries: u32,
     pub avoid: Vec<Method>,
     pub buffer_pages: usize,
@@ -129,6 +134,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         frequency: opts.frequency,
         min_block_ns: opts.min_block_ns,
         null_mode: opts.null_mode,
+        sum_records: opts.aggregate.is_some(),
         stack_map_entries: opts.stack_map_entries,
         avoid: opts.avoid.clone(),
     })?;
@@ -145,6 +151,14 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
     let user_stacks = BpfHashMap::try_from(take(&mut loaded.ebpf, maps::USER_STACKS)?)?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
+    let sums = match opts.aggregate {
+        Some(window) => Some((
+            window,
+            take(&mut loaded.ebpf, maps::SUMS)?,
+            take(&mut loaded.ebpf, maps::SUM_EPOCH)?,
+        )),
+        None => None,
+    };
     let cpus = system::online_cpus();
     let capture_path = opts.out_dir.join("capture.bar");
 
@@ -155,7 +169,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
     let (stop_tx, stop_rx) = watch::channel(false);
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
-        let readers = collect::spawn_readers(
+        let mut readers = collect::spawn_readers(
             &events,
             &cpus,
             ReaderOptions {
@@ -163,8 +177,17 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 interval: Duration::from_millis(10),
             },
             tx.clone(),
-            stop_rx,
+            stop_rx.clone(),
         )?;
+        if let Some((window, map, epoch)) = sums {
+            readers.push(collect::spawn_sums(
+                map,
+                epoch,
+                window,
+                tx.clone(),
+                stop_rx,
+            )?);
+        }
         let status = loaded.attach();
         if let Err(e) = loaded.attach_exec_tracking() {
             eprintln!(
@@ -539,6 +562,7 @@ fn meta(
         numa_balancing: system::numa_balancing().map_or(-1, |v| v as i32),
         stack_map_entries: opts.stack_map_entries,
         null_mode: opts.null_mode,
+        aggregate_window_ns: opts.aggregate.map_or(0, |w| w.as_nanos() as u64),
     }
 }
 
@@ -702,7 +726,7 @@ impl Aggregator {
                 continue;
             }
             if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
-                *c += 1;
+                *c += r.count();
             }
             self.pending.push((batch.cpu, r));
         }
@@ -747,11 +771,12 @@ impl Aggregator {
             .collect();
         // Blocks of bounded size, so that --max-size is kept to within one block.
         for chunk in events.chunks(EVENTS_PER_BLOCK) {
+            let represented: u64 = chunk.iter().map(|e| e.count.max(1)).sum();
             if self.full_tx.is_none() {
-                self.discarded += chunk.len() as u64;
+                self.discarded += represented;
                 continue;
             }
-            self.events += chunk.len() as u64;
+            self.events += represented;
             self.writer.write(Body::Events(proto::Events {
                 events: chunk.to_vec(),
             }))?;
@@ -842,21 +867,22 @@ fn human(v: f64) -> String {
     }
 }
 
-fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
+fn fault_detail(address: u64, ip: u64, error_code: u32, flags: u32) -> Detail {
     use bar_ebpf_common::fault_flag;
+    Detail::Fault(proto::Fault {
+        address,
+        ip,
+        error_code,
+        user_mode: flags & fault_flag::USER_MODE != 0,
+        major: (flags & fault_flag::SEVERITY_KNOWN != 0).then_some(flags & fault_flag::MAJOR != 0),
+    })
+}
 
-    use crate::capture::proto::event::Detail;
+fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
     let h = r.header();
     let detail = match r {
         Record::Cpu(_) => None,
-        Record::Fault(f) => Some(Detail::Fault(proto::Fault {
-            address: f.address,
-            ip: f.ip,
-            error_code: f.error_code,
-            user_mode: f.flags & fault_flag::USER_MODE != 0,
-            major: (f.flags & fault_flag::SEVERITY_KNOWN != 0)
-                .then_some(f.flags & fault_flag::MAJOR != 0),
-        })),
+        Record::Fault(f) => Some(fault_detail(f.address, f.ip, f.error_code, f.flags)),
         Record::OffCpu(o) => Some(Detail::Offcpu(proto::OffCpu {
             blocked_ns: o.blocked_ns,
             reason: o.reason,
@@ -882,6 +908,20 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             what: n.what,
         })),
         Record::Exec(_) => None,
+        Record::Summed {
+            header,
+            detail,
+            state,
+            total,
+            ..
+        } => match header.kind {
+            kind::OFFCPU => Some(Detail::Offcpu(proto::OffCpu {
+                blocked_ns: *total,
+                reason: *detail,
+                state: *state,
+            })),
+            _ => Some(fault_detail(0, 0, 0, *detail)),
+        },
         Record::NumaPages(p) => Some(Detail::NumaPages(proto::NumaPages {
             succeeded: p.succeeded,
             failed: p.failed,
@@ -900,6 +940,10 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
         pid: h.pid,
         tid: h.tid,
         stack,
+        count: match r {
+            Record::Summed { count, .. } => *count,
+            _ => 0,
+        },
         detail,
     }
 }

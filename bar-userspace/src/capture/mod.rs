@@ -22,8 +22,9 @@ use prost::Message;
 pub use self::proto::block::Body;
 
 pub const MAGIC: &[u8; 8] = b"BARCAPT\0";
-/// Format version this build writes and the newest it reads.
-pub const VERSION: u32 = 1;
+/// Format version this build writes and the newest it reads. 2: events may stand for several
+/// (`Event.count`, summed in the kernel), which a version 1 reader would count as one.
+pub const VERSION: u32 = 2;
 const FILE_HEADER_LEN: usize = 16;
 const BLOCK_HEADER_LEN: usize = 8;
 /// No block is larger than this; a larger length means a corrupt header.

@@ -78,6 +78,10 @@ pub struct Meta {
     pub stack_map_entries: u32,
     #[prost(bool, tag = "18")]
     pub null_mode: bool,
+    /// Faults and off-CPU intervals were summed in the kernel and collected every this many
+    /// nanoseconds (`--aggregate`); 0 when each was recorded.
+    #[prost(uint64, tag = "19")]
+    pub aggregate_window_ns: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -190,6 +194,10 @@ pub struct Event {
     /// Stack id (see `Stacks`), 0 for none.
     #[prost(uint32, tag = "6")]
     pub stack: u32,
+    /// How many events this one stands for, when they were summed in the kernel: their time
+    /// is the middle of their window, an off-CPU `blocked_ns` is their sum. 0 means 1.
+    #[prost(uint64, tag = "7")]
+    pub count: u64,
     #[prost(oneof = "event::Detail", tags = "10, 11, 12, 13, 14")]
     pub detail: Option<event::Detail>,
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    aggregate::Profile,
+    aggregate::{Profile, count},
     capture::{Body, Damage, Reader},
     render, report,
 };
@@ -132,8 +132,13 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<Exported> {
             _ => Vec::new(),
         })
         .filter(|ev| Family::of_kind(ev.kind) == Some(view))
-        .take(usize::try_from(expected).unwrap_or(usize::MAX))
-        .inspect(|_| seen += 1);
+        .scan(0u64, |taken, ev| {
+            (*taken < expected).then(|| {
+                *taken += count(&ev);
+                ev
+            })
+        })
+        .inspect(|ev| seen += count(ev));
     let built = match opts.format {
         Format::Pprof => pprof::build(&profile, view, events),
     };
@@ -233,6 +238,7 @@ mod tests {
             tid: 7,
             stack: 1,
             cpu: 0,
+            count: 0,
             detail,
         };
         let mut events: Vec<proto::Event> = (0..30).map(|i| ev(i, kind::CPU, None)).collect();

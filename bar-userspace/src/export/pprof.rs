@@ -19,7 +19,7 @@ use prost::Message as _;
 
 use super::pprof_proto as pb;
 use crate::{
-    aggregate::{Profile, weigh},
+    aggregate::{Profile, count, weigh},
     capture::proto::{Event, event::Detail},
 };
 
@@ -74,10 +74,11 @@ impl SampleTypes {
 
     /// Values of one event, in the order of `types`.
     fn values(&self, ev: &Event, weight: u64) -> Vec<i64> {
-        if self.types.len() == 1 {
-            return vec![1];
-        }
         let ns = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let n = count(ev);
+        if self.types.len() == 1 {
+            return vec![ns(n)];
+        }
         let second = match &ev.detail {
             // Exact, where the folded file rounds down to microseconds.
             Some(Detail::Offcpu(o)) => ns(o.blocked_ns),
@@ -85,9 +86,9 @@ impl SampleTypes {
             // Pages migrated, or 1 per task placement: the weight of numa.folded.
             Some(Detail::NumaTask(_) | Detail::NumaPages(_)) => ns(weight),
             // A cpu sample stands for one period of CPU time.
-            _ => self.period,
+            _ => self.period.saturating_mul(ns(n)),
         };
-        vec![1, second]
+        vec![ns(n), second]
     }
 }
 
@@ -458,6 +459,7 @@ mod tests {
             pid: 7,
             tid,
             stack,
+            count: 0,
             detail,
         }
     }
@@ -633,6 +635,11 @@ mod tests {
             ev(kind::OFFCPU, 10, 7, 2, offcpu(2_500_123, 1)),
             ev(kind::OFFCPU, 11, 7, 2, offcpu(999, 1)),
             ev(kind::OFFCPU, 12, 7, 2, offcpu(700_000, 2)),
+            // Three intervals summed in the kernel.
+            Event {
+                count: 3,
+                ..ev(kind::OFFCPU, 13, 7, 2, offcpu(3_000_000, 2))
+            },
         ];
         let out = build(&p, Family::Offcpu, events);
         assert_eq!(types(&out), ["switches/count", "offcpu/nanoseconds"]);
@@ -644,7 +651,7 @@ mod tests {
         // Not rounded to microseconds, and the sub-microsecond block is kept.
         assert_eq!(blocked.values, [2, 2_500_123 + 999]);
         let preempted = r.iter().find(|s| s.frames[0] == "[preempted]").unwrap();
-        assert_eq!(preempted.values, [1, 700_000]);
+        assert_eq!(preempted.values, [4, 3_700_000]);
     }
 
     #[test]

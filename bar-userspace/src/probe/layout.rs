@@ -401,7 +401,7 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
 pub fn can_walk_user_stacks(layout: &Layout, btf: &KernelBtf) -> bool {
     [layout.pt_regs_ip, layout.pt_regs_bp, layout.pt_regs_cs]
         .iter()
-        .all(|&off| (off as usize) < bar_ebpf_common::PT_REGS_WORDS * 8)
+        .all(|&off| off != Layout::UNKNOWN)
         && btf.has_helper("BPF_FUNC_get_current_task_btf")
         && btf.has_helper("BPF_FUNC_task_pt_regs")
         && btf.has_helper("BPF_FUNC_loop")

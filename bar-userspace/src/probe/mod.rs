@@ -531,6 +531,8 @@ pub struct ProbeOptions {
     pub frequency: u64,
     pub min_block_ns: u64,
     pub null_mode: bool,
+    /// Faults and off-CPU intervals are summed in the kernel (`SUMS`), not sent one by one.
+    pub sum_records: bool,
     pub stack_map_entries: u32,
     /// Attach methods the user asked to pass over.
     pub avoid: Vec<Method>,
@@ -785,6 +787,7 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
     config.cgroup_id = opts.cgroup_id;
     config.min_block_ns = opts.min_block_ns;
     config.null_mode = u32::from(opts.null_mode);
+    config.sum_records = u32::from(opts.sum_records);
     config.nr_node_ids = crate::system::possible_node_ids();
     config.layout = offer.layout;
     config.user_walk = u32::from(
