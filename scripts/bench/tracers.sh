@@ -6,6 +6,7 @@
 # TRACER is one of
 #   bar         bar-probe attach, FAMILY may be a comma list or `all`
 #   bar-null    the same with --null: the programs attach to the same hooks, filter and return
+#   bar-sum     the same with --aggregate: faults and off-CPU intervals summed in the kernel
 #   bar-before  bar-probe of an earlier revision ($BAR_PROBE_BEFORE), for before/after figures
 #   bpftrace    a one-liner counting events by user and kernel stack
 #   perf        perf record -g on the same event (cpu: cpu-clock at the same 99 Hz)
@@ -42,11 +43,12 @@ tracer_setup() {
     READY=""
     CONTROL=0
     case "$tracer" in
-        bar | bar-null | bar-before)
+        bar | bar-null | bar-sum | bar-before)
             local bin=${BAR_PROBE:-bar-probe}
             [ "$tracer" = bar-before ] && bin=${BAR_PROBE_BEFORE:-bar-probe-before}
             CMD=("$bin" attach --pid "$pid" -e "$family" -o "$out/bar")
             [ "$tracer" = bar-null ] && CMD+=(--null)
+            [ "$tracer" = bar-sum ] && CMD+=(--aggregate)
             READY="bar-probe: recording"
             ;;
         bpftrace)

@@ -156,7 +156,7 @@ wl=""
 if [ -n "$tp" ]; then
     case "$tracer" in
         # bar-probe stops by itself when its target exits and writes its outputs.
-        bar | bar-null | bar-before) wait_gone "$tp" 300 || fail "bar-probe did not stop" ;;
+        bar | bar-null | bar-sum | bar-before) wait_gone "$tp" 300 || fail "bar-probe did not stop" ;;
         *)
             # The measurement is taken; a peer that does not stop in time is only noted.
             kill -INT "$tp" 2>/dev/null || true

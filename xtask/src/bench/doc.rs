@@ -102,6 +102,9 @@ fn cell(case: &SlowCase, label: &str) -> String {
 }
 
 const PEERS: [&str; 3] = ["bpftrace", "perf", "offcputime"];
+/// bar as it records by default, and with `--aggregate` (faults and off-CPU summed in the
+/// kernel, the way the peers count).
+const BAR_MODES: [&str; 2] = ["bar", "bar summed"];
 
 /// The peer with the smallest median slowdown on a case.
 fn best_peer(case: &SlowCase) -> Option<(&'static str, Spread)> {
@@ -156,16 +159,24 @@ pub fn render(r: &Results) -> String {
     w(&mut d, String::new());
     w(&mut d, "| target | result | |".into());
     w(&mut d, "|---|---|---|".into());
-    for case in &r.cases {
-        let Some(bar) = case.config("bar").and_then(|i| case.slowdown(i)) else {
+    for (case, label) in r
+        .cases
+        .iter()
+        .flat_map(|c| BAR_MODES.map(|label| (c, label)))
+    {
+        let Some(bar) = case.config(label).and_then(|i| case.slowdown(i)) else {
             continue;
+        };
+        let case_name = if label == "bar" {
+            case.name.to_owned()
+        } else {
+            format!("{}, {label}", case.name)
         };
         if let Some((peer, ps)) = best_peer(case) {
             w(
                 &mut d,
                 format!(
-                    "| {} ({}): slowdown at or below the best peer's | bar {}×, {peer} {}× | {} |",
-                    case.name,
+                    "| {case_name} ({}): slowdown at or below the best peer's | bar {}×, {peer} {}× | {} |",
                     case.family,
                     // A third decimal when two do not tell them apart.
                     three_if_tied(bar.median, ps.median),
@@ -179,8 +190,7 @@ pub fn render(r: &Results) -> String {
             w(
                 &mut d,
                 format!(
-                    "| {} ({}): within {MAX_FLOOR_RATIO}× of the floor (`--null`) | {:.2}× / {:.2}× = {ratio:.2} | {} |",
-                    case.name,
+                    "| {case_name} ({}): within {MAX_FLOOR_RATIO}× of the floor (`--null`) | {:.2}× / {:.2}× = {ratio:.2} | {} |",
                     case.family,
                     bar.median,
                     floor.median,
@@ -360,7 +370,9 @@ pub fn render(r: &Results) -> String {
         &mut d,
         "`floor` is bar-probe with `--null`: the same programs on the same hooks, which filter on \
          the pid and return. `bar all` records every family at once (cpu, offcpu, faults, tcp, \
-         numa) on each workload."
+         numa) on each workload. `bar summed` is bar-probe with `--aggregate`: faults and \
+         off-CPU intervals are summed per thread and stack in the kernel and collected once a \
+         second, as the peers count, instead of sent to the collector one by one."
             .into(),
     );
     w(&mut d, String::new());
@@ -369,7 +381,7 @@ pub fn render(r: &Results) -> String {
     w(&mut d, "## 1. Workload slowdown".into());
     w(&mut d, String::new());
     let has_before = r.cases.iter().any(|c| c.config("bar before").is_some());
-    let mut cols = vec!["bar", "bar all", "floor", "floor all"];
+    let mut cols = vec!["bar", "bar all", "bar summed", "floor", "floor all"];
     if has_before {
         cols.push("bar before");
     }

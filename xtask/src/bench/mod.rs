@@ -518,6 +518,10 @@ fn slow_cases(quick: bool, before: bool) -> Vec<SlowCase> {
             Config::new("floor", "bar-null", f),
             Config::new("floor all", "bar-null", "all"),
         ];
+        // `--aggregate` sums the families that come in storms (Family::SUMMABLE).
+        if matches!(f, "offcpu" | "faults") {
+            c.configs.push(Config::new("bar summed", "bar-sum", f));
+        }
         if before {
             c.configs.push(Config::new("bar before", "bar-before", f));
         }
@@ -921,7 +925,7 @@ fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> Vec<ProgCost
     eprintln!("bench: kernel time of the programs (kernel.bpf_stats_enabled=1)");
     let mut out = Vec::new();
     for case in cases.iter().filter(|c| !c.unit_key.is_empty()) {
-        let labels = ["bar", "floor", "bpftrace"];
+        let labels = ["bar", "bar summed", "floor", "bpftrace"];
         let mut rows: Vec<(String, Vec<Trial>)> = labels
             .iter()
             .map(|l| ((*l).to_owned(), Vec::new()))
