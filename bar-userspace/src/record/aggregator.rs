@@ -1,0 +1,381 @@
+//! The aggregator stage of a recording: one thread takes the collectors' batches and the
+//! markers, resolves stacks (symbolize), appends blocks to the capture (store) and prints the
+//! live status.
+
+use std::{
+    collections::HashSet,
+    io::IsTerminal as _,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use bar_ebpf_common::{counter, kind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    capture::{
+        Body, Writer,
+        proto::{self, event::Detail},
+    },
+    collect::{Batch, Record},
+    symbolize::{self, RawStack, Symbolizer},
+    system,
+};
+
+/// What the aggregator thread receives.
+pub(super) enum Input {
+    Batch(Batch),
+    Marker(proto::Marker),
+    /// Time passes: flush and print status even when no event arrives.
+    Tick,
+}
+
+impl From<Batch> for Input {
+    fn from(b: Batch) -> Self {
+        Self::Batch(b)
+    }
+}
+
+/// Receives batches, keeps the capture growing, prints the live status.
+pub(super) struct Aggregator {
+    writer: Writer,
+    pub(super) symbolizer: Symbolizer,
+    counters: PerCpuArray<MapData, u64>,
+    pending: Vec<(u32, Record)>,
+    seen_pids: HashSet<u32>,
+    new_processes: Vec<proto::Process>,
+    lost_per_cpu: Vec<u64>,
+    malformed: u64,
+    per_kind: [u64; kind::COUNT as usize],
+    per_kind_at_status: [u64; kind::COUNT as usize],
+    events: u64,
+    started: Instant,
+    last_flush: Instant,
+    last_status: Instant,
+    quiet: bool,
+    tty: bool,
+    max_size: Option<u64>,
+    /// Taken (and fired) when the capture reaches --max-size; from then on events are
+    /// discarded and counted.
+    full_tx: Option<oneshot::Sender<()>>,
+    discarded: u64,
+}
+
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+const FLUSH_AT: usize = 65536;
+const EVENTS_PER_BLOCK: usize = 8192;
+
+impl Aggregator {
+    pub(super) fn new(
+        writer: Writer,
+        symbolizer: Symbolizer,
+        counters: PerCpuArray<MapData, u64>,
+        (cpus, quiet, max_size): (usize, bool, Option<u64>),
+        full_tx: oneshot::Sender<()>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            writer,
+            symbolizer,
+            counters,
+            pending: Vec::new(),
+            seen_pids: HashSet::new(),
+            new_processes: Vec::new(),
+            lost_per_cpu: vec![0; cpus],
+            malformed: 0,
+            per_kind: [0; kind::COUNT as usize],
+            per_kind_at_status: [0; kind::COUNT as usize],
+            events: 0,
+            started: now,
+            last_flush: now,
+            last_status: now,
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            max_size,
+            full_tx: Some(full_tx),
+            discarded: 0,
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+    ) -> std::io::Result<((u64, u64), Writer)> {
+        while let Some(input) = rx.blocking_recv() {
+            match input {
+                Input::Batch(batch) => self.take(batch),
+                Input::Marker(m) => {
+                    if !self.quiet {
+                        let what = if m.end { "ends" } else { "starts" };
+                        eprintln!("\nbar-probe: phase {} {what}", m.name);
+                    }
+                    self.writer.write(Body::Marker(m))?;
+                }
+                Input::Tick => {}
+            }
+            if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
+                self.flush()?;
+            }
+            self.status();
+        }
+        self.flush()?;
+        self.write_counters()?;
+        if !self.quiet && self.tty {
+            eprintln!();
+        }
+        let lost = self.lost_per_cpu.iter().sum();
+        Ok(((self.events, lost), self.writer))
+    }
+
+    /// Name and memory map of a process the first time it is seen, while it surely exists.
+    pub(super) fn first_sight(&mut self, pid: u32) {
+        if self.seen_pids.insert(pid) {
+            self.symbolizer.note_process(pid);
+            self.new_processes.push(proto::Process {
+                pid,
+                comm: symbolize::process_comm(pid).unwrap_or_default(),
+                since_ns: 0,
+            });
+        }
+    }
+
+    fn take(&mut self, batch: Batch) {
+        if let Some(l) = self.lost_per_cpu.get_mut(batch.cpu as usize) {
+            *l += batch.lost;
+        }
+        self.malformed += batch.malformed;
+        for r in batch.records {
+            let h = *r.header();
+            self.first_sight(h.pid);
+            if let Record::Exec(_) = r {
+                // A new program: new memory map and name from now on.
+                self.symbolizer.exec(h.pid, h.ts_ns);
+                self.new_processes.push(proto::Process {
+                    pid: h.pid,
+                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
+                    since_ns: h.ts_ns,
+                });
+                continue;
+            }
+            if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
+                *c += r.count();
+            }
+            self.pending.push((batch.cpu, r));
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.last_flush = Instant::now();
+        if self.pending.is_empty() && self.new_processes.is_empty() {
+            return Ok(());
+        }
+        let raws: Vec<RawStack> = self
+            .pending
+            .iter()
+            .map(|(_, r)| {
+                let h = r.header();
+                RawStack {
+                    pid: h.pid,
+                    generation: self.symbolizer.generation(h.pid, h.ts_ns),
+                    user: h.user_stack,
+                    kernel: h.kernel_stack,
+                }
+            })
+            .collect();
+        let stack_ids = self.symbolizer.resolve(&raws);
+        let (frames, stacks) = self.symbolizer.interner.take_new();
+        if !self.new_processes.is_empty() {
+            self.writer.write(Body::Processes(proto::Processes {
+                processes: std::mem::take(&mut self.new_processes),
+            }))?;
+        }
+        if !frames.is_empty() {
+            self.writer.write(Body::Frames(proto::Frames { frames }))?;
+        }
+        if !stacks.is_empty() {
+            self.writer.write(Body::Stacks(proto::Stacks { stacks }))?;
+        }
+        let events: Vec<proto::Event> = self
+            .pending
+            .drain(..)
+            .zip(stack_ids)
+            .map(|((cpu, r), stack)| to_event(cpu, &r, stack))
+            .collect();
+        // Blocks of bounded size, so that --max-size is kept to within one block.
+        for chunk in events.chunks(EVENTS_PER_BLOCK) {
+            let represented: u64 = chunk.iter().map(|e| e.count.max(1)).sum();
+            if self.full_tx.is_none() {
+                self.discarded += represented;
+                continue;
+            }
+            self.events += represented;
+            self.writer.write(Body::Events(proto::Events {
+                events: chunk.to_vec(),
+            }))?;
+            if let Some(max) = self.max_size
+                && self.writer.size() >= max
+                && let Some(tx) = self.full_tx.take()
+            {
+                if !self.quiet {
+                    eprintln!(
+                        "\nbar-probe: the capture reached --max-size ({max} bytes); stopping"
+                    );
+                }
+                let _ = tx.send(());
+            }
+        }
+        self.write_counters()
+    }
+
+    fn write_counters(&mut self) -> std::io::Result<()> {
+        let mut sums = vec![0u64; counter::COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *sum = values.iter().sum();
+            }
+        }
+        let d = counter::DROPPED as usize;
+        self.writer.write(Body::Counters(proto::Counters {
+            lost_per_cpu: self.lost_per_cpu.clone(),
+            dropped_per_kind: sums[d..d + kind::COUNT as usize].to_vec(),
+            malformed: self.malformed,
+            offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
+            tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
+            discarded_at_max_size: self.discarded,
+            ts: system::monotonic_ns(),
+        }))
+    }
+
+    fn status(&mut self) {
+        let every = if self.tty {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        let elapsed = self.last_status.elapsed();
+        if self.quiet || elapsed < every {
+            return;
+        }
+        self.last_status = Instant::now();
+        let secs = elapsed.as_secs_f64();
+        let mut parts = vec![format!(
+            "bar-probe: {:>5.1}s",
+            self.started.elapsed().as_secs_f64()
+        )];
+        for (k, name) in [
+            (kind::CPU, "cpu"),
+            (kind::OFFCPU, "offcpu"),
+            (kind::FAULT, "faults"),
+            (kind::TCP, "tcp"),
+            (kind::NUMA_TASK, "numa-task"),
+            (kind::NUMA_PAGES, "numa-pages"),
+        ] {
+            let (now, before) = (
+                self.per_kind[k as usize],
+                self.per_kind_at_status[k as usize],
+            );
+            if now > 0 {
+                parts.push(format!("{name} {}/s", human((now - before) as f64 / secs)));
+            }
+        }
+        self.per_kind_at_status = self.per_kind;
+        parts.push(format!("lost {}", self.lost_per_cpu.iter().sum::<u64>()));
+        let line = parts.join("  ");
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fault_detail(address: u64, ip: u64, error_code: u32, flags: u32) -> Detail {
+    use bar_ebpf_common::fault_flag;
+    Detail::Fault(proto::Fault {
+        address,
+        ip,
+        error_code,
+        user_mode: flags & fault_flag::USER_MODE != 0,
+        major: (flags & fault_flag::SEVERITY_KNOWN != 0).then_some(flags & fault_flag::MAJOR != 0),
+    })
+}
+
+fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
+    let h = r.header();
+    let detail = match r {
+        Record::Cpu(_) => None,
+        Record::Fault(f) => Some(fault_detail(f.address, f.ip, f.error_code, f.flags)),
+        Record::OffCpu(o) => Some(Detail::Offcpu(proto::OffCpu {
+            blocked_ns: o.blocked_ns,
+            reason: o.reason,
+            state: o.state,
+        })),
+        Record::Tcp(t) => {
+            let n = if t.family == 10 { 16 } else { 4 };
+            Some(Detail::Tcp(proto::Tcp {
+                latency_ns: t.latency_ns,
+                saddr: t.saddr[..n].to_vec(),
+                daddr: t.daddr[..n].to_vec(),
+                family: u32::from(t.family),
+                sport: u32::from(t.sport),
+                dport: u32::from(t.dport),
+                error: t.error,
+            }))
+        }
+        Record::NumaTask(n) => Some(Detail::NumaTask(proto::NumaTask {
+            src_cpu: n.src_cpu,
+            dst_cpu: n.dst_cpu,
+            src_nid: n.src_nid,
+            dst_nid: n.dst_nid,
+            what: n.what,
+        })),
+        Record::Exec(_) => None,
+        Record::Summed {
+            header,
+            detail,
+            state,
+            total,
+            ..
+        } => match header.kind {
+            kind::OFFCPU => Some(Detail::Offcpu(proto::OffCpu {
+                blocked_ns: *total,
+                reason: *detail,
+                state: *state,
+            })),
+            _ => Some(fault_detail(0, 0, 0, *detail)),
+        },
+        Record::NumaPages(p) => Some(Detail::NumaPages(proto::NumaPages {
+            succeeded: p.succeeded,
+            failed: p.failed,
+            thp_succeeded: p.thp_succeeded,
+            thp_failed: p.thp_failed,
+            mode: p.mode,
+            reason: p.reason,
+            dst_nid: p.dst_nid,
+            src_nid: Some(p.src_nid),
+        })),
+    };
+    proto::Event {
+        ts: h.ts_ns,
+        kind: h.kind,
+        cpu,
+        pid: h.pid,
+        tid: h.tid,
+        stack,
+        count: match r {
+            Record::Summed { count, .. } => *count,
+            _ => 0,
+        },
+        detail,
+    }
+}
