@@ -480,9 +480,15 @@ pub fn render(r: &Results) -> String {
         w(&mut d, String::new());
         w(
             &mut d,
-            "| workload | untraced per unit | bar | floor | bpftrace |".into(),
+            format!(
+                "| workload | untraced per unit | {} |",
+                super::PROG_COST_LABELS.join(" | ")
+            ),
         );
-        w(&mut d, "|---|---|---|---|---|".into());
+        w(
+            &mut d,
+            format!("|---|---|{}", "---|".repeat(super::PROG_COST_LABELS.len())),
+        );
         for pc in &r.prog_cost {
             let Some(case) = r.cases.iter().find(|c| c.name == pc.case) else {
                 continue;
@@ -538,19 +544,22 @@ pub fn render(r: &Results) -> String {
                         .collect::<Vec<_>>(),
                 )
             };
-            if let (Some(b), Some(f), Some(pb), Some(pf)) = (
-                per_unit("bar"),
-                per_unit("floor"),
-                prog("bar"),
-                prog("floor"),
-            ) {
+            for label in BAR_MODES {
+                let (Some(b), Some(f), Some(pb), Some(pf)) = (
+                    per_unit(label),
+                    per_unit("floor"),
+                    prog(label),
+                    prog("floor"),
+                ) else {
+                    continue;
+                };
                 w(
                     &mut d,
                     format!(
-                        "- {}: traced by bar a {} takes {:.0} ns more than under the floor \
-                         (section 1 medians); bar's programs run {:.0} ns longer per {} than \
-                         the floor's (stack walks, the record, its output), {:.0}% of that \
-                         difference.",
+                        "- {}: traced by {label} a {} takes {:.0} ns more than under the floor \
+                         (section 1 medians); its programs run {:.0} ns longer per {} than \
+                         the floor's (stack walks, the record or sum, its output), {:.0}% of \
+                         that difference.",
                         case.name,
                         pc.unit.trim_end_matches('s'),
                         b.median - f.median,

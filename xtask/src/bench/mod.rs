@@ -916,6 +916,9 @@ pub struct ProgCost {
     pub rows: Vec<(String, Vec<Trial>)>,
 }
 
+/// The configurations whose programs' kernel time is measured (where a workload has them).
+pub const PROG_COST_LABELS: [&str; 5] = ["bar", "bar summed", "floor", "bpftrace", "offcputime"];
+
 fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> Vec<ProgCost> {
     let was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .unwrap_or_else(|_| "0".into());
@@ -925,7 +928,7 @@ fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> Vec<ProgCost
     eprintln!("bench: kernel time of the programs (kernel.bpf_stats_enabled=1)");
     let mut out = Vec::new();
     for case in cases.iter().filter(|c| !c.unit_key.is_empty()) {
-        let labels = ["bar", "bar summed", "floor", "bpftrace"];
+        let labels = PROG_COST_LABELS;
         let mut rows: Vec<(String, Vec<Trial>)> = labels
             .iter()
             .map(|l| ((*l).to_owned(), Vec::new()))
