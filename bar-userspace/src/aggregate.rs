@@ -606,6 +606,13 @@ impl Profile {
         i128::from(mono) + i128::from(self.meta.monotonic_to_realtime_ns)
     }
 
+    /// How often the kernel's sums of `view` were collected, when the recording summed it
+    /// there (`--aggregate`).
+    pub fn summed_every(&self, view: Family) -> Option<std::time::Duration> {
+        (self.meta.aggregate_window_ns > 0 && Family::SUMMABLE.contains(&view))
+            .then(|| std::time::Duration::from_nanos(self.meta.aggregate_window_ns))
+    }
+
     /// End of the recording: the trailer's, or the last event's when the file was cut short.
     pub fn end_ns(&self) -> u64 {
         self.trailer

@@ -180,14 +180,12 @@ pub fn capture(path: &Path, as_json: bool) -> anyhow::Result<()> {
         Some(d) => println!("integrity    DAMAGED: {d}"),
     }
     for (view, agg) in &profile.views {
-        let summed = if m.aggregate_window_ns > 0 && Family::SUMMABLE.contains(view) {
+        let summed = profile.summed_every(*view).map_or_else(String::new, |w| {
             format!(
                 " (summed in the kernel every {})",
-                humantime::format_duration(std::time::Duration::from_nanos(m.aggregate_window_ns))
+                humantime::format_duration(w)
             )
-        } else {
-            String::new()
-        };
+        });
         println!(
             "{:<12} {} events, weight {} {}{summed}",
             view.name(),

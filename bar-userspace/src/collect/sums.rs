@@ -54,10 +54,13 @@ impl Sums {
                 if v.count == 0 {
                     continue;
                 }
-                if batches.len() <= cpu {
-                    batches.resize_with(cpu + 1, Batch::default);
+                while batches.len() <= cpu {
+                    let cpu = batches.len() as u32;
+                    batches.push(Batch {
+                        cpu,
+                        ..Batch::default()
+                    });
                 }
-                batches[cpu].cpu = cpu as u32;
                 batches[cpu].records.push(Record::Summed {
                     header: Header {
                         ts_ns: ts,

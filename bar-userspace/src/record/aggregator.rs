@@ -13,6 +13,7 @@ use bar_ebpf_common::{counter, kind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    aggregate,
     capture::{
         Body, Writer,
         proto::{self, event::Detail},
@@ -203,7 +204,7 @@ impl Aggregator {
             .collect();
         // Blocks of bounded size, so that --max-size is kept to within one block.
         for chunk in events.chunks(EVENTS_PER_BLOCK) {
-            let represented: u64 = chunk.iter().map(|e| e.count.max(1)).sum();
+            let represented: u64 = chunk.iter().map(aggregate::count).sum();
             if self.full_tx.is_none() {
                 self.discarded += represented;
                 continue;

@@ -60,11 +60,11 @@ fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value
     });
     let Some(agg) = agg else { return v };
     let obj = v.as_object_mut().unwrap_or_else(|| unreachable!());
-    if meta.aggregate_window_ns > 0 && Family::SUMMABLE.contains(&view) {
+    if let Some(window) = profile.summed_every(view) {
         // Per-event details are gone: say so next to the figures they would have made.
         obj.insert(
             "summed_in_kernel_every_ms".into(),
-            json!(meta.aggregate_window_ns / 1_000_000),
+            json!(window.as_millis()),
         );
     }
     match view {
