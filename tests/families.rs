@@ -43,6 +43,50 @@ fn offcpu_blocked_time_matches_the_sleeps() {
 }
 
 #[test]
+fn offcpu_interval_of_a_thread_still_running_at_the_end_is_kept() {
+    if !root_or_skip("offcpu_interval_of_a_thread_still_running_at_the_end_is_kept") {
+        return;
+    }
+    // One 300 ms sleep, then CPU work that outlasts the recording: the sleep ended while the
+    // recording ran, and must be in it, although the thread may never leave the CPU again
+    // before bar-probe stops (the programs report an interval at the next switch-out).
+    let dir = out_dir("offcpu-running");
+    let mut w = Workload::start(&[
+        "sleep",
+        "--count",
+        "1",
+        "--micros",
+        "300000",
+        "--seconds",
+        "4",
+    ]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--events",
+            "offcpu",
+            "--duration",
+            "2s",
+        ],
+        &dir,
+    );
+    w.go();
+    let rec = rec.finish();
+    let report = w.finish();
+    let slept = report["measured_us"].as_u64().expect("measured_us");
+    let folded = rec.folded("offcpu");
+    let blocked = folded.weight_with("sleep_in_named_function");
+    assert!(
+        blocked >= 300_000 && blocked * 100 <= slept * 102,
+        "blocked in sleep_in_named_function: {blocked} us, the sleep took {slept} us\n{:#?}",
+        folded.stacks
+    );
+}
+
+#[test]
 fn offcpu_shows_preemption_of_threads_sharing_a_cpu() {
     if !root_or_skip("offcpu_shows_preemption_of_threads_sharing_a_cpu") {
         return;

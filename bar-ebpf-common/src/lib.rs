@@ -30,6 +30,8 @@ pub mod maps {
     pub const SUMS: &str = "SUMS";
     /// Which half of `SUMS` programs add to now (its lowest bit), flipped by the collector.
     pub const SUM_EPOCH: &str = "SUM_EPOCH";
+    /// Off-CPU: per CPU, the thread switched in last and when ([`crate::SwitchIn`]).
+    pub const SWITCHED_IN: &str = "SWITCHED_IN";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -286,7 +288,8 @@ pub struct OffCpuRecord {
     pub state: u32,
 }
 
-/// Start of an off-CPU interval, kept per thread in the kernel until it runs again.
+/// A thread's last switch-out, kept per thread in the kernel until its interval is reported
+/// (`ts_ns` 0 then).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuStart {
@@ -296,6 +299,17 @@ pub struct OffCpuStart {
     pub state: u32,
     pub user_stack: i32,
     pub kernel_stack: i32,
+    pub _pad: u32,
+}
+
+/// The thread a CPU switched in last, and when (per CPU, in the kernel). A thread runs on the
+/// CPU it was switched in on until it is switched out there, so at its switch-out, or when the
+/// recording ends while it runs, this says when its off-CPU interval ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchIn {
+    pub ts_ns: u64,
+    pub tid: u32,
     pub _pad: u32,
 }
 
@@ -636,6 +650,7 @@ const _: () = {
     assert!(size_of::<FaultRecord>() == 56);
     assert!(size_of::<OffCpuRecord>() == 48);
     assert!(size_of::<OffCpuStart>() == 32);
+    assert!(size_of::<SwitchIn>() == 16);
     assert!(size_of::<TcpRecord>() == 88);
     assert!(size_of::<TcpStart>() == 24);
     assert!(size_of::<NumaTaskRecord>() == 56);
@@ -654,7 +669,7 @@ const _: () = {
 mod user {
     use super::{
         Config, FaultArgs, FaultRecord, Header, NumaPagesRecord, NumaPending, NumaTaskRecord,
-        OffCpuRecord, OffCpuStart, SumKey, SumValue, TcpRecord, TcpStart, UserStack,
+        OffCpuRecord, OffCpuStart, SumKey, SumValue, SwitchIn, TcpRecord, TcpStart, UserStack,
     };
 
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
@@ -664,6 +679,7 @@ mod user {
     unsafe impl aya::Pod for FaultRecord {}
     unsafe impl aya::Pod for OffCpuRecord {}
     unsafe impl aya::Pod for OffCpuStart {}
+    unsafe impl aya::Pod for SwitchIn {}
     unsafe impl aya::Pod for TcpRecord {}
     unsafe impl aya::Pod for TcpStart {}
     unsafe impl aya::Pod for NumaTaskRecord {}

@@ -1,8 +1,10 @@
 //! Off-CPU time. At `sched_switch` the task being switched out is still `current`: if it is a
 //! target thread, its stacks and the time are kept in `OFFCPU_START` under its thread id. When
-//! that thread is switched back in, the interval is reported and the entry removed. The map is
-//! an LRU hash of bounded size, and `sched_process_exit` removes the entry of a thread that
-//! exits, so nothing accumulates over a long capture.
+//! that thread is switched back in, the CPU notes it in `SWITCHED_IN`, and the interval is
+//! reported at the thread's next switch-out (see `switch` for why). The map is an LRU hash of
+//! bounded size, and `sched_process_exit` reports what is left of a thread that exits and
+//! removes its entry, so nothing accumulates over a long capture; intervals of threads still
+//! running when the recording ends are read from both maps by the collector.
 //!
 //! Attach points: `tp_btf/sched_switch` (arguments direct, needs the four-argument form with
 //! `prev_state`, Linux 5.18+); then `finish_task_switch(prev)` by fentry or kprobe, as bcc's
@@ -20,14 +22,15 @@ use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext,
         tracing::StackIdContext,
     },
 };
 use bar_ebpf_common::{
-    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, SumKey, counter, kind, offcpu_reason,
+    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, SumKey, SwitchIn, counter, kind,
+    offcpu_reason,
 };
 
 use crate::shared::{
@@ -38,6 +41,9 @@ use crate::shared::{
 #[map]
 static OFFCPU_START: LruHashMap<u32, OffCpuStart> =
     LruHashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
+
+#[map]
+static SWITCHED_IN: PerCpuArray<SwitchIn> = PerCpuArray::with_max_entries(1, 0);
 
 /// The state of `prev` as this attach point reports it, reduced to what off-CPU needs.
 struct Prev {
@@ -51,6 +57,13 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !prev.exiting && traced_current(pid_tgid) && !null_mode() {
+        let tid = pid_tgid as u32;
+        let entry = OFFCPU_START.get_ptr_mut(tid);
+        if let Some(last) = entry {
+            // SAFETY: a thread's entry is used by the programs of its own switches and its
+            // exit, which happen one after another.
+            report_back(ctx, tid, unsafe { &*last });
+        }
         let (user_stack, kernel_stack) = stacks(ctx);
         let start = OffCpuStart {
             ts_ns: ts,
@@ -65,19 +78,63 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
             kernel_stack,
             _pad: 0,
         };
-        if OFFCPU_START.insert(pid_tgid as u32, start, 0).is_err() {
-            bump(counter::OFFCPU_MAP_FULL);
-        }
+        keep(tid, entry, start);
     }
-    if next_tid == 0 {
+    // The switch-in is only noted, in a slot of this CPU: it lies on the path from a wakeup to
+    // the woken thread running, where every nanosecond adds to the latency the workload sees,
+    // while the switch-out overlaps with the wakeup of whatever runs next. The interval is
+    // reported at the thread's next switch-out (`report_back`).
+    if let Some(slot) = SWITCHED_IN.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not run at the same time.
+        unsafe {
+            *slot = SwitchIn {
+                ts_ns: ts,
+                tid: next_tid,
+                _pad: 0,
+            }
+        };
+    }
+}
+
+/// Keeps the switch-out of thread `tid` in `entry`, its entry if it has one. A thread's entry
+/// stays in the map while it lives and is written over in place: an insert would allocate a
+/// new element and free the old one on every switch, which costs more than the lookup.
+#[inline(always)]
+fn keep(tid: u32, entry: Option<*mut OffCpuStart>, start: OffCpuStart) {
+    if let Some(entry) = entry {
+        // SAFETY: as in `switch`.
+        unsafe { *entry = start };
+    } else if OFFCPU_START.insert(tid, start, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+    }
+}
+
+/// Reports the interval that began at `last` if thread `tid`, which runs on this CPU now, came
+/// back since: then this CPU switched it in, and has not switched in anything else since.
+#[inline(always)]
+fn report_back<C: StackIdContext>(ctx: &C, tid: u32, last: &OffCpuStart) {
+    if last.ts_ns == 0 {
         return;
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { OFFCPU_START.get(next_tid) }).copied() else {
+    let Some(back) = SWITCHED_IN.get(0) else {
         return;
     };
-    let _ = OFFCPU_START.remove(next_tid);
-    report(ctx, ts, next_tid, &start);
+    if back.tid == tid && back.ts_ns > last.ts_ns {
+        report(ctx, back.ts_ns, tid, last);
+    }
+}
+
+/// The switch-out of thread `tid` that has not been taken yet, marking it taken (`ts_ns` 0).
+#[inline(always)]
+fn take(tid: u32) -> Option<OffCpuStart> {
+    let entry = OFFCPU_START.get_ptr_mut(tid)?;
+    // SAFETY: as in `switch`.
+    let start = unsafe { *entry };
+    if start.ts_ns == 0 {
+        return None;
+    }
+    unsafe { (*entry).ts_ns = 0 };
+    Some(start)
 }
 
 /// Reports the off-CPU interval `start` of thread `tid`, which is back on CPU at `ts`.
@@ -160,9 +217,13 @@ pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn bar_thread_exit_tp(_ctx: TracePointContext) -> u32 {
+pub fn bar_thread_exit_tp(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = OFFCPU_START.remove(tid);
+    if let Some(last) = OFFCPU_START.get_ptr_mut(tid) {
+        // SAFETY: as in `switch`.
+        report_back(&ctx, tid, unsafe { &*last });
+        let _ = OFFCPU_START.remove(tid);
+    }
     0
 }
 
@@ -195,9 +256,7 @@ fn finish_switch<C: StackIdContext>(ctx: &C, prev: *const c_void) {
                 kernel_stack: 0,
                 _pad: 0,
             };
-            if OFFCPU_START.insert(tid, start, 0).is_err() {
-                bump(counter::OFFCPU_MAP_FULL);
-            }
+            keep(tid, OFFCPU_START.get_ptr_mut(tid), start);
         }
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -205,11 +264,9 @@ fn finish_switch<C: StackIdContext>(ctx: &C, prev: *const c_void) {
     if tid == 0 || !traced_current(pid_tgid) {
         return;
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(mut start) = (unsafe { OFFCPU_START.get(tid) }).copied() else {
+    let Some(mut start) = take(tid) else {
         return;
     };
-    let _ = OFFCPU_START.remove(tid);
     if ts.saturating_sub(start.ts_ns) < config!(min_block_ns) {
         return;
     }

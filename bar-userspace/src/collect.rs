@@ -1,12 +1,14 @@
 //! Collect: one tokio task per CPU drains that CPU's perf ring buffer, decodes the records
 //! defined in bar-ebpf-common and hands them on in batches. Buffer overflows arrive as perf
 //! "lost" records and are counted per CPU. With `--aggregate`, one more task collects the sums
-//! the kernel keeps instead (`sums`).
+//! the kernel keeps instead (`sums`); at the end, one takes the off-CPU intervals the kernel
+//! had not reported yet (`pending`).
 
+mod pending;
 mod ring;
 mod sums;
 
-pub use self::sums::spawn_sums;
+pub use self::{pending::spawn_pending, sums::spawn_sums};
 
 use std::{mem::size_of, os::fd::AsFd as _, ptr, time::Duration};
 
@@ -127,6 +129,10 @@ pub struct ReaderOptions {
     /// kernel signals the reader only then, so a storm of events costs a few wakeups per
     /// second rather than one per event.
     pub interval: Duration,
+    /// A reader that found its buffer empty waits twice as long before the next look, up to
+    /// this: a CPU without events (or a family summed in the kernel) is not woken a hundred
+    /// times a second for nothing, as each wakeup takes a CPU from the traced threads.
+    pub idle_interval: Duration,
 }
 
 fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
@@ -180,6 +186,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
         let mut stop = stop.clone();
         handles.push(tokio::spawn(async move {
             let mut fd = fd;
+            let mut wait = opts.interval;
             loop {
                 let stopping = tokio::select! {
                     ready = fd.readable_mut() => {
@@ -188,14 +195,17 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                             Err(_) => true,
                         }
                     }
-                    () = tokio::time::sleep(opts.interval) => false,
+                    () = tokio::time::sleep(wait) => false,
                     _ = stop.changed() => true,
                 };
                 let batch = drain(fd.get_mut(), cpu);
-                if (!batch.records.is_empty() || batch.lost > 0 || batch.malformed > 0)
-                    && tx.send(T::from(batch)).await.is_err()
-                {
-                    return;
+                if batch.records.is_empty() && batch.lost == 0 && batch.malformed == 0 {
+                    wait = (wait * 2).min(opts.idle_interval);
+                } else {
+                    wait = opts.interval;
+                    if tx.send(T::from(batch)).await.is_err() {
+                        return;
+                    }
                 }
                 if stopping || *stop.borrow() {
                     return;

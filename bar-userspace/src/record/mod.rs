@@ -158,6 +158,8 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         )),
         None => None,
     };
+    let offcpu_starts = take(&mut loaded.ebpf, maps::OFFCPU_START)?;
+    let switched_in = take(&mut loaded.ebpf, maps::SWITCHED_IN)?;
     let cpus = system::online_cpus();
     let capture_path = opts.out_dir.join("capture.bar");
 
@@ -174,10 +176,18 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             ReaderOptions {
                 pages: opts.buffer_pages,
                 interval: Duration::from_millis(10),
+                idle_interval: Duration::from_millis(250),
             },
             tx.clone(),
             stop_rx.clone(),
         )?;
+        readers.push(collect::spawn_pending(
+            offcpu_starts,
+            switched_in,
+            opts.min_block_ns,
+            tx.clone(),
+            stop_rx.clone(),
+        )?);
         if let Some((window, map, epoch)) = sums {
             readers.push(collect::spawn_sums(
                 map,
