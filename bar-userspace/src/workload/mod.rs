@@ -27,14 +27,15 @@ pub enum Workload {
     Cpu,
     /// Touches `--count` fresh pages in `touch_fresh_pages` (at `--rate` pages per second).
     Faults,
-    /// Sleeps `--count` times for `--micros` in `sleep_in_named_function`.
+    /// Sleeps `--count` times for `--micros` in `sleep_in_named_function`, then burns CPU in
+    /// `burn_cpu_hot_loop` for `--seconds` if given.
     Sleep,
     /// Two CPU-bound threads pinned to one CPU, preempting each other.
     Preempt,
     /// `--count` connects to a loopback listener and `--refused` to a closed port.
     Tcp,
     /// Two threads ping-ponging a byte over pipes `--count` times (context-switch storm), at
-    /// `--rate` round trips per second.
+    /// `--rate` round trips per second, each on a CPU of its own when it may use two.
     Pingpong,
     /// Migrates its own pages with migrate_pages(2) and asks the kernel to compact memory.
     Migrate,
@@ -67,7 +68,7 @@ pub struct WorkloadArgs {
     #[arg(long, default_value_t = 1000)]
     pub micros: u64,
     /// Run for this long instead of a count (cpu, demo, preempt, phases per phase; faults and
-    /// pingpong with `--rate`: the count is rate x seconds).
+    /// pingpong with `--rate`: the count is rate x seconds; sleep: burn CPU this long after).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Units of work per second, spread evenly (faults, pingpong); default: as fast as possible.
@@ -309,8 +310,33 @@ fn paced(total: u64, rate: Option<f64>, mut work: impl FnMut(u64)) {
     }
 }
 
+/// The first CPUs the calling thread may run on, at most `n`.
+fn allowed_cpus(n: usize) -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity of the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .take(n)
+            .collect()
+    }
+}
+
 #[inline(never)]
 fn ping_pong_round_trips(count: u64, rate: Option<f64>) -> u64 {
+    // Left to itself the scheduler sometimes keeps both threads on one CPU, where a round trip
+    // takes a third of the time it takes across two, and a run's time depends on where they
+    // happened to be: each gets a CPU of its own, and every wakeup crosses CPUs.
+    let (mine, peers) = match allowed_cpus(2)[..] {
+        [a, b] => (Some(a), Some(b)),
+        _ => (None, None),
+    };
+    if let Some(cpu) = mine {
+        set_affinity(&[cpu]);
+    }
     let mut a = [0i32; 2];
     let mut b = [0i32; 2];
     // SAFETY: valid out arrays.
@@ -320,6 +346,9 @@ fn ping_pong_round_trips(count: u64, rate: Option<f64>) -> u64 {
     }
     let (a_read, a_write, b_read, b_write) = (a[0], a[1], b[0], b[1]);
     let peer = std::thread::spawn(move || {
+        if let Some(cpu) = peers {
+            set_affinity(&[cpu]);
+        }
         let mut byte = [0u8; 1];
         for _ in 0..count {
             // SAFETY: valid fds and buffer.
@@ -518,6 +547,12 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             measured.sort_unstable();
+            if let Some(s) = args.seconds {
+                let end = Instant::now() + Duration::from_secs_f64(s);
+                while Instant::now() < end {
+                    std::hint::black_box(burn_cpu_hot_loop(100_000));
+                }
+            }
             report(
                 json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
                            "total_us": args.count * args.micros,

@@ -475,7 +475,8 @@ fn slow_cases(quick: bool, before: bool) -> Vec<SlowCase> {
         SlowCase {
             name: "pingpong",
             family: "offcpu",
-            what: "context-switch storm: two threads pass a byte back and forth over pipes",
+            what: "context-switch storm: two threads, each pinned to a CPU of its own, pass a byte \
+                   back and forth over pipes",
             unit_key: "round_trips",
             unit: "round trips",
             args: q("pingpong --count 100000", "pingpong --count 20000"),
