@@ -216,14 +216,30 @@ pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn bar_thread_exit_tp(ctx: TracePointContext) -> u32 {
+/// A thread exits: its last interval is reported if it came back from it, and its entry goes.
+#[inline(always)]
+fn thread_exit<C: StackIdContext>(ctx: &C) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(last) = OFFCPU_START.get_ptr_mut(tid) {
         // SAFETY: as in `switch`.
-        report_back(&ctx, tid, unsafe { &*last });
+        report_back(ctx, tid, unsafe { &*last });
         let _ = OFFCPU_START.remove(tid);
     }
+}
+
+// With `tp_btf/sched_switch`, whose intervals wait for the thread's next switch-out or exit,
+// the exit program must not be skipped: a classic tracepoint program is skipped while a BPF
+// map system call (the collector's) holds this CPU's `bpf_prog_active`, a BTF tracepoint
+// program is not.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn bar_thread_exit_btf(ctx: BtfTracePointContext) -> u32 {
+    thread_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn bar_thread_exit_tp(ctx: TracePointContext) -> u32 {
+    thread_exit(&ctx);
     0
 }
 

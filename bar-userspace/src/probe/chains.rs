@@ -255,6 +255,14 @@ const FINISH_TASK_SWITCH: KernelFn = KernelFn {
 
 const THREAD_EXIT: Prog = Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit");
 
+/// The exit program of the `tp_btf` chain, whose last intervals wait for it (see bar-ebpf's
+/// offcpu.rs).
+const THREAD_EXIT_BTF: Prog = Prog::BtfTracepoint {
+    prog: "bar_thread_exit_btf",
+    tracepoint: "sched_process_exit",
+    args: 1,
+};
+
 const FINISH_SWITCH_NEEDS: &[Need] = &[
     ("task_struct.pid", |l| l.task_pid),
     ("task_struct.tgid", |l| l.task_tgid),
@@ -272,7 +280,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
                 tracepoint: "sched_switch",
                 args: 4,
             },
-            THREAD_EXIT,
+            THREAD_EXIT_BTF,
         ],
         needs: &[("task_struct.pid", |l| l.task_pid)],
     },
