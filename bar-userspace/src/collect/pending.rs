@@ -55,8 +55,15 @@ pub fn spawn_pending<T: From<Batch> + Send + 'static>(
                 break;
             }
         }
-        let Ok(running) = switched_in.get(&0, 0) else {
-            return;
+        let running = match switched_in.get(&0, 0) {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!(
+                    "bar-probe: warning: the off-CPU intervals of threads running at the end \
+                     are left out: {e}"
+                );
+                return;
+            }
         };
         let on_cpu: StdHashMap<u32, (u32, SwitchIn)> = running
             .iter()
