@@ -58,6 +58,26 @@ const CHANGES: &[(&str, &str)] = &[
          kernel stack (about 0.1 s); the per-event lookups use foldhash, where SipHash took a \
          sixth of the collector's time (`bar-userspace/src/symbolize.rs`).",
     ),
+    (
+        "User registers read as BTF fields",
+        "the stack walk reads the user registers as fields of the task's `pt_regs` (loads the \
+         verifier checks against BTF) instead of copying them with a helper, and a fault's \
+         address and instruction pointer are read only when they are kept.",
+    ),
+    (
+        "Off-CPU switch-ins only noted",
+        "the switch-in lies between a wakeup and the woken thread running. The program did a \
+         hash lookup and removal there and sent the record; it now writes the thread and time \
+         into a per-CPU slot, and the interval is reported at the thread's next switch-out, \
+         which overlaps with the wakeup of what runs next (`bar-ebpf/src/offcpu.rs`). A \
+         thread's entry is written over in place rather than inserted and removed per switch.",
+    ),
+    (
+        "Idle perf buffers looked at less often",
+        "a reader that finds its buffer empty doubles its wait, up to 250 ms, so a CPU \
+         without events (or families summed in the kernel, `bar summed`) does not wake the \
+         collector 100 times a second.",
+    ),
 ];
 
 /// `x` with two decimals, or three when `other` has the same two.
