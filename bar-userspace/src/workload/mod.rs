@@ -98,6 +98,15 @@ pub fn burn_cpu_hot_loop(iterations: u64) -> u64 {
     x
 }
 
+/// Burns CPU in `burn_cpu_hot_loop` until `end`.
+fn burn_until(end: Instant) -> u64 {
+    let mut n = 0u64;
+    while Instant::now() < end {
+        n = n.wrapping_add(burn_cpu_hot_loop(100_000));
+    }
+    n
+}
+
 /// Anonymous memory of a known size, with transparent huge pages off so that pages migrate
 /// and fault one by one (a kernel with THP "always" would fault 2 MiB at once).
 struct Region {
@@ -492,18 +501,12 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             );
         }
         Workload::Cpu => {
-            let mut n = 0u64;
-            if args.seconds.is_some() {
-                let end = until(0.0);
-                while Instant::now() < end {
-                    n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
-                }
+            let n = if args.seconds.is_some() {
+                burn_until(until(0.0))
             } else {
                 // A fixed amount of work, so that a slowdown shows as a longer run.
-                for _ in 0..args.count {
-                    n = n.wrapping_add(burn_cpu_hot_loop(1_000_000));
-                }
-            }
+                (0..args.count).fold(0u64, |n, _| n.wrapping_add(burn_cpu_hot_loop(1_000_000)))
+            };
             report(json!({"workload": "cpu", "result": n & 1}), start);
         }
         Workload::Faults => {
@@ -548,10 +551,7 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 .collect();
             measured.sort_unstable();
             if let Some(s) = args.seconds {
-                let end = Instant::now() + Duration::from_secs_f64(s);
-                while Instant::now() < end {
-                    std::hint::black_box(burn_cpu_hot_loop(100_000));
-                }
+                black_box(burn_until(Instant::now() + Duration::from_secs_f64(s)));
             }
             report(
                 json!({"workload": "sleep", "sleeps": args.count, "micros_each": args.micros,
@@ -573,12 +573,7 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                     std::thread::spawn(move || {
                         set_affinity(&[0]);
                         pinned.wait();
-                        let end = Instant::now() + length;
-                        let mut n = 0u64;
-                        while Instant::now() < end {
-                            n = n.wrapping_add(burn_cpu_hot_loop(100_000));
-                        }
-                        n
+                        burn_until(Instant::now() + length)
                     })
                 })
                 .collect();
