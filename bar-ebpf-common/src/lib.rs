@@ -302,6 +302,36 @@ pub struct OffCpuStart {
     pub _pad: u32,
 }
 
+impl OffCpuStart {
+    /// How long thread `tid` was off CPU since this switch-out, if `back` (its CPU's last
+    /// switch-in) is its return from it: not yet reported, the same thread, and later.
+    pub const fn ended_by(&self, tid: u32, back: &SwitchIn) -> Option<u64> {
+        if self.ts_ns != 0 && back.tid == tid && back.ts_ns > self.ts_ns {
+            Some(back.ts_ns - self.ts_ns)
+        } else {
+            None
+        }
+    }
+
+    /// The record of this interval of thread `tid`, back on CPU at `ts_ns`.
+    pub const fn record(&self, tid: u32, ts_ns: u64) -> OffCpuRecord {
+        OffCpuRecord {
+            header: Header {
+                ts_ns,
+                kind: kind::OFFCPU,
+                pid: self.pid,
+                tid,
+                user_stack: self.user_stack,
+                kernel_stack: self.kernel_stack,
+                _pad: 0,
+            },
+            blocked_ns: ts_ns.saturating_sub(self.ts_ns),
+            reason: self.reason,
+            state: self.state,
+        }
+    }
+}
+
 /// The thread a CPU switched in last, and when (per CPU, in the kernel). A thread runs on the
 /// CPU it was switched in on until it is switched out there, so at its switch-out, or when the
 /// recording ends while it runs, this says when its off-CPU interval ended.

@@ -29,8 +29,7 @@ use aya_ebpf::{
     },
 };
 use bar_ebpf_common::{
-    Header, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, SumKey, SwitchIn, counter, kind,
-    offcpu_reason,
+    OFFCPU_MAP_ENTRIES, OffCpuStart, SumKey, SwitchIn, counter, kind, offcpu_reason,
 };
 
 use crate::shared::{
@@ -56,13 +55,14 @@ struct Prev {
 fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = SWITCHED_IN.get_ptr_mut(0);
     if !prev.exiting && traced_current(pid_tgid) && !null_mode() {
         let tid = pid_tgid as u32;
         let entry = OFFCPU_START.get_ptr_mut(tid);
-        if let Some(last) = entry {
+        if let (Some(last), Some(back)) = (entry, slot) {
             // SAFETY: a thread's entry is used by the programs of its own switches and its
-            // exit, which happen one after another.
-            report_back(ctx, tid, unsafe { &*last });
+            // exit, which happen one after another; the slot is this CPU's.
+            report_back(ctx, tid, unsafe { &*last }, unsafe { &*back });
         }
         let (user_stack, kernel_stack) = stacks(ctx);
         let start = OffCpuStart {
@@ -84,7 +84,7 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
     // the woken thread running, where every nanosecond adds to the latency the workload sees,
     // while the switch-out overlaps with the wakeup of whatever runs next. The interval is
     // reported at the thread's next switch-out (`report_back`).
-    if let Some(slot) = SWITCHED_IN.get_ptr_mut(0) {
+    if let Some(slot) = slot {
         // SAFETY: this CPU's slot; programs on one CPU do not run at the same time.
         unsafe {
             *slot = SwitchIn {
@@ -110,16 +110,10 @@ fn keep(tid: u32, entry: Option<*mut OffCpuStart>, start: OffCpuStart) {
 }
 
 /// Reports the interval that began at `last` if thread `tid`, which runs on this CPU now, came
-/// back since: then this CPU switched it in, and has not switched in anything else since.
+/// back since: then `back`, this CPU's last switch-in, is its return.
 #[inline(always)]
-fn report_back<C: StackIdContext>(ctx: &C, tid: u32, last: &OffCpuStart) {
-    if last.ts_ns == 0 {
-        return;
-    }
-    let Some(back) = SWITCHED_IN.get(0) else {
-        return;
-    };
-    if back.tid == tid && back.ts_ns > last.ts_ns {
+fn report_back<C: StackIdContext>(ctx: &C, tid: u32, last: &OffCpuStart, back: &SwitchIn) {
+    if last.ended_by(tid, back).is_some() {
         report(ctx, back.ts_ns, tid, last);
     }
 }
@@ -158,21 +152,7 @@ fn report<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, start: &OffCpuStart) {
         add_to_sums(key, blocked_ns);
         return;
     }
-    let record = OffCpuRecord {
-        header: Header {
-            ts_ns: ts,
-            kind: kind::OFFCPU,
-            pid: start.pid,
-            tid,
-            user_stack: start.user_stack,
-            kernel_stack: start.kernel_stack,
-            _pad: 0,
-        },
-        blocked_ns,
-        reason: start.reason,
-        state: start.state,
-    };
-    emit(ctx, kind::OFFCPU, &record);
+    emit(ctx, kind::OFFCPU, &start.record(tid, ts));
 }
 
 // Raw `__state` bit of a task that has finished exiting (include/linux/sched.h).
@@ -221,8 +201,10 @@ pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
 fn thread_exit<C: StackIdContext>(ctx: &C) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(last) = OFFCPU_START.get_ptr_mut(tid) {
-        // SAFETY: as in `switch`.
-        report_back(ctx, tid, unsafe { &*last });
+        if let Some(back) = SWITCHED_IN.get(0) {
+            // SAFETY: as in `switch`.
+            report_back(ctx, tid, unsafe { &*last }, back);
+        }
         let _ = OFFCPU_START.remove(tid);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use bar_ebpf_common::{Header, OffCpuRecord, OffCpuStart, SwitchIn, kind};
+use bar_ebpf_common::{OffCpuStart, SwitchIn};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -18,24 +18,8 @@ use super::{Batch, Record};
 /// The interval that began at `start` and ended at `back` (thread `tid` running on CPU), if
 /// it is complete and long enough to be reported.
 fn record(tid: u32, start: &OffCpuStart, back: &SwitchIn, min_block_ns: u64) -> Option<Record> {
-    let blocked_ns = back.ts_ns.checked_sub(start.ts_ns)?;
-    if start.ts_ns == 0 || back.tid != tid || blocked_ns == 0 || blocked_ns < min_block_ns {
-        return None;
-    }
-    Some(Record::OffCpu(OffCpuRecord {
-        header: Header {
-            ts_ns: back.ts_ns,
-            kind: kind::OFFCPU,
-            pid: start.pid,
-            tid,
-            user_stack: start.user_stack,
-            kernel_stack: start.kernel_stack,
-            _pad: 0,
-        },
-        blocked_ns,
-        reason: start.reason,
-        state: start.state,
-    }))
+    let blocked_ns = start.ended_by(tid, back)?;
+    (blocked_ns >= min_block_ns).then(|| Record::OffCpu(start.record(tid, back.ts_ns)))
 }
 
 /// Starts the task that, at `stop` (the programs are detached by then), sends the complete
