@@ -7,6 +7,36 @@ use bar_tests::{
 };
 
 #[test]
+fn the_last_few_faults_and_sleeps_are_kept() {
+    if !root_or_skip("the_last_few_faults_and_sleeps_are_kept") {
+        return;
+    }
+    // Records go out in per-CPU batches of 8, or with the next record once the first is
+    // 20 ms old. Three fresh pages and three 2 ms sleeps, then the process ends: fewer
+    // records than fill a batch, all within 20 ms of each other, so every one of them is
+    // still in the kernel's batch when the recording ends, and must be taken from there.
+    let dir = out_dir("last-few");
+    let (_, rec) = attach_through(&["faults", "--count", "3"], &["--events", "faults"], &dir);
+    let faults = rec.folded("faults").weight_with("touch_fresh_pages");
+    assert_eq!(faults, 3, "faults in touch_fresh_pages");
+
+    let dir = out_dir("last-few-sleeps");
+    let (report, rec) = attach_through(
+        &["sleep", "--count", "3", "--micros", "2000"],
+        &["--events", "offcpu"],
+        &dir,
+    );
+    let folded = rec.folded("offcpu");
+    let slept = report["measured_us"].as_u64().expect("measured_us");
+    let blocked = folded.weight_with("sleep_in_named_function");
+    assert!(
+        blocked >= 6_000 && blocked * 100 <= slept * 102,
+        "blocked in sleep_in_named_function: {blocked} us, the sleeps took {slept} us\n{:#?}",
+        folded.stacks
+    );
+}
+
+#[test]
 fn faults_are_counted_and_attributed_with_kernel_stacks() {
     if !root_or_skip("faults_are_counted_and_attributed_with_kernel_stacks") {
         return;

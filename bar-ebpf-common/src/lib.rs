@@ -32,6 +32,10 @@ pub mod maps {
     pub const SUM_EPOCH: &str = "SUM_EPOCH";
     /// Off-CPU: per CPU, the thread switched in last and when ([`crate::SwitchIn`]).
     pub const SWITCHED_IN: &str = "SWITCHED_IN";
+    /// Per CPU: page-fault records waiting to be sent together ([`crate::Batch`]).
+    pub const FAULT_BATCH: &str = "FAULT_BATCH";
+    /// Per CPU: off-CPU records waiting to be sent together ([`crate::Batch`]).
+    pub const OFFCPU_BATCH: &str = "OFFCPU_BATCH";
 }
 
 /// Name of the read-only global holding [`Config`].
@@ -122,6 +126,8 @@ pub mod kind {
     pub const EXEC: u32 = 7;
     /// One past the largest kind; sizes arrays indexed by kind.
     pub const COUNT: u32 = 8;
+    /// Not a kind of event: a perf sample that is a [`crate::Batch`] of records of one kind.
+    pub const BATCH: u32 = 0x100;
 }
 
 /// A family of events, as users name them in `--events`; each is one view of the outputs (a
@@ -287,6 +293,29 @@ pub struct OffCpuRecord {
     /// Task state at switch-out as the attach point reports it.
     pub state: u32,
 }
+
+/// Records a batch holds at most.
+pub const BATCH_RECORDS: usize = 8;
+
+/// Records of one kind sent as one perf sample. The first record a program sends after a
+/// while costs it about 200 ns more than the ones that follow at once (page-fault storm, 6.18:
+/// 650 ns per fault sent one by one, 480 ns in batches of 8), so the hot families fill a
+/// per-CPU batch and send it when it is full or its first record has waited long enough. Its
+/// first two fields sit where a [`Header`]'s do, so a sample's kind is read at one place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch<T> {
+    /// When the first record was added.
+    pub ts_ns: u64,
+    /// [`kind::BATCH`].
+    pub kind: u32,
+    /// Records in use, from the first.
+    pub len: u32,
+    pub records: [T; BATCH_RECORDS],
+}
+
+/// Bytes before the records of a [`Batch`].
+pub const BATCH_HEADER: usize = 16;
 
 /// A thread's last switch-out, kept per thread in the kernel until its interval is reported
 /// (`ts_ns` 0 then).
@@ -688,6 +717,8 @@ const _: () = {
     assert!(size_of::<NumaPending>() == 16);
     assert!(size_of::<FaultArgs>() == 24);
     assert!(size_of::<SumKey>() == 32);
+    assert!(core::mem::offset_of!(Batch<FaultRecord>, records) == BATCH_HEADER);
+    assert!(core::mem::offset_of!(Batch<OffCpuRecord>, records) == BATCH_HEADER);
     assert!(size_of::<SumValue>() == 16);
     // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
     assert!(size_of::<Layout>() == 70 * 4);
@@ -718,5 +749,6 @@ mod user {
     unsafe impl aya::Pod for NumaPending {}
     unsafe impl aya::Pod for FaultArgs {}
     unsafe impl aya::Pod for SumKey {}
+    unsafe impl<T: aya::Pod> aya::Pod for super::Batch<T> {}
     unsafe impl aya::Pod for SumValue {}
 }

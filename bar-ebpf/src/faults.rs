@@ -29,16 +29,22 @@ use aya_ebpf::{
         tracing::StackIdContext,
     },
 };
-use bar_ebpf_common::{FaultArgs, FaultRecord, SumKey, THREAD_MAP_ENTRIES, fault_flag, kind};
+use bar_ebpf_common::{
+    Batch, FaultArgs, FaultRecord, SumKey, THREAD_MAP_ENTRIES, fault_flag, kind,
+};
 
 use crate::shared::{
-    KernelStack, add_to_sums, config, emit, header_with, in_stack_walk, null_mode, offset, read,
-    stacks_with, summing, traced_current,
+    KernelStack, add_to_sums, config, emit_batched, header_with, in_stack_walk, null_mode, offset,
+    read, stacks_with, summing, traced_current,
 };
 
 /// The kernel stack id of a user-mode fault on this CPU, plus one (see [`KernelStack`]).
 #[map]
 static USER_FAULT_KSTACK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fault records of this CPU waiting to be sent together.
+#[map]
+static FAULT_BATCH: PerCpuArray<Batch<FaultRecord>> = PerCpuArray::with_max_entries(1, 0);
 
 /// `handle_mm_fault` arguments of a thread between kprobe and kretprobe (a fault can sleep and
 /// resume on another CPU, hence per thread rather than per CPU).
@@ -82,7 +88,7 @@ fn record<C: StackIdContext>(
         error_code: error_code as u32,
         flags,
     };
-    emit(ctx, kind::FAULT, &record);
+    emit_batched(ctx, kind::FAULT, &FAULT_BATCH, record.header.ts_ns, record);
 }
 
 #[inline(always)]

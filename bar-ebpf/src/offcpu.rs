@@ -29,13 +29,18 @@ use aya_ebpf::{
     },
 };
 use bar_ebpf_common::{
-    OFFCPU_MAP_ENTRIES, OffCpuStart, SumKey, SwitchIn, counter, kind, offcpu_reason,
+    Batch, OFFCPU_MAP_ENTRIES, OffCpuRecord, OffCpuStart, SumKey, SwitchIn, counter, kind,
+    offcpu_reason,
 };
 
 use crate::shared::{
-    add_to_sums, bump, config, emit, now, null_mode, offset, read, stacks, summing, traced_current,
-    traced_tgid,
+    add_to_sums, bump, config, emit_batched, now, null_mode, offset, read, stacks, summing,
+    traced_current, traced_tgid,
 };
+
+/// Off-CPU records of this CPU waiting to be sent together.
+#[map]
+static OFFCPU_BATCH: PerCpuArray<Batch<OffCpuRecord>> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static OFFCPU_START: LruHashMap<u32, OffCpuStart> =
@@ -152,7 +157,7 @@ fn report<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, start: &OffCpuStart) {
         add_to_sums(key, blocked_ns);
         return;
     }
-    emit(ctx, kind::OFFCPU, &start.record(tid, ts));
+    emit_batched(ctx, kind::OFFCPU, &OFFCPU_BATCH, ts, start.record(tid, ts));
 }
 
 // Raw `__state` bit of a task that has finished exiting (include/linux/sched.h).

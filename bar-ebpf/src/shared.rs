@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use bar_ebpf_common::{
-    Config, DEFAULT_STACK_MAP_ENTRIES, Header, SUM_MAP_ENTRIES, SumKey, SumValue,
-    USER_STACK_FRAMES, USER_STACK_KEY, UserStack, counter,
+    BATCH_HEADER, BATCH_RECORDS, Batch, Config, DEFAULT_STACK_MAP_ENTRIES, Header, SUM_MAP_ENTRIES,
+    SumKey, SumValue, USER_STACK_FRAMES, USER_STACK_KEY, UserStack, counter,
 };
 
 #[unsafe(no_mangle)]
@@ -406,6 +406,65 @@ pub(crate) fn emit<C: EbpfContext, T>(ctx: &C, kind: u32, record: &T) {
     }
 }
 
+/// How long the first record of a [`Batch`] may wait for others (until the next record of its
+/// kind on its CPU; the collector takes what is still waiting when the recording ends). A storm
+/// fills a batch in microseconds; a family that records less often than this sends each record
+/// with the next one, or alone.
+const BATCH_WAIT_NS: u64 = 20_000_000;
+
+/// Sends `record` (taken at `ts`) in this CPU's `batch` of records of `kind`: when the batch is
+/// full, or its first record has waited [`BATCH_WAIT_NS`]. Only programs that cannot interrupt
+/// one another on a CPU may share a batch (one family's programs run in task context, with
+/// preemption off, and pass over events inside bar's own programs).
+#[inline(always)]
+pub(crate) fn emit_batched<C: EbpfContext, T: Copy>(
+    ctx: &C,
+    kind: u32,
+    batch: &PerCpuArray<Batch<T>>,
+    ts: u64,
+    record: T,
+) {
+    let Some(b) = batch.get_ptr_mut(0) else {
+        emit(ctx, kind, &record);
+        return;
+    };
+    // SAFETY: this CPU's batch, used by no other program meanwhile (see above).
+    let b = unsafe { &mut *b };
+    let len = b.len as usize;
+    let Some(slot) = b.records.get_mut(len) else {
+        // Not left full by the code below; sent alone rather than lost if ever it is.
+        b.len = 0;
+        emit(ctx, kind, &record);
+        return;
+    };
+    *slot = record;
+    if len == 0 {
+        b.ts_ns = ts;
+    }
+    let len = len + 1;
+    if len < BATCH_RECORDS && ts.wrapping_sub(b.ts_ns) < BATCH_WAIT_NS {
+        b.len = len as u32;
+        return;
+    }
+    b.kind = bar_ebpf_common::kind::BATCH;
+    b.len = len as u32;
+    let size = BATCH_HEADER + len * size_of::<T>();
+    // SAFETY: as in `emit`; `size` is at most the size of the batch (len <= BATCH_RECORDS).
+    let ret = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            (&raw const EVENTS).cast_mut().cast::<c_void>(),
+            BPF_F_CURRENT_CPU,
+            core::ptr::from_mut(b).cast::<c_void>(),
+            size as u64,
+        )
+    };
+    if ret < 0 {
+        bump_by(counter::DROPPED + kind, len as u64);
+    }
+    b.len = 0;
+}
+
 /// Whether records are summed in the kernel rather than sent one by one.
 #[inline(always)]
 pub(crate) fn summing() -> bool {
@@ -445,9 +504,14 @@ pub(crate) fn add_to_sums(mut key: SumKey, total: u64) {
 
 #[inline(always)]
 pub(crate) fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+#[inline(always)]
+pub(crate) fn bump_by(index: u32, n: u64) {
     if let Some(value) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, programs on one CPU do not run concurrently with each other.
-        unsafe { *value += 1 };
+        unsafe { *value += n };
     }
 }
 

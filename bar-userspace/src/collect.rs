@@ -1,21 +1,25 @@
 //! Collect: one tokio task per CPU drains that CPU's perf ring buffer, decodes the records
 //! defined in bar-ebpf-common and hands them on in batches. Buffer overflows arrive as perf
 //! "lost" records and are counted per CPU. With `--aggregate`, one more task collects the sums
-//! the kernel keeps instead (`sums`); at the end, one takes the off-CPU intervals the kernel
-//! had not reported yet (`pending`).
+//! the kernel keeps instead (`sums`); at the end, one takes the records the kernel still holds
+//! (`pending`).
 
 mod pending;
 mod ring;
 mod sums;
 
-pub use self::{pending::spawn_pending, sums::spawn_sums};
+pub use self::{
+    pending::{PendingMaps, spawn_pending},
+    sums::spawn_sums,
+};
 
 use std::{mem::size_of, os::fd::AsFd as _, ptr, time::Duration};
 
 use self::ring::{PerfRing, RingEvent};
 use aya::maps::MapData;
 use bar_ebpf_common::{
-    FaultRecord, Header, NumaPagesRecord, NumaTaskRecord, OffCpuRecord, TcpRecord, kind,
+    BATCH_HEADER, BATCH_RECORDS, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord,
+    OffCpuRecord, TcpRecord, kind,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -91,7 +95,7 @@ fn read_as<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one perf sample. The kernel pads samples to 8 bytes, so trailing bytes are allowed.
+/// Decodes one record. The kernel pads samples to 8 bytes, so trailing bytes are allowed.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if bytes.len() < size_of::<Header>() {
         return Err(DecodeError::Short(bytes.len()));
@@ -107,6 +111,63 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::EXEC => Record::Exec(header),
         other => return Err(DecodeError::UnknownKind(other)),
     })
+}
+
+/// Size of a record of `kind` as the kernel writes it.
+const fn record_size(kind: u32) -> Option<usize> {
+    Some(match kind {
+        kind::CPU | kind::EXEC => size_of::<Header>(),
+        kind::FAULT => size_of::<FaultRecord>(),
+        kind::OFFCPU => size_of::<OffCpuRecord>(),
+        kind::TCP => size_of::<TcpRecord>(),
+        kind::NUMA_TASK => size_of::<NumaTaskRecord>(),
+        kind::NUMA_PAGES => size_of::<NumaPagesRecord>(),
+        _ => return None,
+    })
+}
+
+/// Decodes one perf sample, a record or a [`bar_ebpf_common::Batch`] of records of one kind,
+/// into `out`. A batch that does not decode whole adds nothing.
+pub fn decode_sample(bytes: &[u8], out: &mut Vec<Record>) -> Result<(), DecodeError> {
+    if bytes.len() < size_of::<Header>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let header: Header = read_as(bytes, 0)?;
+    if header.kind != kind::BATCH {
+        out.push(decode(bytes)?);
+        return Ok(());
+    }
+    // The kind and length of a batch are where a header's kind and pid are.
+    let len = header.pid as usize;
+    let records = &bytes[BATCH_HEADER..];
+    let Some(first) = records.get(..size_of::<Header>()) else {
+        return Err(DecodeError::Short(records.len()));
+    };
+    let kind = read_as::<Header>(first, 0)?.kind;
+    let size = record_size(kind).ok_or(DecodeError::UnknownKind(kind))?;
+    let need = BATCH_HEADER + len * size;
+    if len == 0 || len > BATCH_RECORDS || bytes.len() < need {
+        return Err(DecodeError::Truncated {
+            kind: kind::BATCH,
+            len: bytes.len(),
+            need,
+        });
+    }
+    let start = out.len();
+    for r in records[..len * size].chunks_exact(size) {
+        match decode(r) {
+            Ok(r) if r.header().kind == kind => out.push(r),
+            Ok(r) => {
+                out.truncate(start);
+                return Err(DecodeError::UnknownKind(r.header().kind));
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What one CPU's reader handed on after one drain.
@@ -140,7 +201,8 @@ fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
         cpu,
         ..Batch::default()
     };
-    let mut scratch = [0u8; 256];
+    // Room for the largest sample: no batch is larger than one of the largest records.
+    let mut scratch = [0u8; size_of::<bar_ebpf_common::Batch<TcpRecord>>()];
     buf.drain(|event| match event {
         RingEvent::Sample { head, tail } => {
             let len = head.len() + tail.len();
@@ -155,9 +217,8 @@ fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
                 batch.malformed += 1;
                 return;
             };
-            match decode(bytes) {
-                Ok(r) => batch.records.push(r),
-                Err(_) => batch.malformed += 1,
+            if decode_sample(bytes, &mut batch.records).is_err() {
+                batch.malformed += 1;
             }
         }
         RingEvent::Lost(count) => batch.lost += count,
@@ -264,6 +325,46 @@ mod tests {
             state: 1,
         };
         assert_eq!(decode(&bytes_of(&off)), Ok(Record::OffCpu(off)));
+    }
+
+    #[test]
+    fn decodes_a_batch_into_its_records() {
+        let fault = |ts_ns| FaultRecord {
+            header: Header {
+                ts_ns,
+                kind: kind::FAULT,
+                pid: 10,
+                tid: 11,
+                ..Header::default()
+            },
+            address: ts_ns * 0x1000,
+            ..FaultRecord::default()
+        };
+        let mut batch = bar_ebpf_common::Batch {
+            ts_ns: 1,
+            kind: kind::BATCH,
+            len: 3,
+            records: [FaultRecord::default(); BATCH_RECORDS],
+        };
+        for (i, r) in batch.records.iter_mut().enumerate() {
+            *r = fault(i as u64 + 1);
+        }
+        // As the kernel sends it: the records in use, padded to 8 bytes.
+        let mut bytes = bytes_of(&batch)[..BATCH_HEADER + 3 * size_of::<FaultRecord>()].to_vec();
+        bytes.extend([0, 0, 0, 0]);
+        let mut out = vec![Record::Cpu(Header::default())];
+        decode_sample(&bytes, &mut out).unwrap();
+        let want: Vec<Record> = (1..=3).map(|t| Record::Fault(fault(t))).collect();
+        assert_eq!(out[1..], want);
+
+        // Cut short, or holding a record of another kind: nothing is added.
+        let mut out = Vec::new();
+        assert!(decode_sample(&bytes[..BATCH_HEADER + 100], &mut out).is_err());
+        batch.records[2].header.kind = kind::CPU;
+        assert!(decode_sample(&bytes_of(&batch), &mut out).is_err());
+        batch.len = BATCH_RECORDS as u32 + 1;
+        assert!(decode_sample(&bytes_of(&batch), &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::{
 
 use crate::{
     capture::{Body, Writer, proto},
-    collect::{self, ReaderOptions},
+    collect::{self, PendingMaps, ReaderOptions},
     markers,
     phases::{self, WallPhase},
     probe::{self, FamilyStatus, Method, ProbeOptions},
@@ -158,8 +158,12 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         )),
         None => None,
     };
-    let offcpu_starts = take(&mut loaded.ebpf, maps::OFFCPU_START)?;
-    let switched_in = take(&mut loaded.ebpf, maps::SWITCHED_IN)?;
+    let pending = PendingMaps {
+        starts: take(&mut loaded.ebpf, maps::OFFCPU_START)?,
+        switched_in: take(&mut loaded.ebpf, maps::SWITCHED_IN)?,
+        fault_batch: take(&mut loaded.ebpf, maps::FAULT_BATCH)?,
+        offcpu_batch: take(&mut loaded.ebpf, maps::OFFCPU_BATCH)?,
+    };
     let cpus = system::online_cpus();
     let capture_path = opts.out_dir.join("capture.bar");
 
@@ -182,8 +186,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             stop_rx.clone(),
         )?;
         readers.push(collect::spawn_pending(
-            offcpu_starts,
-            switched_in,
+            pending,
             opts.min_block_ns,
             tx.clone(),
             stop_rx.clone(),
