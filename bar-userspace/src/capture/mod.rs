@@ -92,12 +92,15 @@ impl Writer {
     /// Appends one block and pushes it to the kernel, so that it survives a crash of bar.
     pub fn write(&mut self, body: Body) -> io::Result<()> {
         let payload = proto::Block { body: Some(body) }.encode_to_vec();
-        let crc = crc32fast::hash(&payload);
+        // One pass over the payload for the block's checksum and the file's.
+        let mut block_crc = crc32fast::Hasher::new();
+        block_crc.update(&payload);
         self.file.write_all(&(payload.len() as u32).to_le_bytes())?;
-        self.file.write_all(&crc.to_le_bytes())?;
+        self.file
+            .write_all(&block_crc.clone().finalize().to_le_bytes())?;
         self.file.write_all(&payload)?;
         self.file.flush()?;
-        self.crc.update(&payload);
+        self.crc.combine(&block_crc);
         self.blocks += 1;
         self.size += (BLOCK_HEADER_LEN + payload.len()) as u64;
         Ok(())

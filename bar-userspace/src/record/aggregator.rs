@@ -196,23 +196,23 @@ impl Aggregator {
         if !stacks.is_empty() {
             self.writer.write(Body::Stacks(proto::Stacks { stacks }))?;
         }
-        let events: Vec<proto::Event> = self
+        let mut events = self
             .pending
             .drain(..)
             .zip(stack_ids)
             .map(|((cpu, r), stack)| to_event(cpu, &r, stack))
-            .collect();
+            .peekable();
         // Blocks of bounded size, so that --max-size is kept to within one block.
-        for chunk in events.chunks(EVENTS_PER_BLOCK) {
+        while events.peek().is_some() {
+            let chunk: Vec<proto::Event> = events.by_ref().take(EVENTS_PER_BLOCK).collect();
             let represented: u64 = chunk.iter().map(aggregate::count).sum();
             if self.full_tx.is_none() {
                 self.discarded += represented;
                 continue;
             }
             self.events += represented;
-            self.writer.write(Body::Events(proto::Events {
-                events: chunk.to_vec(),
-            }))?;
+            self.writer
+                .write(Body::Events(proto::Events { events: chunk }))?;
             if let Some(max) = self.max_size
                 && self.writer.size() >= max
                 && let Some(tx) = self.full_tx.take()
@@ -225,6 +225,7 @@ impl Aggregator {
                 let _ = tx.send(());
             }
         }
+        drop(events);
         self.write_counters()
     }
 
