@@ -34,8 +34,8 @@ use bar_ebpf_common::{
 };
 
 use crate::shared::{
-    KernelStack, add_to_sums, config, emit_batched, header_with, in_stack_walk, null_mode, offset,
-    read, stacks_with, summing, traced_current,
+    KernelStack, add_to_sums, config, emit, emit_batched, header_with, in_stack_walk, null_mode,
+    offset, read, stacks_with, summing, traced_current,
 };
 
 /// The kernel stack id of a user-mode fault on this CPU, plus one (see [`KernelStack`]).
@@ -51,6 +51,15 @@ static FAULT_BATCH: PerCpuArray<Batch<FaultRecord>> = PerCpuArray::with_max_entr
 #[map]
 static FAULT_ARGS: LruHashMap<u32, FaultArgs> = LruHashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
 
+/// How a program may send its records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// In this CPU's batch (the program runs with preemption off: see `emit_batched`).
+    Batched,
+    /// One by one (fexit: another thread's program may run on this CPU meanwhile).
+    Alone,
+}
+
 /// Records a fault with `flags`; `details` gives its address, instruction pointer and error
 /// code, which are read only when they are kept (a fault summed in the kernel has none).
 #[inline(always)]
@@ -58,6 +67,7 @@ fn record<C: StackIdContext>(
     ctx: &C,
     pid_tgid: u64,
     flags: u32,
+    send: Delivery,
     details: impl FnOnce() -> (u64, u64, u64),
 ) {
     let kernel = if flags & fault_flag::USER_MODE != 0 {
@@ -88,7 +98,12 @@ fn record<C: StackIdContext>(
         error_code: error_code as u32,
         flags,
     };
-    emit_batched(ctx, kind::FAULT, &FAULT_BATCH, record.header.ts_ns, record);
+    match send {
+        Delivery::Batched => {
+            emit_batched(ctx, kind::FAULT, &FAULT_BATCH, record.header.ts_ns, record)
+        }
+        Delivery::Alone => emit(ctx, kind::FAULT, &record),
+    }
 }
 
 #[inline(always)]
@@ -98,7 +113,7 @@ fn from_btf(ctx: &BtfTracePointContext, flags: u32) -> u32 {
         return 0;
     }
     // page_fault_{user,kernel}(unsigned long address, struct pt_regs *regs, unsigned long error_code)
-    record(ctx, pid_tgid, flags, || {
+    record(ctx, pid_tgid, flags, Delivery::Batched, || {
         let regs: *const c_void = ctx.arg(1);
         let ip = read::<u64>(regs, offset!(pt_regs_ip)).unwrap_or(0);
         (ctx.arg(0), ip, ctx.arg(2))
@@ -123,7 +138,7 @@ fn from_tracepoint(ctx: &TracePointContext, flags: u32) -> u32 {
         return 0;
     }
     let base = ctx.as_ptr().cast_const();
-    record(ctx, pid_tgid, flags, || {
+    record(ctx, pid_tgid, flags, Delivery::Batched, || {
         let field = |off| read::<u64>(base, off).unwrap_or(0);
         (
             field(offset!(fault_address)),
@@ -159,7 +174,13 @@ fn has(flags: u32, bit: u32) -> bool {
 
 /// A fault `handle_mm_fault` finished with `ret` (`vm_fault_t`).
 #[inline(always)]
-fn fault_done<C: StackIdContext>(ctx: &C, pid_tgid: u64, args: &FaultArgs, ret: u32) {
+fn fault_done<C: StackIdContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    args: &FaultArgs,
+    ret: u32,
+    send: Delivery,
+) {
     if ret & config!(layout.vm_fault_retry) != 0 {
         return;
     }
@@ -184,7 +205,7 @@ fn fault_done<C: StackIdContext>(ctx: &C, pid_tgid: u64, args: &FaultArgs, ret: 
     if major {
         record_flags |= fault_flag::MAJOR;
     }
-    record(ctx, pid_tgid, record_flags, || {
+    record(ctx, pid_tgid, record_flags, send, || {
         (args.address, args.ip, error_code)
     });
 }
@@ -220,7 +241,7 @@ pub fn bar_fault_fexit(ctx: FExitContext) -> u32 {
     };
     // An fexit program always has a return value to read.
     let ret = ctx.ret::<u32>().unwrap_or(0);
-    fault_done(&ctx, pid_tgid, &args, ret);
+    fault_done(&ctx, pid_tgid, &args, ret, Delivery::Alone);
     0
 }
 
@@ -251,6 +272,12 @@ pub fn bar_fault_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = FAULT_ARGS.remove(tid);
-    fault_done(&ctx, pid_tgid, &args, ctx.ret::<u64>() as u32);
+    fault_done(
+        &ctx,
+        pid_tgid,
+        &args,
+        ctx.ret::<u64>() as u32,
+        Delivery::Batched,
+    );
     0
 }

@@ -386,22 +386,28 @@ pub(crate) fn header_with<C: StackIdContext>(
     }
 }
 
-/// Sends a record to this CPU's perf buffer; a full buffer is counted per kind.
+/// Writes `size` bytes at `data` to this CPU's perf buffer; false when it had no room.
 #[inline(always)]
-pub(crate) fn emit<C: EbpfContext, T>(ctx: &C, kind: u32, record: &T) {
+fn output<C: EbpfContext>(ctx: &C, data: *const c_void, size: usize) -> bool {
     // aya-ebpf's PerfEventArray::output drops the helper's result; bar needs it to count
     // drops per kind, so the helper is called directly on the map definition.
-    // SAFETY: EVENTS is a perf event array map definition, `record` is valid for its size.
+    // SAFETY: EVENTS is a perf event array map definition; callers pass `size` valid bytes.
     let ret = unsafe {
         bpf_perf_event_output(
             ctx.as_ptr(),
             (&raw const EVENTS).cast_mut().cast::<c_void>(),
             BPF_F_CURRENT_CPU,
-            core::ptr::from_ref(record).cast_mut().cast::<c_void>(),
-            size_of::<T>() as u64,
+            data.cast_mut(),
+            size as u64,
         )
     };
-    if ret < 0 {
+    ret >= 0
+}
+
+/// Sends a record to this CPU's perf buffer; a full buffer is counted per kind.
+#[inline(always)]
+pub(crate) fn emit<C: EbpfContext, T>(ctx: &C, kind: u32, record: &T) {
+    if !output(ctx, core::ptr::from_ref(record).cast(), size_of::<T>()) {
         bump(counter::DROPPED + kind);
     }
 }
@@ -414,8 +420,10 @@ const BATCH_WAIT_NS: u64 = 20_000_000;
 
 /// Sends `record` (taken at `ts`) in this CPU's `batch` of records of `kind`: when the batch is
 /// full, or its first record has waited [`BATCH_WAIT_NS`]. Only programs that cannot interrupt
-/// one another on a CPU may share a batch (one family's programs run in task context, with
-/// preemption off, and pass over events inside bar's own programs).
+/// one another on a CPU may share a batch: programs that run with preemption off (tracepoints,
+/// kprobes, or fentry inside the scheduler) and never in interrupts, and that pass over events
+/// inside bar's own programs. An fexit program may be preempted by another thread's on the
+/// same CPU, so it sends with [`emit`].
 #[inline(always)]
 pub(crate) fn emit_batched<C: EbpfContext, T: Copy>(
     ctx: &C,
@@ -448,18 +456,9 @@ pub(crate) fn emit_batched<C: EbpfContext, T: Copy>(
     }
     b.kind = bar_ebpf_common::kind::BATCH;
     b.len = len as u32;
+    // The records in use only: at most the whole batch, as len <= BATCH_RECORDS.
     let size = BATCH_HEADER + len * size_of::<T>();
-    // SAFETY: as in `emit`; `size` is at most the size of the batch (len <= BATCH_RECORDS).
-    let ret = unsafe {
-        bpf_perf_event_output(
-            ctx.as_ptr(),
-            (&raw const EVENTS).cast_mut().cast::<c_void>(),
-            BPF_F_CURRENT_CPU,
-            core::ptr::from_mut(b).cast::<c_void>(),
-            size as u64,
-        )
-    };
-    if ret < 0 {
+    if !output(ctx, core::ptr::from_ref(b).cast(), size) {
         bump_by(counter::DROPPED + kind, len as u64);
     }
     b.len = 0;
