@@ -7,6 +7,34 @@ use bar_tests::{
 };
 
 #[test]
+fn a_storm_still_going_when_the_recording_stops_loses_nothing() {
+    if !root_or_skip("a_storm_still_going_when_the_recording_stops_loses_nothing") {
+        return;
+    }
+    // The recording stops while the target faults at 250k pages/s. Detaching every family
+    // takes the kernel a while (about 0.4 s on a 2-CPU machine), and the programs record until
+    // it is done: the buffers must be drained meanwhile, or they fill and what the target did
+    // then is counted as lost.
+    let dir = out_dir("storm-at-stop");
+    let mut w = Workload::start(&["faults", "--rate", "250000", "--seconds", "4"]);
+    let pid = w.pid().to_string();
+    let rec = Recording::start(&["attach", "--pid", &pid, "--duration", "2s"], &dir);
+    w.go();
+    let rec = rec.finish();
+    w.finish();
+    let summary = rec.summary();
+    let faults = &summary["kinds"]["faults"];
+    assert!(
+        faults["events"].as_u64().unwrap_or(0) > 0,
+        "faults recorded: {faults}"
+    );
+    assert_eq!(summary["lost"]["total"], 0, "{}", summary["lost"]);
+    for (kind, k) in summary["kinds"].as_object().expect("kinds") {
+        assert_eq!(k["lost"], 0, "{kind}: {k}");
+    }
+}
+
+#[test]
 fn the_last_few_faults_and_sleeps_are_kept() {
     if !root_or_skip("the_last_few_faults_and_sleeps_are_kept") {
         return;

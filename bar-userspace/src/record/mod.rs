@@ -293,7 +293,11 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         on_start();
         let reason = wait_for_stop(opts.duration, pidfd, full_rx).await?;
         // Detach first so nothing new is produced, then let every reader drain once more.
-        drop(loaded);
+        // Detaching takes a while (each link waits for the kernel to retire it: about 0.4 s
+        // for every family here) and the target goes on meanwhile: on another thread, so that
+        // the readers keep draining, rather than let the buffers fill and count as lost what
+        // the target did in that time.
+        let _ = tokio::task::spawn_blocking(move || drop(loaded)).await;
         let _ = stop_tx.send(true);
         for r in readers {
             let _ = r.await;
