@@ -95,35 +95,35 @@ fn read_as<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one record. The kernel pads samples to 8 bytes, so trailing bytes are allowed.
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+/// Decodes one record, and says how many bytes it takes. The kernel pads samples to 8 bytes,
+/// so trailing bytes are allowed.
+fn decode_sized(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
+    fn body<T: Copy>(
+        bytes: &[u8],
+        kind: u32,
+        wrap: fn(T) -> Record,
+    ) -> Result<(Record, usize), DecodeError> {
+        Ok((wrap(read_as(bytes, kind)?), size_of::<T>()))
+    }
     if bytes.len() < size_of::<Header>() {
         return Err(DecodeError::Short(bytes.len()));
     }
     let header: Header = read_as(bytes, 0)?;
-    Ok(match header.kind {
-        kind::CPU => Record::Cpu(header),
-        kind::FAULT => Record::Fault(read_as(bytes, header.kind)?),
-        kind::OFFCPU => Record::OffCpu(read_as(bytes, header.kind)?),
-        kind::TCP => Record::Tcp(read_as(bytes, header.kind)?),
-        kind::NUMA_TASK => Record::NumaTask(read_as(bytes, header.kind)?),
-        kind::NUMA_PAGES => Record::NumaPages(read_as(bytes, header.kind)?),
-        kind::EXEC => Record::Exec(header),
-        other => return Err(DecodeError::UnknownKind(other)),
-    })
+    match header.kind {
+        kind::CPU => Ok((Record::Cpu(header), size_of::<Header>())),
+        kind::FAULT => body(bytes, header.kind, Record::Fault),
+        kind::OFFCPU => body(bytes, header.kind, Record::OffCpu),
+        kind::TCP => body(bytes, header.kind, Record::Tcp),
+        kind::NUMA_TASK => body(bytes, header.kind, Record::NumaTask),
+        kind::NUMA_PAGES => body(bytes, header.kind, Record::NumaPages),
+        kind::EXEC => Ok((Record::Exec(header), size_of::<Header>())),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
 }
 
-/// Size of a record of `kind` as the kernel writes it.
-const fn record_size(kind: u32) -> Option<usize> {
-    Some(match kind {
-        kind::CPU | kind::EXEC => size_of::<Header>(),
-        kind::FAULT => size_of::<FaultRecord>(),
-        kind::OFFCPU => size_of::<OffCpuRecord>(),
-        kind::TCP => size_of::<TcpRecord>(),
-        kind::NUMA_TASK => size_of::<NumaTaskRecord>(),
-        kind::NUMA_PAGES => size_of::<NumaPagesRecord>(),
-        _ => return None,
-    })
+/// Decodes one record. The kernel pads samples to 8 bytes, so trailing bytes are allowed.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    decode_sized(bytes).map(|(r, _)| r)
 }
 
 /// Decodes one perf sample, a record or a [`bar_ebpf_common::Batch`] of records of one kind,
@@ -137,14 +137,12 @@ pub fn decode_sample(bytes: &[u8], out: &mut Vec<Record>) -> Result<(), DecodeEr
         out.push(decode(bytes)?);
         return Ok(());
     }
-    // The kind and length of a batch are where a header's kind and pid are.
+    // The kind and length of a batch are where a header's kind and pid are; every record has
+    // the kind and size of the first.
     let len = header.pid as usize;
     let records = &bytes[BATCH_HEADER..];
-    let Some(first) = records.get(..size_of::<Header>()) else {
-        return Err(DecodeError::Short(records.len()));
-    };
-    let kind = read_as::<Header>(first, 0)?.kind;
-    let size = record_size(kind).ok_or(DecodeError::UnknownKind(kind))?;
+    let (first, size) = decode_sized(records)?;
+    let kind = first.header().kind;
     let need = BATCH_HEADER + len * size;
     if len == 0 || len > BATCH_RECORDS || bytes.len() < need {
         return Err(DecodeError::Truncated {
@@ -154,20 +152,19 @@ pub fn decode_sample(bytes: &[u8], out: &mut Vec<Record>) -> Result<(), DecodeEr
         });
     }
     let start = out.len();
-    for r in records[..len * size].chunks_exact(size) {
-        match decode(r) {
-            Ok(r) if r.header().kind == kind => out.push(r),
-            Ok(r) => {
-                out.truncate(start);
-                return Err(DecodeError::UnknownKind(r.header().kind));
+    let decoded = records[..len * size]
+        .chunks_exact(size)
+        .try_for_each(|r| match decode(r)? {
+            r if r.header().kind == kind => {
+                out.push(r);
+                Ok(())
             }
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
+            r => Err(DecodeError::UnknownKind(r.header().kind)),
+        });
+    if decoded.is_err() {
+        out.truncate(start);
     }
-    Ok(())
+    decoded
 }
 
 /// What one CPU's reader handed on after one drain.
