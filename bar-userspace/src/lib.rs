@@ -31,4 +31,5 @@ pub mod stats;
 pub mod symbolize;
 pub mod system;
 pub mod target;
+pub mod unwind;
 pub mod workload;
