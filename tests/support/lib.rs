@@ -9,7 +9,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
-    sync::mpsc,
+    sync::{OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -141,14 +141,19 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Self {
-        let child = Command::new(bar_probe())
-            .arg("workload")
-            .args(args)
-            .arg("--wait")
+        let mut cmd = Command::new(bar_probe());
+        cmd.arg("workload").args(args).arg("--wait");
+        Self::spawn(cmd)
+    }
+
+    /// Starts a workload program of another kind that follows the same protocol (waits for a
+    /// line on stdin, ends with a JSON line on stdout), such as the Go workload.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start workload");
+            .unwrap_or_else(|e| panic!("start workload {cmd:?}: {e}"));
         Self { child }
     }
 
@@ -170,6 +175,64 @@ impl Workload {
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.lines().last().expect("a report line")).expect("json report")
     }
+}
+
+/// The Go workload `go-sha` (source in `tests/workloads/go-sha`): `main.hashLoop` calls
+/// `crypto/sha256`, whose assembly uses RBP as data, for the seconds asked. Built with `go
+/// build` once per test binary, into the test's temporary folder; `$BAR_GO_SHA` names a
+/// build to use instead (for machines without Go). `None`, with the reason printed, when Go
+/// is missing, unless `BAR_REQUIRE_ROOT` is set (`cargo xtask test` installs Go): then the
+/// test fails.
+pub fn go_sha_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BAR_GO_SHA") {
+        return Some(p.into());
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_go_sha) {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            assert!(
+                std::env::var_os("BAR_REQUIRE_ROOT").is_none(),
+                "{test}: {why}"
+            );
+            eprintln!("skipped {test}: {why}");
+            None
+        }
+    }
+}
+
+/// `go-sha [--wait] SECONDS`, ready for [`Workload::spawn`].
+pub fn go_sha_command(exe: &Path, seconds: f64) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--wait").arg(seconds.to_string());
+    cmd
+}
+
+fn build_go_sha() -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/go-sha/main.go");
+    let dir = out_dir("go-sha");
+    let exe = dir.join("go-sha");
+    // Kept off the network (no module proxy, no toolchain download) and free of cgo, so
+    // that only Go itself is needed.
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .map_err(|e| format!("cannot run `go` ({e}); `scripts/setup.sh export` installs it"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "go build {} failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(exe)
 }
 
 /// A running `bar-probe` recording.
