@@ -5,6 +5,8 @@
 //!
 //! [`Row`] is the form every source produces and the compaction consumes.
 
+pub mod gopclntab;
+
 /// How to compute the canonical frame address (CFA: the stack pointer just before the call
 /// that entered the function, so the return address sits at `CFA - 8` on x86-64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
