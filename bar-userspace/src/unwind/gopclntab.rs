@@ -146,7 +146,7 @@ fn push(rows: &mut Vec<Row>, pc: u64, cfa: Cfa, rbp: Rbp) {
 /// The bytes of the function table: its section (`.gopclntab`; `.data.rel.ro.gopclntab` in
 /// position-independent builds, whose table holds relocated addresses), else the range of the
 /// `runtime.pclntab` and `runtime.epclntab` symbols (external linking puts the table inside
-/// `.data.rel.ro`).
+/// `.data.rel.ro`), else, when the binary is also stripped, a header found in the data.
 fn pclntab_location<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
     for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
         if let Some(data) = elf.section_by_name(name).and_then(|s| s.data().ok())
@@ -155,11 +155,41 @@ fn pclntab_location<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
             return Some(data);
         }
     }
-    let start = symbol_address(elf, "runtime.pclntab")?;
-    let end = symbol_address(elf, "runtime.epclntab")?;
-    let len = end.checked_sub(start).filter(|&n| n > 0)?;
-    elf.segments()
-        .find_map(|s| s.data_range(start, len).ok().flatten())
+    let by_symbols = || {
+        let start = symbol_address(elf, "runtime.pclntab")?;
+        let end = symbol_address(elf, "runtime.epclntab")?;
+        let len = end.checked_sub(start).filter(|&n| n > 0)?;
+        elf.segments()
+            .find_map(|s| s.data_range(start, len).ok().flatten())
+    };
+    by_symbols().or_else(|| find_header(elf))
+}
+
+/// Looks for the table's header in the data segments, at the 8-byte alignment Go gives it
+/// (in fact 32), and takes the first that reads as a table whose functions lie in the
+/// executable segments. One pass over the data, comparing 8 bytes per 8.
+fn find_header<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
+    const PF_X: u32 = 1;
+    const AMD64: [u8; 4] = [0, 0, 1, 8];
+    let text = Text::of(elf);
+    let data = elf
+        .segments()
+        .filter(
+            |s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & PF_X == 0),
+        )
+        .filter_map(|s| s.data().ok());
+    data.flat_map(|d| (0..d.len()).step_by(8).map(move |off| &d[off..]))
+        .filter(|t| {
+            matches!(
+                u32_at(t, 0),
+                Some(MAGIC_GO1_16 | MAGIC_GO1_18 | MAGIC_GO1_20)
+            ) && t.get(4..8) == Some(&AMD64)
+        })
+        .find(|t| {
+            Table::parse(t, || None)
+                .and_then(|table| table.check_within(&text))
+                .is_ok()
+        })
 }
 
 fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {

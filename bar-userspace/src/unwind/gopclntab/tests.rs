@@ -41,8 +41,9 @@ fn go_or_skip(test: &str) -> bool {
 
 /// How the workload is built: plain, position-independent, stripped (no symbols, no DWARF),
 /// and position-independent through the system linker (cgo's way: the table then sits inside
-/// `.data.rel.ro`, found by its symbols only). Name, CGO_ENABLED, flags.
-const VARIANTS: [(&str, &str, &[&str]); 4] = [
+/// `.data.rel.ro`, found by its symbols), also stripped (found by its header). Name,
+/// CGO_ENABLED, flags.
+const VARIANTS: [(&str, &str, &[&str]); 5] = [
     ("plain", "0", &[]),
     ("pie", "0", &["-buildmode=pie"]),
     ("stripped", "0", &["-ldflags=-s -w"]),
@@ -50,6 +51,11 @@ const VARIANTS: [(&str, &str, &[&str]); 4] = [
         "pie-external",
         "1",
         &["-buildmode=pie", "-ldflags=-linkmode=external"],
+    ),
+    (
+        "pie-external-stripped",
+        "1",
+        &["-buildmode=pie", "-ldflags=-linkmode=external -s -w"],
     ),
 ];
 
