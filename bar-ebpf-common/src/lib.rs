@@ -121,11 +121,16 @@ pub mod kind {
     pub const NUMA_TASK: u32 = 5;
     /// A batch of page migrations finished: [`crate::NumaPagesRecord`].
     pub const NUMA_PAGES: u32 = 6;
-    /// A traced process called exec: [`crate::Header`] only. Its memory map and name change,
+    /// A traced process called exec: [`crate::ProcessRecord`]. Its memory map and name change,
     /// so the collector starts a new generation of its symbols.
     pub const EXEC: u32 = 7;
+    /// A traced process started a new process (not a thread): [`crate::ProcessRecord`] of the
+    /// child, which runs its parent's program under its parent's name until it execs.
+    pub const FORK: u32 = 8;
+    /// A traced process ended (its main thread exited): [`crate::ProcessRecord`].
+    pub const EXIT: u32 = 9;
     /// One past the largest kind; sizes arrays indexed by kind.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     /// Not a kind of event: a perf sample that is a [`crate::Batch`] of records of one kind.
     pub const BATCH: u32 = 0x100;
 }
@@ -242,6 +247,24 @@ pub struct Header {
     /// Id in the stack map of the kernel stack, or a negative errno.
     pub kernel_stack: i32,
     pub _pad: u32,
+}
+
+/// Length of a task's name (`comm`) in the kernel, with its NUL.
+pub const COMM_LEN: usize = 16;
+
+/// A process starting, replacing its program or ending ([`kind::FORK`], [`kind::EXEC`],
+/// [`kind::EXIT`]), with the name the kernel has for it at that moment: a process too short-lived
+/// for the collector to find in /proc keeps that name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// `pid` and `tid` are the process concerned (the child of a fork); no stacks.
+    pub header: Header,
+    /// Fork: the parent process, whose memory map the child starts with. 0 otherwise.
+    pub parent: u32,
+    pub _pad: u32,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Flags of [`FaultRecord::flags`].
@@ -558,6 +581,9 @@ pub struct Layout {
     pub fault_flag_user: u32,
     pub fault_flag_tried: u32,
     pub fault_flag_instruction: u32,
+    /// `task:task_newtask`: the new task's id and its clone flags.
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
     pub _pad: u32,
 }
 
@@ -638,6 +664,8 @@ impl Layout {
             fault_flag_user: u,
             fault_flag_tried: u,
             fault_flag_instruction: u,
+            newtask_pid: u,
+            newtask_clone_flags: u,
             _pad: 0,
         }
     }
@@ -721,8 +749,9 @@ const _: () = {
     assert!(core::mem::offset_of!(Batch<OffCpuRecord>, records) == BATCH_HEADER);
     assert!(size_of::<SumValue>() == 16);
     // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
-    assert!(size_of::<Layout>() == 70 * 4);
-    assert!(size_of::<Config>() == 40 + 70 * 4);
+    assert!(size_of::<Layout>() == 72 * 4);
+    assert!(size_of::<Config>() == 40 + 72 * 4);
+    assert!(size_of::<ProcessRecord>() == 56);
     assert!(size_of::<UserStack>() == 16 + USER_STACK_FRAMES * 8);
 };
 
@@ -730,7 +759,8 @@ const _: () = {
 mod user {
     use super::{
         Config, FaultArgs, FaultRecord, Header, NumaPagesRecord, NumaPending, NumaTaskRecord,
-        OffCpuRecord, OffCpuStart, SumKey, SumValue, SwitchIn, TcpRecord, TcpStart, UserStack,
+        OffCpuRecord, OffCpuStart, ProcessRecord, SumKey, SumValue, SwitchIn, TcpRecord, TcpStart,
+        UserStack,
     };
 
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields, so
@@ -746,6 +776,7 @@ mod user {
     unsafe impl aya::Pod for NumaTaskRecord {}
     unsafe impl aya::Pod for NumaPagesRecord {}
     unsafe impl aya::Pod for UserStack {}
+    unsafe impl aya::Pod for ProcessRecord {}
     unsafe impl aya::Pod for NumaPending {}
     unsafe impl aya::Pod for FaultArgs {}
     unsafe impl aya::Pod for SumKey {}

@@ -441,10 +441,7 @@ impl Profile {
             Body::Meta(m) => self.meta = m,
             Body::Processes(ps) => {
                 for pr in ps.processes {
-                    let id = self.intern_name(pr.comm);
-                    let gens = self.processes.entry(pr.pid).or_default();
-                    gens.push((pr.since_ns, id));
-                    gens.sort_by_key(|g| g.0);
+                    self.add_process(pr);
                 }
             }
             Body::Frames(f) => self.frames.extend(f.frames),
@@ -503,6 +500,29 @@ impl Profile {
         }
         if matches!(view, Family::Tcp | Family::Numa) {
             self.detail_events.push(ev.clone());
+        }
+    }
+
+    /// A name a process has from a time on; or, at its end, the name it had, for the time it
+    /// had none known (it was gone before it could be looked up).
+    fn add_process(&mut self, pr: proto::Process) {
+        let id = self.intern_name(pr.comm);
+        let names = &self.names;
+        let gens = self.processes.entry(pr.pid).or_default();
+        if !pr.exited {
+            let at = gens.partition_point(|g| g.0 <= pr.since_ns);
+            gens.insert(at, (pr.since_ns, id));
+            return;
+        }
+        let before = gens.partition_point(|g| g.0 <= pr.since_ns);
+        if before == 0 {
+            gens.insert(0, (0, id));
+        }
+        for g in gens[..before].iter_mut().rev() {
+            if !names[g.1 as usize].is_empty() {
+                break;
+            }
+            g.1 = id;
         }
     }
 
@@ -658,6 +678,7 @@ mod tests {
                 pid: 7,
                 since_ns: 0,
                 comm: "app".into(),
+                ..Default::default()
             }],
         }));
         p.add_block(Body::Frames(proto::Frames {
@@ -796,6 +817,38 @@ mod tests {
         assert_eq!(p.slices[1].views[&Family::Cpu].events, 5);
         let folded = p.folded_map(&p.slices[1].views[&Family::Cpu]);
         assert_eq!(folded["app;main;work:x"], 5);
+    }
+
+    #[test]
+    fn processes_are_named_by_time_and_at_their_end_when_nothing_else_named_them() {
+        let mut p = Profile::default();
+        let named = |pid, comm: &str, since_ns, exited| proto::Process {
+            pid,
+            comm: comm.into(),
+            since_ns,
+            exited,
+        };
+        p.add_block(Body::Processes(proto::Processes {
+            processes: vec![
+                // Forked as the shell, exec'd as make, ended as make.
+                named(5, "sh", 10, false),
+                named(5, "make", 20, false),
+                named(5, "make", 30, true),
+                // Gone before it could be looked up: only its end names it.
+                named(6, "cc1", 40, true),
+                // The pid used again by another process afterwards keeps its own name.
+                named(6, "ld", 50, false),
+            ],
+        }));
+        let at = |p: &mut Profile, pid, ts| {
+            let id = p.process_at(pid, ts);
+            p.name(id).to_owned()
+        };
+        assert_eq!(at(&mut p, 5, 15), "sh");
+        assert_eq!(at(&mut p, 5, 25), "make");
+        assert_eq!(at(&mut p, 6, 35), "cc1");
+        assert_eq!(at(&mut p, 6, 55), "ld");
+        assert_eq!(at(&mut p, 7, 55), "[pid 7]");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use self::ring::{PerfRing, RingEvent};
 use aya::maps::MapData;
 use bar_ebpf_common::{
     BATCH_HEADER, BATCH_RECORDS, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord,
-    OffCpuRecord, TcpRecord, kind,
+    OffCpuRecord, ProcessRecord, TcpRecord, kind,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -36,7 +36,8 @@ pub enum Record {
     Tcp(TcpRecord),
     NumaTask(NumaTaskRecord),
     NumaPages(NumaPagesRecord),
-    Exec(Header),
+    /// A process forked, exec'd or exited (the header's kind says which).
+    Process(ProcessRecord),
     /// `count` faults or off-CPU intervals of one window summed in the kernel: same thread,
     /// stacks, `detail` (fault flags, off-CPU reason) and `state`; `total` is their blocked
     /// nanoseconds (off-CPU). The header's time is the middle of the window.
@@ -58,7 +59,8 @@ impl Record {
             Self::Tcp(r) => &r.header,
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
-            Self::Exec(h) | Self::Summed { header: h, .. } => h,
+            Self::Process(r) => &r.header,
+            Self::Summed { header: h, .. } => h,
         }
     }
 
@@ -116,7 +118,7 @@ fn decode_sized(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         kind::TCP => body(bytes, header.kind, Record::Tcp),
         kind::NUMA_TASK => body(bytes, header.kind, Record::NumaTask),
         kind::NUMA_PAGES => body(bytes, header.kind, Record::NumaPages),
-        kind::EXEC => Ok((Record::Exec(header), size_of::<Header>())),
+        kind::EXEC | kind::FORK | kind::EXIT => body(bytes, header.kind, Record::Process),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -6,7 +6,13 @@
 //! falls outside it; names then come from the object files through blazesym, so a process
 //! that exits mid-capture still gets named frames. JIT code is looked up in the process's perf
 //! map (`/tmp/perf-PID.map`). Kernel addresses go through kallsyms (modules included). A frame
-//! that cannot be named keeps its module and offset, e.g. `[libfoo.so+0x1a2b]`.
+//! that cannot be named keeps its module and offset, e.g. `[libfoo.so+0x1a2b]`; a user address
+//! in no mapping at all is `[unknown]` (often not code: a frame-pointer walk through code built
+//! without frame pointers reads data as return addresses).
+
+mod spaces;
+
+pub use self::spaces::SpaceId;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,6 +31,7 @@ use blazesym::{
     },
 };
 
+use self::spaces::Spaces;
 use crate::capture::proto;
 
 /// For the lookups made once per event: SipHash, the default, took a sixth of the collector's
@@ -221,15 +228,14 @@ pub fn process_comm(pid: u32) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RawStack {
     pub pid: u32,
-    /// Which program the process was running: 0 until its first exec seen, then 1, ...
-    /// ([`Symbolizer::generation`]).
-    pub generation: u32,
+    /// The memory map the process had when the record was taken ([`Symbolizer::space`]).
+    pub space: SpaceId,
     pub user: i32,
     pub kernel: i32,
 }
 
-/// A process running one program: (pid, generation).
-type ProcKey = (u32, u32);
+/// Name of a user address in no mapping of its process.
+const UNKNOWN_USER: &str = "[unknown]";
 
 /// Interns frames and stacks and remembers which are new since the last `take_new`.
 #[derive(Default)]
@@ -291,11 +297,13 @@ pub struct Symbolizer {
     stacks: StackTraceMap<MapData>,
     /// User stacks the programs walked themselves (ids with [`USER_STACK_KEY`]).
     user_stacks: BpfHashMap<MapData, u32, UserStack>,
-    /// Per pid, one snapshot per program it ran, with the time it started running it.
-    processes: FastMap<u32, Vec<(u64, ProcessInfo)>>,
+    /// The memory maps of processes over time.
+    spaces: Spaces,
     kernel_frames: FastMap<i32, Vec<u32>>,
-    user_frames: FastMap<(ProcKey, i32), Vec<u32>>,
-    resolved: FastMap<RawStack, u32>,
+    /// Per memory map, its user stacks' frames; per map, its stacks' ids (by user and kernel
+    /// stack id). Both go with the map when no process uses it any more.
+    user_frames: FastMap<SpaceId, FastMap<i32, Vec<u32>>>,
+    resolved: FastMap<SpaceId, FastMap<(i32, i32), u32>>,
     pub interner: Interner,
     pub stats: SymbolStats,
 }
@@ -312,7 +320,7 @@ impl Symbolizer {
                 .build(),
             stacks,
             user_stacks,
-            processes: FastMap::default(),
+            spaces: Spaces::default(),
             kernel_frames: FastMap::default(),
             user_frames: FastMap::default(),
             resolved: FastMap::default(),
@@ -345,70 +353,97 @@ impl Symbolizer {
 
     /// Takes a snapshot of a process's mappings the first time it is seen.
     pub fn note_process(&mut self, pid: u32) {
-        self.processes
-            .entry(pid)
-            .or_insert_with(|| vec![(0, Self::snapshot(pid))]);
+        self.spaces.note(pid);
     }
 
     /// The process replaced its program at `ts`: stacks from before keep the old snapshot,
     /// stacks from then on use a new one.
     pub fn exec(&mut self, pid: u32, ts: u64) {
-        let gens = self.processes.entry(pid).or_default();
-        if let Some((_, last)) = gens.last_mut() {
-            last.alive = false;
+        self.spaces.exec(pid, ts);
+    }
+
+    /// `parent` started process `child` at `ts`: the child has its parent's map.
+    pub fn fork(&mut self, parent: u32, child: u32, ts: u64) {
+        self.spaces.fork(parent, child, ts);
+    }
+
+    /// Process `pid` ended at `ts`; [`Self::prune`] forgets it.
+    pub fn exited(&mut self, pid: u32, ts: u64) {
+        self.spaces.exit(pid, ts);
+    }
+
+    /// Forgets the processes that ended before `before` (monotonic ns), with the stacks
+    /// resolved against maps no process uses any more; returns the pids forgotten.
+    pub fn prune(&mut self, before: u64) -> Vec<u32> {
+        let (pids, dropped) = self.spaces.prune(before);
+        for id in dropped {
+            self.user_frames.remove(&id);
+            self.resolved.remove(&id);
         }
-        gens.push((ts, Self::snapshot(pid)));
+        pids
     }
 
-    /// The generation of process `pid` at time `ts`.
-    pub fn generation(&self, pid: u32, ts: u64) -> u32 {
-        self.processes.get(&pid).map_or(0, |gens| {
-            gens.partition_point(|g| g.0 <= ts).saturating_sub(1) as u32
-        })
+    /// The memory map process `pid` had at time `ts`.
+    pub fn space(&mut self, pid: u32, ts: u64) -> SpaceId {
+        if let Some(id) = self.spaces.space(pid, ts) {
+            return id;
+        }
+        self.spaces.note(pid);
+        self.spaces.space(pid, ts).unwrap_or_default()
     }
 
-    fn info_mut(&mut self, key: ProcKey) -> Option<&mut ProcessInfo> {
-        self.processes
-            .get_mut(&key.0)
-            .and_then(|g| g.get_mut(key.1 as usize))
-            .map(|g| &mut g.1)
+    fn cached(&self, r: &RawStack) -> Option<u32> {
+        self.resolved
+            .get(&r.space)?
+            .get(&(r.user, r.kernel))
+            .copied()
     }
 
     /// Resolves a batch of raw stacks to capture stack ids.
     pub fn resolve(&mut self, raws: &[RawStack]) -> Vec<u32> {
         let mut new_kernel: HashSet<i32> = HashSet::new();
-        let mut new_user: HashSet<(ProcKey, i32)> = HashSet::new();
+        let mut new_user: HashMap<(SpaceId, i32), u32> = HashMap::new();
         for r in raws {
-            if self.resolved.contains_key(r) {
+            if self.cached(r).is_some() {
                 continue;
             }
             if r.kernel >= 0 && !self.kernel_frames.contains_key(&r.kernel) {
                 new_kernel.insert(r.kernel);
             }
-            let key = ((r.pid, r.generation), r.user);
-            if r.user >= 0 && !self.user_frames.contains_key(&key) {
-                new_user.insert(key);
+            let known = self
+                .user_frames
+                .get(&r.space)
+                .is_some_and(|m| m.contains_key(&r.user));
+            if r.user >= 0 && !known {
+                new_user.entry((r.space, r.user)).or_insert(r.pid);
             }
         }
         // User frames first: their process may exit at any moment, taking its memory map and
         // perf map along, while kallsyms stays. The first kernel lookup parses kallsyms, which
         // took seconds on an emulated CPU: enough for a short-lived target to be gone.
-        self.resolve_user(new_user);
+        let moved = self.resolve_user(new_user);
         self.resolve_kernel(new_kernel);
         raws.iter()
             .map(|r| {
-                if let Some(&id) = self.resolved.get(r) {
+                let r = RawStack {
+                    space: moved.get(&(r.pid, r.space)).copied().unwrap_or(r.space),
+                    ..*r
+                };
+                if let Some(id) = self.cached(&r) {
                     return id;
                 }
                 let mut frames = Vec::new();
                 self.push_part(&mut frames, r.user, false, |s| {
-                    s.user_frames.get(&((r.pid, r.generation), r.user))
+                    s.user_frames.get(&r.space).and_then(|m| m.get(&r.user))
                 });
                 self.push_part(&mut frames, r.kernel, true, |s| {
                     s.kernel_frames.get(&r.kernel)
                 });
                 let id = self.interner.stack(frames);
-                self.resolved.insert(*r, id);
+                self.resolved
+                    .entry(r.space)
+                    .or_default()
+                    .insert((r.user, r.kernel), id);
                 id
             })
             .collect()
@@ -548,26 +583,45 @@ impl Symbolizer {
         }
     }
 
-    fn resolve_user(&mut self, keys: HashSet<(ProcKey, i32)>) {
-        if keys.is_empty() {
-            return;
+    /// Makes sure each map covers the addresses of its new stacks: a forked child whose code
+    /// is outside the map it shares with its parent (it loaded a library, or a JIT wrote code)
+    /// gets a map of its own, read now; a process's own map is read again when it misses an
+    /// address, and its perf map when a JIT address is not in it. Returns the children given a
+    /// map of their own: (pid, shared map) -> own map.
+    fn cover(
+        &mut self,
+        stacks: &mut [((SpaceId, i32), u32, Vec<u64>)],
+    ) -> HashMap<(u32, SpaceId), SpaceId> {
+        let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
+        // Only the leaf is surely code: the return addresses of a frame-pointer walk through
+        // code without frame pointers may be anything.
+        let mut children: HashSet<(SpaceId, u32)> = HashSet::new();
+        for ((space, _), pid, addrs) in stacks.iter() {
+            if let (Some(sp), Some(&leaf)) = (self.spaces.get(*space), addrs.last())
+                && sp.owner != *pid
+                && !covered(&sp.info.mappings, leaf)
+            {
+                children.insert((*space, *pid));
+            }
         }
-        let stacks: Vec<((ProcKey, i32), Vec<u64>)> = keys
-            .into_iter()
-            .map(|k| (k, self.read_stack(k.1)))
-            .collect();
-        // Per process: make sure the snapshot covers the addresses (refresh once if not, which
-        // follows new mappings such as dlopen and JIT code while the process lives).
-        let mut by_proc: HashMap<ProcKey, Vec<u64>> = HashMap::new();
-        for ((proc, _), addrs) in &stacks {
-            by_proc.entry(*proc).or_default().extend(addrs);
+        let mut moved = HashMap::new();
+        for (space, pid) in children {
+            if let Some(own) = self.spaces.unshare(pid, space) {
+                moved.insert((pid, space), own);
+            }
         }
-        for (&(pid, generation), addrs) in &by_proc {
-            self.note_process(pid);
-            let Some(info) = self.info_mut((pid, generation)) else {
+        let mut by_space: HashMap<SpaceId, Vec<u64>> = HashMap::new();
+        for ((space, _), pid, addrs) in stacks.iter_mut() {
+            if let Some(&own) = moved.get(&(*pid, *space)) {
+                *space = own;
+            }
+            by_space.entry(*space).or_default().extend(addrs.iter());
+        }
+        for (space, addrs) in &by_space {
+            let Some(sp) = self.spaces.get_mut(*space) else {
                 continue;
             };
-            let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
+            let (pid, info) = (sp.owner, &mut sp.info);
             if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
                 match read_maps(pid) {
                     Some(m) => info.mappings = m,
@@ -590,32 +644,41 @@ impl Symbolizer {
                 info.perf_map.refresh(pid, &info.root);
             }
         }
-        // Map every address to (object, file offset) and group by object for batch lookup.
-        enum Place {
-            File(PathBuf, u64, String),
-            Jit(String),
-            Unknown(String),
+        moved
+    }
+
+    fn resolve_user(
+        &mut self,
+        keys: HashMap<(SpaceId, i32), u32>,
+    ) -> HashMap<(u32, SpaceId), SpaceId> {
+        if keys.is_empty() {
+            return HashMap::new();
         }
-        let mut places: HashMap<(ProcKey, u64), Place> = HashMap::new();
+        let mut stacks: Vec<((SpaceId, i32), u32, Vec<u64>)> = keys
+            .into_iter()
+            .map(|(k, pid)| (k, pid, self.read_stack(k.1)))
+            .collect();
+        let moved = self.cover(&mut stacks);
+        let mut by_space: HashMap<SpaceId, Vec<u64>> = HashMap::new();
+        for ((space, _), _, addrs) in &stacks {
+            by_space.entry(*space).or_default().extend(addrs);
+        }
+        // Map every address to (object, file offset) and group by object for batch lookup.
+        let mut places: HashMap<(SpaceId, u64), Place> = HashMap::new();
         let mut per_object: HashMap<PathBuf, Vec<u64>> = HashMap::new();
-        for (&proc, addrs) in &by_proc {
-            let info = self
-                .processes
-                .get(&proc.0)
-                .and_then(|g| g.get(proc.1 as usize))
-                .map(|g| &g.1);
+        for (&space, addrs) in &by_space {
+            let sp = self.spaces.get(space);
             for &a in addrs {
-                if places.contains_key(&(proc, a)) {
+                if places.contains_key(&(space, a)) {
                     continue;
                 }
-                let place = info.map_or_else(
-                    || Place::Unknown(format!("[unknown 0x{a:x}]")),
-                    |info| locate(info, proc.0, a),
-                );
+                let place = sp.map_or(Place::Unknown(UNKNOWN_USER.to_owned()), |sp| {
+                    locate(&sp.info, sp.owner, a)
+                });
                 if let Place::File(path, off, _) = &place {
                     per_object.entry(path.clone()).or_default().push(*off);
                 }
-                places.insert((proc, a), place);
+                places.insert((space, a), place);
             }
         }
         let mut names: HashMap<(PathBuf, u64), String> = HashMap::new();
@@ -650,12 +713,12 @@ impl Symbolizer {
                 offs = unnamed;
             }
         }
-        for ((proc, id), addrs) in stacks {
-            let pid = proc.0;
+        for ((space, id), _, addrs) in stacks {
+            let owner = self.spaces.get(space).map_or(0, |sp| sp.owner);
             let frames = addrs
                 .iter()
                 .map(|a| {
-                    let (name, module) = match places.get(&(proc, *a)) {
+                    let (name, module) = match places.get(&(space, *a)) {
                         Some(Place::File(path, off, module)) => {
                             match names.get(&(path.clone(), *off)) {
                                 Some(n) => (n.clone(), module.clone()),
@@ -669,48 +732,61 @@ impl Symbolizer {
                                 }
                             }
                         }
-                        Some(Place::Jit(n)) => (n.clone(), format!("[perf-{pid}.map]")),
+                        Some(Place::Jit(n)) => (n.clone(), format!("[perf-{owner}.map]")),
                         Some(Place::Unknown(n)) => {
                             self.stats.frames_unresolved += 1;
                             (n.clone(), String::new())
                         }
-                        None => (format!("[unknown 0x{a:x}]"), String::new()),
+                        None => (UNKNOWN_USER.to_owned(), String::new()),
                     };
                     self.interner.frame(false, name, module)
                 })
                 .collect();
-            self.user_frames.insert((proc, id), frames);
+            self.user_frames
+                .entry(space)
+                .or_default()
+                .insert(id, frames);
         }
+        moved
+    }
+}
 
-        fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
-            if let Some(m) = info.mappings.iter().find(|m| m.start <= a && a < m.end) {
-                let file_offset = a - m.start + m.offset;
-                if m.path.starts_with('/') {
-                    let (path, deleted) = match m.path.strip_suffix(" (deleted)") {
-                        Some(p) => (p, true),
-                        None => (m.path.as_str(), false),
-                    };
-                    let open = if deleted && info.alive {
-                        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
-                    } else {
-                        PathBuf::from(format!("{}{path}", info.root))
-                    };
-                    return Place::File(open, file_offset, path.to_owned());
-                }
-                if !m.path.is_empty() && m.path != "[anon]" && !m.path.starts_with("[anon:") {
-                    return Place::Unknown(format!(
-                        "[{}+0x{:x}]",
-                        m.path.trim_matches(['[', ']']),
-                        a - m.start
-                    ));
-                }
-            }
-            if let Some(name) = info.perf_map.lookup(a) {
-                return Place::Jit(name.to_owned());
-            }
-            Place::Unknown(format!("[unknown 0x{a:x}]"))
+/// What a user address is: in a file (path to open, file offset, path to show), JIT code named
+/// in the perf map, or nothing bar can name.
+enum Place {
+    File(PathBuf, u64, String),
+    Jit(String),
+    Unknown(String),
+}
+
+/// Where user address `a` of a process whose map is `info` (read from process `pid`) is.
+fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
+    if let Some(m) = info.mappings.iter().find(|m| m.start <= a && a < m.end) {
+        let file_offset = a - m.start + m.offset;
+        if m.path.starts_with('/') {
+            let (path, deleted) = match m.path.strip_suffix(" (deleted)") {
+                Some(p) => (p, true),
+                None => (m.path.as_str(), false),
+            };
+            let open = if deleted && info.alive {
+                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
+            } else {
+                PathBuf::from(format!("{}{path}", info.root))
+            };
+            return Place::File(open, file_offset, path.to_owned());
+        }
+        if !m.path.is_empty() && m.path != "[anon]" && !m.path.starts_with("[anon:") {
+            return Place::Unknown(format!(
+                "[{}+0x{:x}]",
+                m.path.trim_matches(['[', ']']),
+                a - m.start
+            ));
         }
     }
+    if let Some(name) = info.perf_map.lookup(a) {
+        return Place::Jit(name.to_owned());
+    }
+    Place::Unknown(UNKNOWN_USER.to_owned())
 }
 
 #[cfg(test)]

@@ -69,11 +69,12 @@ impl Outcome {
 /// The integration suites that exercise the kernel. The others (diff, export, report_html) only
 /// read files bar already wrote and need tools (go, chromium) the VMs do not carry: the host
 /// run covers them.
-const KERNEL_SUITES: [&str; 7] = [
+const KERNEL_SUITES: [&str; 8] = [
     "attach",
     "bad_input",
     "capture",
     "families",
+    "flight",
     "methods",
     "numa_vm",
     "phases",

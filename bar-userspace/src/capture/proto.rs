@@ -135,6 +135,10 @@ pub struct Process {
     /// CLOCK_MONOTONIC from which this name holds (0: from the start).
     #[prost(uint64, tag = "3")]
     pub since_ns: u64,
+    /// The process ended at `since_ns`, named `comm` then; it had no other name since its
+    /// previous entry that was not empty.
+    #[prost(bool, tag = "4")]
+    pub exited: bool,
 }
 
 /// Symbolized frames; a frame's id is its position among all frames of the file.

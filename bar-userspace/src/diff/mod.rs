@@ -253,6 +253,7 @@ mod tests {
                 pid: 9,
                 comm: "app".into(),
                 since_ns: 0,
+                ..Default::default()
             }],
         }))
         .unwrap();

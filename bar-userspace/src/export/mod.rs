@@ -208,6 +208,7 @@ mod tests {
                 pid: 7,
                 comm: "app".into(),
                 since_ns: 0,
+                ..Default::default()
             }],
         }))
         .unwrap();

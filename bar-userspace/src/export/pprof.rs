@@ -428,6 +428,7 @@ mod tests {
                 pid: 7,
                 comm: "app".into(),
                 since_ns: 0,
+                ..Default::default()
             }],
         }));
         let frame = |name: &str, module: &str, kernel| proto::Frame {

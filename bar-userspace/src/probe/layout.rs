@@ -144,7 +144,11 @@ pub fn fill_tracepoint(
             layout.mig_mode = f.offset("mode", 4).map_err(bad)?;
             layout.mig_reason = f.offset("reason", 4).map_err(bad)?;
         }
-        // Tracepoints whose fields the programs do not read (sched_process_exit).
+        ("task", "task_newtask") => {
+            layout.newtask_pid = f.offset("pid", 4).map_err(bad)?;
+            layout.newtask_clone_flags = f.offset("clone_flags", 8).map_err(bad)?;
+        }
+        // Tracepoints whose fields the programs do not read (sched_process_exec and _exit).
         _ => {}
     }
     Ok(())

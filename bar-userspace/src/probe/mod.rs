@@ -121,7 +121,7 @@ impl Offer {
         };
         let mut layout = Layout::unknown();
         let mut tracepoint_errors = Vec::new();
-        // The tracepoints of every attach point of the families, and the exec tracker's.
+        // The tracepoints of every attach point of the families, and the process tracker's.
         let tracepoints = families
             .iter()
             .flat_map(|f| chain(*f))
@@ -130,7 +130,7 @@ impl Offer {
                 Prog::Tracepoint { category, name, .. } => Some((*category, *name)),
                 _ => None,
             })
-            .chain([("sched", "sched_process_exec")]);
+            .chain(PROCESS_TRACKING.iter().map(|(_, c, n, _)| (*c, *n)));
         for (category, name) in tracepoints {
             let key = format!("{category}:{name}");
             if tracepoint_errors.iter().any(|(k, _)| *k == key) {
@@ -406,19 +406,47 @@ impl Loaded {
         self.offer.aya_btf = None;
     }
 
-    /// Attaches the exec tracker every recording needs to symbolize processes that exec.
-    pub fn attach_exec_tracking(&mut self) -> Result<(), String> {
-        if let Some((_, e)) = self
-            .offer
-            .tracepoint_errors
-            .iter()
-            .find(|(k, _)| k == "sched:sched_process_exec")
-        {
-            return Err(e.clone());
+    /// Attaches the process tracker every recording needs to name and symbolize processes
+    /// that fork, exec and exit; returns what could not be attached, each with what is lost and
+    /// why.
+    pub fn attach_process_tracking(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (prog, category, name, loss) in PROCESS_TRACKING {
+            let key = format!("{category}:{name}");
+            let result = match self.offer.tracepoint_errors.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => Err(e.clone()),
+                None => attach_tracepoint(&mut self.ebpf, prog, category, name),
+            };
+            if let Err(e) = result {
+                failed.push(format!("{loss}: {e}"));
+            }
         }
-        attach_tracepoint(&mut self.ebpf, "bar_exec_tp", "sched", "sched_process_exec")
+        failed
     }
 }
+
+/// The process tracker's programs: (program, tracepoint category and name, what is lost
+/// without it).
+const PROCESS_TRACKING: [(&str, &str, &str, &str); 3] = [
+    (
+        "bar_exec_tp",
+        "sched",
+        "sched_process_exec",
+        "processes that exec while recorded may get wrong symbols",
+    ),
+    (
+        "bar_fork_tp",
+        "task",
+        "task_newtask",
+        "processes that end before bar reads them may be unnamed",
+    ),
+    (
+        "bar_exit_tp",
+        "sched",
+        "sched_process_exit",
+        "what bar knows of ended processes is kept to the end of the recording",
+    ),
+];
 
 /// Loads and attaches every program of an attach point; on failure unloads what it loaded.
 fn try_attach(

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray};
-use bar_ebpf_common::{counter, kind};
+use bar_ebpf_common::{ProcessRecord, counter, kind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -65,6 +65,9 @@ pub(super) struct Aggregator {
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FLUSH_AT: usize = 65536;
 const EVENTS_PER_BLOCK: usize = 8192;
+/// How long after a process ends what the collector knows of it (memory map, resolved stacks)
+/// is kept: records taken before the end may still be on their way from other CPUs' buffers.
+const FORGET_AFTER_NS: u64 = 5_000_000_000;
 
 impl Aggregator {
     pub(super) fn new(
@@ -128,16 +131,44 @@ impl Aggregator {
         Ok(((self.events, lost), self.writer))
     }
 
-    /// Name and memory map of a process the first time it is seen, while it surely exists.
-    pub(super) fn first_sight(&mut self, pid: u32) {
+    /// Name and memory map of a process the first time it is seen (at `ts`), while it likely
+    /// exists; the kernel's word on a fork, exec or exit comes as a record of its own. A
+    /// process already gone gets no name here rather than an empty one, which would hide the
+    /// name its fork record gave it.
+    pub(super) fn first_sight(&mut self, pid: u32, ts: u64) {
         if self.seen_pids.insert(pid) {
             self.symbolizer.note_process(pid);
-            self.new_processes.push(proto::Process {
-                pid,
-                comm: symbolize::process_comm(pid).unwrap_or_default(),
-                since_ns: 0,
-            });
+            if let Some(comm) = symbolize::process_comm(pid) {
+                self.new_processes.push(proto::Process {
+                    pid,
+                    comm,
+                    since_ns: ts,
+                    exited: false,
+                });
+            }
         }
+    }
+
+    /// A process forked, exec'd or exited: its name as the kernel had it, and its memory map
+    /// (the parent's after a fork, read anew after an exec, forgotten a while after an exit).
+    fn lifecycle(&mut self, p: &ProcessRecord) {
+        let h = &p.header;
+        let end = p.comm.iter().position(|&b| b == 0).unwrap_or(p.comm.len());
+        let comm = String::from_utf8_lossy(&p.comm[..end]).into_owned();
+        match h.kind {
+            kind::FORK => self.symbolizer.fork(p.parent, h.pid, h.ts_ns),
+            kind::EXEC => self.symbolizer.exec(h.pid, h.ts_ns),
+            _ => self.symbolizer.exited(h.pid, h.ts_ns),
+        }
+        if h.kind != kind::EXIT {
+            self.seen_pids.insert(h.pid);
+        }
+        self.new_processes.push(proto::Process {
+            pid: h.pid,
+            comm,
+            since_ns: h.ts_ns,
+            exited: h.kind == kind::EXIT,
+        });
     }
 
     fn take(&mut self, batch: Batch) {
@@ -147,17 +178,11 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = *r.header();
-            self.first_sight(h.pid);
-            if let Record::Exec(_) = r {
-                // A new program: new memory map and name from now on.
-                self.symbolizer.exec(h.pid, h.ts_ns);
-                self.new_processes.push(proto::Process {
-                    pid: h.pid,
-                    comm: symbolize::process_comm(h.pid).unwrap_or_default(),
-                    since_ns: h.ts_ns,
-                });
+            if let Record::Process(p) = r {
+                self.lifecycle(&p);
                 continue;
             }
+            self.first_sight(h.pid, h.ts_ns);
             if let Some(c) = self.per_kind.get_mut(h.kind as usize) {
                 *c += r.count();
             }
@@ -177,13 +202,18 @@ impl Aggregator {
                 let h = r.header();
                 RawStack {
                     pid: h.pid,
-                    generation: self.symbolizer.generation(h.pid, h.ts_ns),
+                    space: self.symbolizer.space(h.pid, h.ts_ns),
                     user: h.user_stack,
                     kernel: h.kernel_stack,
                 }
             })
             .collect();
         let stack_ids = self.symbolizer.resolve(&raws);
+        // Processes that ended a while ago: every record of theirs is in by now.
+        let before = system::monotonic_ns().saturating_sub(FORGET_AFTER_NS);
+        for pid in self.symbolizer.prune(before) {
+            self.seen_pids.remove(&pid);
+        }
         let (frames, stacks) = self.symbolizer.interner.take_new();
         if !self.new_processes.is_empty() {
             self.writer.write(Body::Processes(proto::Processes {
@@ -341,7 +371,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             dst_nid: n.dst_nid,
             what: n.what,
         })),
-        Record::Exec(_) => None,
+        Record::Process(_) => None,
         Record::Summed {
             header,
             detail,

@@ -201,10 +201,8 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             )?);
         }
         let status = loaded.attach();
-        if let Err(e) = loaded.attach_exec_tracking() {
-            eprintln!(
-                "bar-probe: warning: processes that exec while recorded may get wrong symbols: {e}"
-            );
+        for e in loaded.attach_process_tracking() {
+            eprintln!("bar-probe: warning: {e}");
         }
         loaded.release_kernel_types();
         let attached = check_attached(&status, opts);
@@ -251,7 +249,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 // The target's name and memory map now: a short-lived process may be gone by
                 // the time its first events arrive.
                 if let Some(pid) = target {
-                    agg.first_sight(pid);
+                    agg.first_sight(pid, 0);
                 }
                 agg.symbolizer.prepare_kernel();
                 let _ = sighted_tx.send(());

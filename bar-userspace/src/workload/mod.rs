@@ -6,6 +6,7 @@
 //! keep their own frames.
 
 mod numa;
+mod spawn;
 
 use std::{
     hint::black_box,
@@ -52,6 +53,10 @@ pub enum Workload {
     Numa,
     /// Runs generated machine code named only in `/tmp/perf-PID.map`, as a JIT does.
     Jit,
+    /// Starts `--count` processes named `bar-shortlived` one after another, each living
+    /// `--micros` (burning CPU in `burn_cpu_hot_loop`); a link to bar-probe is made in `--dir`
+    /// (default: a new temporary folder).
+    Spawn,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -636,6 +641,10 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
             );
         }
         Workload::Numa => report(numa::run(args.count as usize, until(30.0) - start)?, start),
+        Workload::Spawn => {
+            let life = Duration::from_micros(args.micros);
+            report(spawn::run(args.count, life, args.dir.as_deref())?, start);
+        }
         #[cfg(target_arch = "x86_64")]
         Workload::Jit => {
             let calls = run_jitted_code(until(2.0))?;
