@@ -10,6 +10,10 @@ use std::{
 use bar_ebpf_common::{Family, numa_task_kind, offcpu_reason};
 use hdrhistogram::Histogram;
 
+mod times;
+
+pub use self::times::StackTimes;
+
 use crate::{
     capture::{
         Body, Damage, Reader,
@@ -76,7 +80,7 @@ pub struct ViewAgg {
     pub blocked_us: Histogram<u64>,
     pub preempted_us: Histogram<u64>,
     /// Off-CPU: blocked time per (process name id, stack), for the top stacks in the summary.
-    pub per_stack_us: HashMap<(u32, u32), Histogram<u64>>,
+    pub per_stack_us: HashMap<(u32, u32), StackTimes>,
     pub user_mode: u64,
     pub kernel_mode: u64,
     /// Faults whose attach point told major from minor, and those it could not.
@@ -239,10 +243,9 @@ impl ViewAgg {
                 };
                 let _ = h.record_n(us, n);
                 if o.reason != offcpu_reason::PREEMPTED {
-                    let _ = self
-                        .per_stack_us
+                    self.per_stack_us
                         .entry((process, ev.stack))
-                        .or_insert_with(new_histogram)
+                        .or_default()
                         .record_n(us, n);
                 }
             }

@@ -2,6 +2,7 @@
 //! `summary.json`, `tcp.jsonl`, `numa.jsonl`; [`html`] writes `report.html`. Every file is written to a temporary name and
 //! renamed into place, so an output folder never holds a half-written file.
 
+mod flame;
 pub mod html;
 mod summary;
 
@@ -166,7 +167,11 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
         written.push(folded);
         let svg = dir.join(format!("{}.svg", view.name()));
         let title = format!("bar {} ({})", view.name(), view.unit());
-        write_svg(&svg, &lines, flame_options(profile, *view, &title))?;
+        write_svg(
+            &svg,
+            &flame::drawable(&lines),
+            flame_options(profile, *view, &title),
+        )?;
         written.push(svg);
     }
     for view in [Family::Tcp, Family::Numa] {
@@ -200,7 +205,11 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
                 view.unit(),
                 phase.name
             );
-            write_svg(&svg, &lines, flame_options(profile, *view, &title))?;
+            write_svg(
+                &svg,
+                &flame::drawable(&lines),
+                flame_options(profile, *view, &title),
+            )?;
             written.push(svg);
         }
     }

@@ -90,21 +90,15 @@ fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value
             );
             obj.insert("map_full".into(), json!(profile.counters.offcpu_map_full));
             let mut top: Vec<_> = agg.per_stack_us.iter().collect();
-            top.sort_by(|a, b| {
-                let total = |h: &Histogram<u64>| {
-                    h.iter_recorded()
-                        .map(|x| x.value_iterated_to() * x.count_at_value())
-                        .sum::<u64>()
-                };
-                total(b.1).cmp(&total(a.1)).then(a.0.cmp(b.0))
-            });
+            top.sort_by(|a, b| b.1.total_us.cmp(&a.1.total_us).then(a.0.cmp(b.0)));
             let top: Vec<Value> = top
                 .into_iter()
                 .take(10)
-                .map(|((pid, stack), h)| {
+                .map(|((pid, stack), times)| {
                     let mut frames = vec![profile.name(*pid).to_owned()];
                     frames.extend(profile.stack_names(*stack));
-                    json!({ "stack": frames.join(";"), "blocked_us": percentiles(h, P50_P99) })
+                    let blocked = percentiles(&times.histogram(), P50_P99);
+                    json!({ "stack": frames.join(";"), "blocked_us": blocked })
                 })
                 .collect();
             obj.insert("top_blocked_stacks".into(), json!(top));
