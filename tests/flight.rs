@@ -2,7 +2,19 @@
 //! kernel knew, and the flight recorder (`record --ring`, `bar-probe dump`) keeps the last
 //! stretch of it.
 
-use bar_tests::{Folded, Recording, Value, Workload, out_dir, root_or_skip};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use bar_tests::{
+    Folded, Recording, Value, Workload, bar_probe, one_line_error, out_dir, read_json,
+    root_or_skip, run,
+};
+
+/// The name the spawn workload's children have.
+const CHILD: &str = "bar-shortlived";
 
 /// The children of a finished `spawn` workload.
 fn children(report: &Value) -> Vec<u64> {
@@ -50,9 +62,169 @@ fn short_lived_processes_keep_the_names_the_kernel_knew() {
     let rec = rec.finish();
     let pids = children(&report);
     assert_eq!(pids.len(), 40, "{report}");
-    // Every child faults in its program as it starts (a few hundred pages) and burns 50 ms.
-    let faults = named_weight(&rec.folded("faults"), &pids, "bar-shortlived");
-    let cpu = named_weight(&rec.folded("cpu"), &pids, "bar-shortlived");
-    assert!(faults >= 40 * 50, "faults of bar-shortlived: {faults}");
-    assert!(cpu > 0, "cpu samples of bar-shortlived: {cpu}");
+    assert_named(&rec.dir, &pids);
+}
+
+/// Every child of the spawn workload (`pids`) is named in the outputs in `dir`.
+fn assert_named(dir: &Path, pids: &[u64]) {
+    // Every child faults in its program as it starts (tens of pages or more, by attach
+    // point) and burns 50 ms.
+    let faults = named_weight(&Folded::read(&dir.join("faults.folded")), pids, CHILD);
+    let cpu = named_weight(&Folded::read(&dir.join("cpu.folded")), pids, CHILD);
+    assert!(faults >= 40 * 20, "faults of {CHILD}: {faults}");
+    assert!(cpu > 0, "cpu samples of {CHILD}: {cpu}");
+}
+
+/// `bar-probe dump -o DIR`, which must succeed; returns DIR.
+fn dump(name: &str) -> PathBuf {
+    let dir = out_dir(name);
+    let out = run(&["dump", "-o", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "bar-probe dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dumped the last"), "{stderr}");
+    dir
+}
+
+/// bar-probe under another name, which the kernel gives the processes that run it: a link in
+/// `dir` named `name`.
+fn named_probe(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bar_probe(), &link).unwrap();
+    link
+}
+
+/// Runs a built-in workload through `probe` and returns its report.
+fn workload(probe: &Path, args: &[&str]) -> Value {
+    let out = Command::new(probe)
+        .arg("workload")
+        .args(args)
+        .output()
+        .expect("run workload");
+    assert!(out.status.success(), "workload failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a report line")).expect("json report")
+}
+
+/// Weight of stacks under process `name` with a frame containing `frame`.
+fn under(folded: &Folded, name: &str, frame: &str) -> u64 {
+    folded.weight_where(|s| s.split(';').next() == Some(name) && s.contains(frame))
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024
+}
+
+#[test]
+fn the_ring_keeps_the_last_stretch_through_dumps_and_ctrl_c() {
+    if !root_or_skip("the_ring_keeps_the_last_stretch_through_dumps_and_ctrl_c") {
+        return;
+    }
+    let dir = out_dir("ring");
+    let links = out_dir("ring-links");
+    let burn = named_probe(&links, "bar-ring-burn");
+    let storm = named_probe(&links, "bar-ring-storm");
+    let rec = Recording::start(
+        &["record", "--all", "--events", "cpu,faults", "--ring", "5s"],
+        &dir,
+    );
+    // A CPU burn, dumped at once: the ring has it.
+    workload(&burn, &["cpu", "--seconds", "2"]);
+    let first = dump("ring-dump-burn");
+    let burned = under(
+        &Folded::read(&first.join("cpu.folded")),
+        "bar-ring-burn",
+        "burn_cpu_hot_loop",
+    );
+    assert!(
+        burned >= 20,
+        "{burned} samples of the burn in the first dump"
+    );
+    // Ten seconds later, a fault storm; a dump a second after it ended holds all of it and
+    // nothing of the burn, which is older than the ring.
+    std::thread::sleep(Duration::from_secs(10));
+    let report = workload(&storm, &["faults", "--count", "30000"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let second = dump("ring-dump-storm");
+    let pages = report["pages"].as_u64().expect("pages");
+    let faults = Folded::read(&second.join("faults.folded"));
+    let stormed = under(&faults, "bar-ring-storm", "touch_fresh_pages");
+    assert!(
+        stormed * 10 >= pages * 9 && stormed <= pages + pages / 10,
+        "{stormed} faults of the storm for {pages} pages"
+    );
+    for view in ["cpu", "faults"] {
+        let folded = Folded::read(&second.join(format!("{view}.folded")));
+        let old = folded.weight_where(|s| s.starts_with("bar-ring-burn;"));
+        assert_eq!(
+            old, 0,
+            "the burn ended 10 s before a 5 s ring was dumped ({view})"
+        );
+    }
+    let s = read_json(&second.join("summary.json"));
+    assert_eq!(s["complete"], true, "{s}");
+    assert_eq!(s["stop_reason"], "dump");
+    assert_eq!(s["ring"]["window_s"], 5.0, "{s}");
+    let held = s["duration_s"].as_f64().unwrap();
+    assert!(
+        (4.0..=5.5).contains(&held),
+        "a dump of a 5 s ring holds {held} s"
+    );
+    // A folder that cannot be made: one line to the caller, and the ring goes on.
+    let out = run(&["dump", "-o", "/proc/bar-no-such-dir/dump"]);
+    one_line_error(&out, "cannot create output folder");
+    let third = dump("ring-dump-again");
+    assert_eq!(read_json(&third.join("summary.json"))["complete"], true);
+    // Whole-host rings stay small; the benchmark measures them under load.
+    let rss = peak_rss_mib(rec.child.id());
+    assert!(rss < 512, "the recorder's peak RSS: {rss} MiB");
+    // Ctrl-C writes the last ring where the recording was asked to write.
+    let rec = rec.interrupt();
+    let s = rec.summary();
+    assert_eq!(s["complete"], true, "{s}");
+    assert_eq!(s["stop_reason"], "signal");
+    assert_eq!(s["ring"]["window_s"], 5.0);
+    let _ = std::fs::remove_dir_all(&links);
+}
+
+#[test]
+fn short_lived_processes_are_named_in_a_dump() {
+    if !root_or_skip("short_lived_processes_are_named_in_a_dump") {
+        return;
+    }
+    let dir = out_dir("ring-shortlived");
+    let mut w = Workload::start(&["spawn", "--count", "40", "--micros", "50000"]);
+    let rec = Recording::start(
+        &["record", "--all", "--events", "cpu,faults", "--ring", "30s"],
+        &dir,
+    );
+    w.go();
+    let report = w.finish();
+    let dumped = dump("ring-shortlived-dump");
+    rec.interrupt();
+    assert_named(&dumped, &children(&report));
+}
+
+#[test]
+fn ring_options_that_cannot_work_get_one_line() {
+    let out = run(&["record", "--all", "--ring", "500ms"]);
+    one_line_error(&out, "too short");
+    let out = run(&["record", "--all", "--ring", "10s", "--max-size", "1M"]);
+    one_line_error(&out, "--max-size");
+    let out = run(&["record", "--all", "--ring-size", "1M"]);
+    one_line_error(&out, "add --ring DUR");
+    let out = run(&["record", "--all", "--ring", "10s", "--ring-size", "lots"]);
+    one_line_error(&out, "not a size");
 }

@@ -91,6 +91,9 @@ pub struct ViewAgg {
     /// TCP connect latency over every destination.
     pub tcp_latency_us: Histogram<u64>,
     pub numa: NumaStats,
+    /// Events whose user or kernel stack the kernel could not store (a `[... stack lost]`
+    /// frame stands for it).
+    pub stacks_lost: u64,
 }
 
 impl Default for ViewAgg {
@@ -110,6 +113,7 @@ impl Default for ViewAgg {
             tcp: BTreeMap::new(),
             tcp_latency_us: new_histogram(),
             numa: NumaStats::default(),
+            stacks_lost: 0,
         }
     }
 }
@@ -329,6 +333,8 @@ pub struct Profile {
     name_ids: HashMap<String, u32>,
     pub frames: Vec<proto::Frame>,
     pub stacks: Vec<proto::Stack>,
+    /// Per stack, whether the kernel could not store part of it.
+    lost_stacks: Vec<bool>,
     pub views: BTreeMap<Family, ViewAgg>,
     pub counters: proto::Counters,
     pub markers: Vec<proto::Marker>,
@@ -448,7 +454,17 @@ impl Profile {
                 }
             }
             Body::Frames(f) => self.frames.extend(f.frames),
-            Body::Stacks(s) => self.stacks.extend(s.stacks),
+            Body::Stacks(s) => {
+                for st in &s.stacks {
+                    let lost = st.frames.iter().any(|&f| {
+                        self.frames
+                            .get(f as usize)
+                            .is_some_and(|fr| fr.name.contains(" stack lost: "))
+                    });
+                    self.lost_stacks.push(lost);
+                }
+                self.stacks.extend(s.stacks);
+            }
             Body::Events(evs) => {
                 for ev in &evs.events {
                     self.add_event(ev);
@@ -477,7 +493,15 @@ impl Profile {
             .entry(view)
             .or_default() += 1;
         let process = self.process_at(ev.pid, ev.ts);
+        let lost = ev
+            .stack
+            .checked_sub(1)
+            .and_then(|i| self.lost_stacks.get(i as usize))
+            .is_some_and(|l| *l);
         let agg = self.views.entry(view).or_default();
+        if lost {
+            agg.stacks_lost += count(ev);
+        }
         let weight_before = agg.weight;
         agg.add(ev, process);
         let weight = agg.weight - weight_before;
@@ -820,6 +844,39 @@ mod tests {
         assert_eq!(p.slices[1].views[&Family::Cpu].events, 5);
         let folded = p.folded_map(&p.slices[1].views[&Family::Cpu]);
         assert_eq!(folded["app;main;work:x"], 5);
+    }
+
+    #[test]
+    fn events_whose_stack_the_kernel_could_not_store_are_counted_per_view() {
+        let mut p = profile();
+        p.add_block(Body::Frames(proto::Frames {
+            frames: vec![proto::Frame {
+                name: "[user stack lost: map full]".into(),
+                module: String::new(),
+                kernel: false,
+            }],
+        }));
+        p.add_block(Body::Stacks(proto::Stacks {
+            stacks: vec![proto::Stack { frames: vec![3, 2] }],
+        }));
+        let fault = || {
+            Some(Detail::Fault(proto::Fault {
+                user_mode: true,
+                ..Default::default()
+            }))
+        };
+        p.add_block(Body::Events(proto::Events {
+            events: vec![
+                proto::Event {
+                    count: 4,
+                    ..ev(kind::FAULT, 7, 3, fault())
+                },
+                ev(kind::FAULT, 7, 1, fault()),
+                ev(kind::CPU, 7, 3, None),
+            ],
+        }));
+        assert_eq!(p.views[&Family::Faults].stacks_lost, 4);
+        assert_eq!(p.views[&Family::Cpu].stacks_lost, 1);
     }
 
     #[test]

@@ -94,6 +94,14 @@ pub enum Cmd {
         #[arg(long)]
         end: bool,
     },
+    /// Write what every flight recorder (`record --ring`) holds, with every output, while it
+    /// goes on recording.
+    Dump {
+        /// Output folder (default: ./bar-dump-<time>; with several recorders, one folder per
+        /// recorder's pid inside it).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Record through the phases of a load test, timing them itself: each `--phase NAME=DURATION`
     /// (optionally `NAME=DURATION:COMMAND`, run for the phase's duration) follows the one before.
     /// A LOAD_CMD after `--` runs through all phases; without --pid/--all/--cgroup, it is the
@@ -188,6 +196,14 @@ pub struct RecordArgs {
     /// Also read live markers (lines `NAME` or `NAME --end`) from this FIFO (created if missing).
     #[arg(long)]
     pub marker_fifo: Option<PathBuf>,
+    /// Flight recorder: keep only the last DUR of events, in memory, until stopped;
+    /// `bar-probe dump` or SIGUSR1 writes them out, Ctrl-C writes them into the output folder.
+    #[arg(long, value_name = "DUR", value_parser = parse_ring, conflicts_with = "max_size")]
+    pub ring: Option<Duration>,
+    /// With --ring: keep at most this much (deflated, e.g. 64M, 1G; default 128M), dropping
+    /// the oldest.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub ring_size: Option<u64>,
 }
 
 /// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
@@ -398,6 +414,14 @@ fn parse_window(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_ring(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("a ring of {s} is too short: keep 1s or more"));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 10s, 500ms or 1us: {e}"))
@@ -436,9 +460,12 @@ fn now_stamp() -> String {
 }
 
 impl RecordArgs {
-    fn options(&self, scope: Scope, default_dir: String) -> RecordOptions {
+    fn options(&self, scope: Scope, default_dir: String) -> anyhow::Result<RecordOptions> {
+        if self.ring_size.is_some() && self.ring.is_none() {
+            bail!("--ring-size is the size of a flight recorder's ring: add --ring DUR");
+        }
         let families = self.events.0.clone();
-        RecordOptions {
+        Ok(RecordOptions {
             explicit: families.len() < Family::ALL.len(),
             families,
             scope,
@@ -460,7 +487,11 @@ impl RecordArgs {
             phases: self.phases.clone().map(|p| p.0).unwrap_or_default(),
             marker_fifo: self.marker_fifo.clone(),
             plan: Vec::new(),
-        }
+            ring: self.ring.map(|window| record::RingOptions {
+                window,
+                size: self.ring_size.unwrap_or(record::DEFAULT_RING_SIZE),
+            }),
+        })
     }
 }
 
@@ -472,17 +503,7 @@ fn record_and_report(opts: &RecordOptions) -> anyhow::Result<()> {
 /// Records (calling `on_start` once recording), then renders the capture into the same folder.
 fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<()> {
     let recorded = record::record(opts, on_start)?;
-    let checksum = evidence::write_checksum(&recorded.capture)
-        .with_context(|| format!("cannot checksum {}", recorded.capture.display()))?;
-    let rep = report::report(&recorded.capture, &opts.out_dir)?;
-    let mut files = vec![recorded.capture.clone(), checksum];
-    files.extend(rep.written.iter().cloned());
-    evidence::hand_over(&opts.out_dir, &files).with_context(|| {
-        format!(
-            "cannot hand {} over to the sudo user",
-            opts.out_dir.display()
-        )
-    })?;
+    let files = report::deliver(&recorded.capture, &opts.out_dir)?;
     if !opts.quiet {
         eprintln!(
             "bar-probe: stopped ({}): {} events, {} lost",
@@ -512,7 +533,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => crate::info::machine(json)?,
         Cmd::Attach { pid, rec } => {
             let dir = format!("bar-{pid}-{}", now_stamp());
-            record_and_report(&rec.options(Scope::Pid(pid), dir))?;
+            record_and_report(&rec.options(Scope::Pid(pid), dir)?)?;
         }
         Cmd::Record { all, cgroup, rec } => {
             let scope = match (all, cgroup) {
@@ -523,13 +544,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             };
             let dir = format!("bar-all-{}", now_stamp());
-            record_and_report(&rec.options(scope, dir))?;
+            record_and_report(&rec.options(scope, dir)?)?;
         }
         Cmd::Demo {
             output,
             duration,
             quiet,
         } => demo(output, duration, quiet)?,
+        Cmd::Dump { output } => {
+            let dir = output.unwrap_or_else(|| PathBuf::from(format!("bar-dump-{}", now_stamp())));
+            return crate::dumps::command(&dir);
+        }
         Cmd::Mark { name, end } => {
             let n = markers::send_all(&name, end)?;
             eprintln!(
@@ -658,7 +683,10 @@ fn run_phases(
         Scope::Pid(p) => format!("bar-{p}-{}", now_stamp()),
         _ => format!("bar-all-{}", now_stamp()),
     };
-    let mut opts = rec.options(scope, dir);
+    if rec.ring.is_some() {
+        bail!("--ring is for record and attach: a run lasts as long as its phases");
+    }
+    let mut opts = rec.options(scope, dir)?;
     opts.duration = Some(total);
     opts.plan = plan;
     let result = record_and_report_then(&opts, || {
@@ -706,8 +734,10 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         aggregate: None,
         phases: None,
         marker_fifo: None,
+        ring: None,
+        ring_size: None,
     }
-    .options(Scope::Pid(pid), String::new());
+    .options(Scope::Pid(pid), String::new())?;
     rec.explicit = true;
     let result = record_and_report(&rec);
     let _ = child.kill();

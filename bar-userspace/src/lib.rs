@@ -18,6 +18,7 @@ pub mod capture;
 pub mod cli;
 pub mod collect;
 pub mod diff;
+pub mod dumps;
 pub mod evidence;
 pub mod export;
 pub mod info;

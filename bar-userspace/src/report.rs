@@ -57,6 +57,20 @@ pub fn report_with(
     })
 }
 
+/// Everything a recording leaves beside its capture, as `attach`, `record` and a dump of the
+/// flight recorder end: the checksum, every output, and all of it handed to the user who ran
+/// `sudo bar-probe`. Returns the files, the capture first.
+pub fn deliver(capture: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let checksum = crate::evidence::write_checksum(capture)
+        .with_context(|| format!("cannot checksum {}", capture.display()))?;
+    let rep = report(capture, out)?;
+    let mut files = vec![capture.to_owned(), checksum];
+    files.extend(rep.written);
+    crate::evidence::hand_over(out, &files)
+        .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
+    Ok(files)
+}
+
 /// Each phase against the one before it, as sections of `report.html` (with their files under
 /// `phases/diff-<before>-<after>/`). A pair that cannot be compared says why instead.
 fn phase_diffs(

@@ -10,6 +10,7 @@
 //! in no mapping at all is `[unknown]` (often not code: a frame-pointer walk through code built
 //! without frame pointers reads data as return addresses).
 
+mod evict;
 mod spaces;
 
 pub use self::spaces::SpaceId;
@@ -31,7 +32,7 @@ use blazesym::{
     },
 };
 
-use self::spaces::Spaces;
+use self::{evict::UserIds, spaces::Spaces};
 use crate::capture::proto;
 
 /// For the lookups made once per event: SipHash, the default, took a sixth of the collector's
@@ -232,6 +233,8 @@ pub struct RawStack {
     pub space: SpaceId,
     pub user: i32,
     pub kernel: i32,
+    /// When the record was taken.
+    pub ts: u64,
 }
 
 /// Name of a user address in no mapping of its process.
@@ -297,6 +300,8 @@ pub struct Symbolizer {
     stacks: StackTraceMap<MapData>,
     /// User stacks the programs walked themselves (ids with [`USER_STACK_KEY`]).
     user_stacks: BpfHashMap<MapData, u32, UserStack>,
+    user_stacks_capacity: u32,
+    user_ids: UserIds,
     /// The memory maps of processes over time.
     spaces: Spaces,
     kernel_frames: FastMap<i32, Vec<u32>>,
@@ -312,6 +317,7 @@ impl Symbolizer {
     pub fn new(
         stacks: StackTraceMap<MapData>,
         user_stacks: BpfHashMap<MapData, u32, UserStack>,
+        user_stacks_capacity: u32,
     ) -> Self {
         Self {
             blaze: Blaze::builder()
@@ -320,6 +326,8 @@ impl Symbolizer {
                 .build(),
             stacks,
             user_stacks,
+            user_stacks_capacity,
+            user_ids: UserIds::default(),
             spaces: Spaces::default(),
             kernel_frames: FastMap::default(),
             user_frames: FastMap::default(),
@@ -351,45 +359,13 @@ impl Symbolizer {
         }
     }
 
-    /// Takes a snapshot of a process's mappings the first time it is seen.
-    pub fn note_process(&mut self, pid: u32) {
-        self.spaces.note(pid);
-    }
-
-    /// The process replaced its program at `ts`: stacks from before keep the old snapshot,
-    /// stacks from then on use a new one.
-    pub fn exec(&mut self, pid: u32, ts: u64) {
-        self.spaces.exec(pid, ts);
-    }
-
-    /// `parent` started process `child` at `ts`: the child has its parent's map.
-    pub fn fork(&mut self, parent: u32, child: u32, ts: u64) {
-        self.spaces.fork(parent, child, ts);
-    }
-
-    /// Process `pid` ended at `ts`; [`Self::prune`] forgets it.
-    pub fn exited(&mut self, pid: u32, ts: u64) {
-        self.spaces.exit(pid, ts);
-    }
-
-    /// Forgets the processes that ended before `before` (monotonic ns), with the stacks
-    /// resolved against maps no process uses any more; returns the pids forgotten.
-    pub fn prune(&mut self, before: u64) -> Vec<u32> {
-        let (pids, dropped) = self.spaces.prune(before);
-        for id in dropped {
-            self.user_frames.remove(&id);
-            self.resolved.remove(&id);
-        }
-        pids
-    }
-
-    /// The memory map process `pid` had at time `ts`.
-    pub fn space(&mut self, pid: u32, ts: u64) -> SpaceId {
-        if let Some(id) = self.spaces.space(pid, ts) {
-            return id;
-        }
-        self.spaces.note(pid);
-        self.spaces.space(pid, ts).unwrap_or_default()
+    /// Starts frames and stacks over: from now on they are numbered from the first again and
+    /// reported as new (the flight recorder's segments each hold their own). Memory maps stay.
+    pub fn forget_ids(&mut self) {
+        self.interner = Interner::default();
+        self.kernel_frames.clear();
+        self.user_frames.clear();
+        self.resolved.clear();
     }
 
     fn cached(&self, r: &RawStack) -> Option<u32> {
@@ -404,6 +380,7 @@ impl Symbolizer {
         let mut new_kernel: HashSet<i32> = HashSet::new();
         let mut new_user: HashMap<(SpaceId, i32), u32> = HashMap::new();
         for r in raws {
+            self.user_ids.used(r.user, r.ts);
             if self.cached(r).is_some() {
                 continue;
             }
@@ -581,70 +558,6 @@ impl Symbolizer {
                 .collect();
             self.kernel_frames.insert(id, frames);
         }
-    }
-
-    /// Makes sure each map covers the addresses of its new stacks: a forked child whose code
-    /// is outside the map it shares with its parent (it loaded a library, or a JIT wrote code)
-    /// gets a map of its own, read now; a process's own map is read again when it misses an
-    /// address, and its perf map when a JIT address is not in it. Returns the children given a
-    /// map of their own: (pid, shared map) -> own map.
-    fn cover(
-        &mut self,
-        stacks: &mut [((SpaceId, i32), u32, Vec<u64>)],
-    ) -> HashMap<(u32, SpaceId), SpaceId> {
-        let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
-        // Only the leaf is surely code: the return addresses of a frame-pointer walk through
-        // code without frame pointers may be anything.
-        let mut children: HashSet<(SpaceId, u32)> = HashSet::new();
-        for ((space, _), pid, addrs) in stacks.iter() {
-            if let (Some(sp), Some(&leaf)) = (self.spaces.get(*space), addrs.last())
-                && sp.owner != *pid
-                && !covered(&sp.info.mappings, leaf)
-            {
-                children.insert((*space, *pid));
-            }
-        }
-        let mut moved = HashMap::new();
-        for (space, pid) in children {
-            if let Some(own) = self.spaces.unshare(pid, space) {
-                moved.insert((pid, space), own);
-            }
-        }
-        let mut by_space: HashMap<SpaceId, Vec<u64>> = HashMap::new();
-        for ((space, _), pid, addrs) in stacks.iter_mut() {
-            if let Some(&own) = moved.get(&(*pid, *space)) {
-                *space = own;
-            }
-            by_space.entry(*space).or_default().extend(addrs.iter());
-        }
-        for (space, addrs) in &by_space {
-            let Some(sp) = self.spaces.get_mut(*space) else {
-                continue;
-            };
-            let (pid, info) = (sp.owner, &mut sp.info);
-            if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
-                match read_maps(pid) {
-                    Some(m) => info.mappings = m,
-                    None => info.alive = false,
-                }
-            }
-            // Code in anonymous memory is a JIT's: its names are in the perf map, which may
-            // have grown since it was read.
-            let anonymous = |a: u64| {
-                info.mappings
-                    .iter()
-                    .find(|x| x.start <= a && a < x.end)
-                    .is_none_or(|x| x.path.is_empty() || x.path.starts_with("[anon"))
-            };
-            if info.alive
-                && addrs
-                    .iter()
-                    .any(|&a| anonymous(a) && info.perf_map.lookup(a).is_none())
-            {
-                info.perf_map.refresh(pid, &info.root);
-            }
-        }
-        moved
     }
 
     fn resolve_user(

@@ -82,6 +82,14 @@ pub struct Meta {
     /// nanoseconds (`--aggregate`); 0 when each was recorded.
     #[prost(uint64, tag = "19")]
     pub aggregate_window_ns: u64,
+    /// A dump of the flight recorder (`--ring`): the time it keeps (0 otherwise), its size
+    /// limit, and whether that limit dropped events of the time asked for.
+    #[prost(uint64, tag = "20")]
+    pub ring_window_ns: u64,
+    #[prost(uint64, tag = "21")]
+    pub ring_size_bytes: u64,
+    #[prost(bool, tag = "22")]
+    pub ring_cut_by_size: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -12,6 +12,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bar_ebpf_common::{ProcessRecord, counter, kind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::{dump, ring::Ring};
 use crate::{
     aggregate,
     capture::{
@@ -29,6 +30,30 @@ pub(super) enum Input {
     Marker(proto::Marker),
     /// Time passes: flush and print status even when no event arrives.
     Tick,
+    /// Write the flight recorder's ring out (`bar-probe dump`, SIGUSR1).
+    Dump(dump::Request),
+}
+
+/// Where the blocks go: the capture file, or the flight recorder's ring (`--ring`).
+pub(super) enum Sink {
+    File(Writer),
+    Ring(Box<Ring>),
+}
+
+impl Sink {
+    pub(super) fn write(&mut self, body: Body) -> std::io::Result<()> {
+        match self {
+            Self::File(w) => w.write(body),
+            Self::Ring(r) => r.write(body),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Self::File(w) => w.size(),
+            Self::Ring(r) => r.size(),
+        }
+    }
 }
 
 impl From<Batch> for Input {
@@ -39,7 +64,9 @@ impl From<Batch> for Input {
 
 /// Receives batches, keeps the capture growing, prints the live status.
 pub(super) struct Aggregator {
-    writer: Writer,
+    sink: Sink,
+    /// Writes the ring's dumps beside collecting (ring recordings only).
+    dumper: Option<dump::Dumper>,
     pub(super) symbolizer: Symbolizer,
     counters: PerCpuArray<MapData, u64>,
     pending: Vec<(u32, Record)>,
@@ -71,7 +98,8 @@ const FORGET_AFTER_NS: u64 = 5_000_000_000;
 
 impl Aggregator {
     pub(super) fn new(
-        writer: Writer,
+        sink: Sink,
+        dumper: Option<dump::Dumper>,
         symbolizer: Symbolizer,
         counters: PerCpuArray<MapData, u64>,
         (cpus, quiet, max_size): (usize, bool, Option<u64>),
@@ -79,7 +107,8 @@ impl Aggregator {
     ) -> Self {
         let now = Instant::now();
         Self {
-            writer,
+            sink,
+            dumper,
             symbolizer,
             counters,
             pending: Vec::new(),
@@ -104,7 +133,7 @@ impl Aggregator {
     pub(super) fn run(
         mut self,
         mut rx: mpsc::Receiver<Input>,
-    ) -> std::io::Result<((u64, u64), Writer)> {
+    ) -> std::io::Result<((u64, u64), Sink)> {
         while let Some(input) = rx.blocking_recv() {
             match input {
                 Input::Batch(batch) => self.take(batch),
@@ -113,9 +142,10 @@ impl Aggregator {
                         let what = if m.end { "ends" } else { "starts" };
                         eprintln!("\nbar-probe: phase {} {what}", m.name);
                     }
-                    self.writer.write(Body::Marker(m))?;
+                    self.sink.write(Body::Marker(m))?;
                 }
                 Input::Tick => {}
+                Input::Dump(req) => self.dump(req)?,
             }
             if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
                 self.flush()?;
@@ -128,7 +158,10 @@ impl Aggregator {
             eprintln!();
         }
         let lost = self.lost_per_cpu.iter().sum();
-        Ok(((self.events, lost), self.writer))
+        if let Some(d) = self.dumper.take() {
+            d.finish();
+        }
+        Ok(((self.events, lost), self.sink))
     }
 
     /// Name and memory map of a process the first time it is seen (at `ts`), while it likely
@@ -190,8 +223,43 @@ impl Aggregator {
         }
     }
 
+    /// Seals the ring's open segment when its time is up (or `now` is asked): the symbolizer
+    /// starts its frames and stacks over, so that the next segment holds its own.
+    fn seal(&mut self, now: bool) -> std::io::Result<()> {
+        let Sink::Ring(ring) = &mut self.sink else {
+            return Ok(());
+        };
+        let ts = system::monotonic_ns();
+        if now || ring.seal_due(ts) {
+            ring.seal(ts)?;
+            self.symbolizer.forget_ids();
+        }
+        Ok(())
+    }
+
+    /// Hands the ring as it is now to the dump thread, after what has arrived so far.
+    fn dump(&mut self, req: dump::Request) -> std::io::Result<()> {
+        let Some(dumper) = self.dumper.as_ref() else {
+            req.answer(Err("this recording keeps no ring (--ring)".into()));
+            return Ok(());
+        };
+        if dumper.busy() {
+            req.answer(Err(
+                "a dump of this recording is being written; ask again when it is done".into(),
+            ));
+            return Ok(());
+        }
+        self.flush()?;
+        self.seal(true)?;
+        if let (Sink::Ring(ring), Some(dumper)) = (&self.sink, &self.dumper) {
+            dumper.start(ring.snapshot(system::monotonic_ns()), req);
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.last_flush = Instant::now();
+        self.seal(false)?;
         if self.pending.is_empty() && self.new_processes.is_empty() {
             return Ok(());
         }
@@ -205,26 +273,28 @@ impl Aggregator {
                     space: self.symbolizer.space(h.pid, h.ts_ns),
                     user: h.user_stack,
                     kernel: h.kernel_stack,
+                    ts: h.ts_ns,
                 }
             })
             .collect();
         let stack_ids = self.symbolizer.resolve(&raws);
         // Processes that ended a while ago: every record of theirs is in by now.
-        let before = system::monotonic_ns().saturating_sub(FORGET_AFTER_NS);
-        for pid in self.symbolizer.prune(before) {
+        let now = system::monotonic_ns();
+        for pid in self.symbolizer.prune(now.saturating_sub(FORGET_AFTER_NS)) {
             self.seen_pids.remove(&pid);
         }
+        self.symbolizer.evict_user_stacks(now);
         let (frames, stacks) = self.symbolizer.interner.take_new();
         if !self.new_processes.is_empty() {
-            self.writer.write(Body::Processes(proto::Processes {
+            self.sink.write(Body::Processes(proto::Processes {
                 processes: std::mem::take(&mut self.new_processes),
             }))?;
         }
         if !frames.is_empty() {
-            self.writer.write(Body::Frames(proto::Frames { frames }))?;
+            self.sink.write(Body::Frames(proto::Frames { frames }))?;
         }
         if !stacks.is_empty() {
-            self.writer.write(Body::Stacks(proto::Stacks { stacks }))?;
+            self.sink.write(Body::Stacks(proto::Stacks { stacks }))?;
         }
         let mut events = self
             .pending
@@ -241,10 +311,10 @@ impl Aggregator {
                 continue;
             }
             self.events += represented;
-            self.writer
+            self.sink
                 .write(Body::Events(proto::Events { events: chunk }))?;
             if let Some(max) = self.max_size
-                && self.writer.size() >= max
+                && self.sink.size() >= max
                 && let Some(tx) = self.full_tx.take()
             {
                 if !self.quiet {
@@ -267,7 +337,7 @@ impl Aggregator {
             }
         }
         let d = counter::DROPPED as usize;
-        self.writer.write(Body::Counters(proto::Counters {
+        self.sink.write(Body::Counters(proto::Counters {
             lost_per_cpu: self.lost_per_cpu.clone(),
             dropped_per_kind: sums[d..d + kind::COUNT as usize].to_vec(),
             malformed: self.malformed,

@@ -5,8 +5,12 @@
 //! its size limit, and always leaves a complete capture.
 
 mod aggregator;
+mod dump;
+mod ring;
 
-use self::aggregator::{Aggregator, Input};
+pub use self::ring::{DEFAULT_SIZE as DEFAULT_RING_SIZE, RingOptions};
+
+use self::aggregator::{Aggregator, Input, Sink};
 
 use bar_ebpf_common::Family;
 use std::{
@@ -67,6 +71,9 @@ pub struct RecordOptions {
     pub marker_fifo: Option<PathBuf>,
     /// Phases timed by the recording itself (`bar-probe run`), back to back from the start.
     pub plan: Vec<PlannedPhase>,
+    /// Keep only the last stretch of events, in memory, and write it out on demand and at the
+    /// end (the flight recorder).
+    pub ring: Option<RingOptions>,
 }
 
 /// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
@@ -148,6 +155,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
     };
     let stacks = StackTraceMap::try_from(take(&mut loaded.ebpf, maps::STACKS)?)?;
     let user_stacks = BpfHashMap::try_from(take(&mut loaded.ebpf, maps::USER_STACKS)?)?;
+    let user_stacks_capacity = opts.stack_map_entries;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
     let sums = match opts.aggregate {
@@ -209,15 +217,24 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         let writer = attached.and_then(|()| {
             let meta = meta(opts, &status, target_meta, cgroup, &cpus);
             let offset = meta.monotonic_to_realtime_ns;
-            let mut w = Writer::create(&capture_path, meta)
-                .with_context(|| format!("cannot write {}", capture_path.display()))?;
+            let mut sink = match opts.ring {
+                Some(ring) => Sink::Ring(Box::new(ring::Ring::new(ring, meta))),
+                None => Sink::File(
+                    Writer::create(&capture_path, meta)
+                        .with_context(|| format!("cannot write {}", capture_path.display()))?,
+                ),
+            };
             // Phases given as a file go in as markers, like live ones.
             for m in phases::markers_of(&opts.phases, offset) {
-                w.write(Body::Marker(m))?;
+                sink.write(Body::Marker(m))?;
             }
-            Ok(w)
+            let dumper = match opts.ring {
+                Some(_) => Some(dump::Dumper::spawn()?),
+                None => None,
+            };
+            Ok((sink, dumper))
         });
-        let writer = match writer {
+        let (sink, dumper) = match writer {
             Ok(w) => w,
             Err(e) => {
                 drop(loaded);
@@ -240,8 +257,9 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             .name("bar-aggregate".into())
             .spawn(move || {
                 let mut agg = Aggregator::new(
-                    writer,
-                    Symbolizer::new(stacks, user_stacks),
+                    sink,
+                    dumper,
+                    Symbolizer::new(stacks, user_stacks, user_stacks_capacity),
                     counters,
                     agg_opts,
                     full_tx,
@@ -273,6 +291,9 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             })
         };
         let mut marker_tasks = spawn_marker_sources(opts, &tx, &stop_tx);
+        if opts.ring.is_some() {
+            marker_tasks.extend(dump::spawn_sources(&opts.out_dir, &tx, &stop_tx));
+        }
         if !opts.plan.is_empty() {
             marker_tasks.push(tokio::spawn(run_plan(opts.plan.clone(), tx.clone())));
         }
@@ -283,10 +304,17 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 Scope::All => "all processes".into(),
                 Scope::Cgroup(c) => format!("cgroup {}", c.display()),
             };
-            eprintln!(
-                "bar-probe: recording {what} into {} (Ctrl-C to stop)",
-                opts.out_dir.display()
-            );
+            match opts.ring {
+                Some(r) => eprintln!(
+                    "bar-probe: recording {what}, keeping the last {} (`bar-probe dump` or SIGUSR1 writes it out; Ctrl-C writes it into {} and stops)",
+                    humantime::format_duration(r.window),
+                    opts.out_dir.display()
+                ),
+                None => eprintln!(
+                    "bar-probe: recording {what} into {} (Ctrl-C to stop)",
+                    opts.out_dir.display()
+                ),
+            }
         }
         on_start();
         let reason = wait_for_stop(opts.duration, pidfd, full_rx).await?;
@@ -312,17 +340,30 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         .join()
         .map_err(|_| anyhow::anyhow!("the aggregator thread failed"))?
         .map_err(|e| anyhow::anyhow!("writing {} failed: {e}", capture_path.display()))
-        .and_then(|(summary, writer)| {
-            let trailer = proto::Trailer {
-                end_ns: system::monotonic_ns(),
-                events: summary.0,
-                stop_reason: reason.clone(),
-                ..Default::default()
-            };
-            writer
-                .finish(trailer)
-                .with_context(|| format!("cannot finish {}", capture_path.display()))?;
-            Ok(summary)
+        .and_then(|(summary, sink)| {
+            let now = system::monotonic_ns();
+            match sink {
+                Sink::File(writer) => {
+                    let trailer = proto::Trailer {
+                        end_ns: now,
+                        events: summary.0,
+                        stop_reason: reason.clone(),
+                        ..Default::default()
+                    };
+                    writer
+                        .finish(trailer)
+                        .with_context(|| format!("cannot finish {}", capture_path.display()))?;
+                    Ok(summary)
+                }
+                // The flight recorder ends with its last ring.
+                Sink::Ring(mut ring) => {
+                    ring.seal(now)?;
+                    let events =
+                        dump::write_capture(&ring.snapshot(now), &capture_path, &reason)
+                            .with_context(|| format!("cannot write {}", capture_path.display()))?;
+                    Ok((events, summary.1))
+                }
+            }
         })?;
     Ok(Recorded {
         capture: capture_path,
@@ -563,6 +604,10 @@ fn meta(
         stack_map_entries: opts.stack_map_entries,
         null_mode: opts.null_mode,
         aggregate_window_ns: opts.aggregate.map_or(0, |w| w.as_nanos() as u64),
+        // Set in each dump of the ring.
+        ring_window_ns: 0,
+        ring_size_bytes: 0,
+        ring_cut_by_size: false,
     }
 }
 

@@ -55,6 +55,7 @@ fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value
         "weight": agg.map_or(0, |a| a.weight),
         "weight_unit": view.unit(),
         "lost": lost,
+        "stacks_lost": agg.map_or(0, |a| a.stacks_lost),
         "attach": family.map(|f| f.method.clone()).filter(|m| !m.is_empty()),
         "rejected": family.map(|f| f.rejected.iter().map(|r| json!({"attach": r.attach, "reason": r.reason})).collect::<Vec<_>>()).unwrap_or_default(),
     });
@@ -197,21 +198,11 @@ pub fn summary(profile: &Profile) -> Value {
     let unresolved = profile
         .frames
         .iter()
-        .filter(|f| f.name.starts_with('[') && f.name.contains("0x"))
-        .count();
-    let stacks_lost = profile
-        .views
-        .values()
-        .flat_map(|a| a.stacks.iter())
-        .filter(|((_, s, _), _)| {
-            *s != 0
-                && profile
-                    .stack_names(*s)
-                    .iter()
-                    .any(|n| n.contains("stack lost"))
+        .filter(|f| {
+            f.name.starts_with("[unknown") || (f.name.starts_with('[') && f.name.contains("0x"))
         })
-        .map(|(_, w)| *w)
-        .sum::<u64>();
+        .count();
+    let stacks_lost = profile.views.values().map(|a| a.stacks_lost).sum::<u64>();
     json!({
         "bar_version": meta.bar_version,
         "hostname": meta.hostname,
@@ -228,6 +219,11 @@ pub fn summary(profile: &Profile) -> Value {
         "end": rfc3339(profile.wall_ns(end)),
         "duration_s": (end.saturating_sub(start)) as f64 / 1e9,
         "stop_reason": profile.trailer.as_ref().map(|t| t.stop_reason.clone()),
+        "ring": (meta.ring_window_ns > 0).then(|| json!({
+            "window_s": meta.ring_window_ns as f64 / 1e9,
+            "size_bytes": meta.ring_size_bytes,
+            "cut_by_size": meta.ring_cut_by_size,
+        })),
         "complete": profile.trailer.is_some() && profile.damage.is_none(),
         "damage": profile.damage.as_ref().map(ToString::to_string),
         "lost": {

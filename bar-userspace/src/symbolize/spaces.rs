@@ -5,9 +5,9 @@
 //! What is known of a process is forgotten a while after it exits, so that a host that starts
 //! thousands of processes a minute does not make the collector grow with them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::{FastMap, ProcessInfo, Symbolizer};
+use super::{FastMap, Mapping, ProcessInfo, Symbolizer, read_maps};
 use crate::system;
 
 /// A snapshot of one process's memory map, which stacks of one or more processes resolve
@@ -202,6 +202,113 @@ impl Spaces {
     #[cfg(test)]
     pub(super) fn sizes(&self) -> (usize, usize) {
         (self.processes.len(), self.spaces.len())
+    }
+}
+
+impl Symbolizer {
+    /// Takes a snapshot of a process's mappings the first time it is seen.
+    pub fn note_process(&mut self, pid: u32) {
+        self.spaces.note(pid);
+    }
+
+    /// The process replaced its program at `ts`: stacks from before keep the old snapshot,
+    /// stacks from then on use a new one.
+    pub fn exec(&mut self, pid: u32, ts: u64) {
+        self.spaces.exec(pid, ts);
+    }
+
+    /// `parent` started process `child` at `ts`: the child has its parent's map.
+    pub fn fork(&mut self, parent: u32, child: u32, ts: u64) {
+        self.spaces.fork(parent, child, ts);
+    }
+
+    /// Process `pid` ended at `ts`; [`Self::prune`] forgets it.
+    pub fn exited(&mut self, pid: u32, ts: u64) {
+        self.spaces.exit(pid, ts);
+    }
+
+    /// Forgets the processes that ended before `before` (monotonic ns), with the stacks
+    /// resolved against maps no process uses any more; returns the pids forgotten.
+    pub fn prune(&mut self, before: u64) -> Vec<u32> {
+        let (pids, dropped) = self.spaces.prune(before);
+        for id in dropped {
+            self.user_frames.remove(&id);
+            self.resolved.remove(&id);
+        }
+        pids
+    }
+
+    /// The memory map process `pid` had at time `ts`.
+    pub fn space(&mut self, pid: u32, ts: u64) -> SpaceId {
+        if let Some(id) = self.spaces.space(pid, ts) {
+            return id;
+        }
+        self.spaces.note(pid);
+        self.spaces.space(pid, ts).unwrap_or_default()
+    }
+
+    /// Makes sure each map covers the addresses of its new stacks: a forked child whose code
+    /// is outside the map it shares with its parent (it loaded a library, or a JIT wrote code)
+    /// gets a map of its own, read now; a process's own map is read again when it misses an
+    /// address, and its perf map when a JIT address is not in it. Returns the children given a
+    /// map of their own: (pid, shared map) -> own map.
+    pub(super) fn cover(
+        &mut self,
+        stacks: &mut [((SpaceId, i32), u32, Vec<u64>)],
+    ) -> HashMap<(u32, SpaceId), SpaceId> {
+        let covered = |m: &[Mapping], a: u64| m.iter().any(|x| x.start <= a && a < x.end);
+        // Only the leaf is surely code: the return addresses of a frame-pointer walk through
+        // code without frame pointers may be anything.
+        let mut children: HashSet<(SpaceId, u32)> = HashSet::new();
+        for ((space, _), pid, addrs) in stacks.iter() {
+            if let (Some(sp), Some(&leaf)) = (self.spaces.get(*space), addrs.last())
+                && sp.owner != *pid
+                && !covered(&sp.info.mappings, leaf)
+            {
+                children.insert((*space, *pid));
+            }
+        }
+        let mut moved = HashMap::new();
+        for (space, pid) in children {
+            if let Some(own) = self.spaces.unshare(pid, space) {
+                moved.insert((pid, space), own);
+            }
+        }
+        let mut by_space: HashMap<SpaceId, Vec<u64>> = HashMap::new();
+        for ((space, _), pid, addrs) in stacks.iter_mut() {
+            if let Some(&own) = moved.get(&(*pid, *space)) {
+                *space = own;
+            }
+            by_space.entry(*space).or_default().extend(addrs.iter());
+        }
+        for (space, addrs) in &by_space {
+            let Some(sp) = self.spaces.get_mut(*space) else {
+                continue;
+            };
+            let (pid, info) = (sp.owner, &mut sp.info);
+            if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
+                match read_maps(pid) {
+                    Some(m) => info.mappings = m,
+                    None => info.alive = false,
+                }
+            }
+            // Code in anonymous memory is a JIT's: its names are in the perf map, which may
+            // have grown since it was read.
+            let anonymous = |a: u64| {
+                info.mappings
+                    .iter()
+                    .find(|x| x.start <= a && a < x.end)
+                    .is_none_or(|x| x.path.is_empty() || x.path.starts_with("[anon"))
+            };
+            if info.alive
+                && addrs
+                    .iter()
+                    .any(|&a| anonymous(a) && info.perf_map.lookup(a).is_none())
+            {
+                info.perf_map.refresh(pid, &info.root);
+            }
+        }
+        moved
     }
 }
 
