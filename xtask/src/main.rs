@@ -35,7 +35,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Measure what bar costs the workloads it records, next to its peers, and write
-    /// docs/benchmarks.md (about 20 minutes; needs root and an otherwise idle machine).
+    /// docs/benchmarks.md (about 35 minutes; needs root and an otherwise idle machine).
     Bench {
         /// Repetitions of every configuration.
         #[arg(long, default_value_t = 5)]

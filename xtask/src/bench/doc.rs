@@ -223,6 +223,7 @@ pub fn render(r: &Results) -> String {
             yes(rss.is_some_and(|s| s.max <= MAX_RSS_MB))
         ),
     );
+    w(&mut d, super::flight::target_row(&r.flight));
     w(&mut d, String::new());
 
     // --- Machine.
@@ -842,6 +843,8 @@ pub fn render(r: &Results) -> String {
         ),
     );
     w(&mut d, String::new());
+
+    d.push_str(&super::flight::render(&r.flight));
 
     // --- Before/after.
     if has_before {

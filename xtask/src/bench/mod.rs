@@ -9,6 +9,7 @@
 //! by r), and every trial starts only once the machine is idle.
 
 mod doc;
+mod flight;
 mod stats;
 
 use std::{
@@ -965,6 +966,7 @@ pub struct Results {
     pub throughput: Throughput,
     pub post: Post,
     pub memory: Memory,
+    pub flight: flight::Flight,
     pub prog_cost: Vec<ProgCost>,
     pub commands: Vec<(String, String, String)>,
     pub minutes: f64,
@@ -1033,6 +1035,7 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     let mem_rate = throughput.sustained("bar").unwrap_or(100e3);
     let memory = run_memory(&mut ctx, mem_rate, opts.quick, reps);
     let prog_cost = run_prog_cost(&mut ctx, &cases, reps);
+    let flight = flight::run(&mut ctx, opts.quick);
     ctx.quiet.load_end = loadavg();
 
     let mut commands = Vec::new();
@@ -1058,6 +1061,7 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
         throughput,
         post,
         memory,
+        flight,
         prog_cost,
         commands,
         minutes: started.elapsed().as_secs_f64() / 60.0,
