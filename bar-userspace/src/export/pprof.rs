@@ -94,12 +94,89 @@ impl SampleTypes {
 
 /// What makes two events the same sample.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key<'p> {
+struct Key {
     pid: u32,
     tid: u32,
-    phase: Option<&'p str>,
+    phase: Option<String>,
     stack: u32,
     leaf: Vec<String>,
+}
+
+/// The samples of one view, summed as its events come: the whole of a capture for `export`,
+/// one interval of a recording for the pusher. Memory grows with distinct samples, not events.
+#[derive(Debug)]
+pub struct Samples {
+    view: Family,
+    types: SampleTypes,
+    samples: BTreeMap<Key, Vec<i64>>,
+    events: u64,
+}
+
+impl Samples {
+    /// Samples of `view`; `frequency` is the on-CPU sampling rate in Hz (0 if unknown).
+    pub fn new(view: Family, frequency: u64) -> Self {
+        Self {
+            view,
+            types: SampleTypes::of(view, frequency),
+            samples: BTreeMap::new(),
+            events: 0,
+        }
+    }
+
+    /// Adds an event of this view (others are skipped), in `phase` when one was active.
+    pub fn add(&mut self, ev: &Event, phase: Option<&str>) {
+        if Family::of_kind(ev.kind) != Some(self.view) {
+            return;
+        }
+        let (weight, leaf) = weigh(ev);
+        let values = self.types.values(ev, weight);
+        let key = Key {
+            pid: ev.pid,
+            tid: ev.tid,
+            phase: phase.map(str::to_owned),
+            stack: ev.stack,
+            leaf,
+        };
+        let sum = self
+            .samples
+            .entry(key)
+            .or_insert_with(|| vec![0; values.len()]);
+        for (s, v) in sum.iter_mut().zip(values) {
+            *s = s.saturating_add(v);
+        }
+        self.events += count(ev);
+    }
+
+    pub fn view(&self) -> Family {
+        self.view
+    }
+
+    /// Events added so far (summed ones counted as many).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The processes of the samples (a pid once per sample).
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.samples.keys().map(|k| k.pid)
+    }
+
+    /// The profile of these samples, covering `[start_ns, end_ns)` (monotonic), with frame
+    /// and process names from `profile`'s tables.
+    pub fn build(self, profile: &Profile, (start_ns, end_ns): (u64, u64)) -> pb::Profile {
+        finish(
+            profile,
+            self.view,
+            &self.types,
+            self.samples,
+            start_ns,
+            end_ns,
+        )
+    }
 }
 
 /// Builds the pprof profile of `view` from its events (the other views' events are skipped).
@@ -108,29 +185,24 @@ pub fn build(
     view: Family,
     events: impl IntoIterator<Item = Event>,
 ) -> pb::Profile {
-    let types = SampleTypes::of(view, profile.meta.frequency);
-    let mut samples: BTreeMap<Key<'_>, Vec<i64>> = BTreeMap::new();
+    let mut samples = Samples::new(view, profile.meta.frequency);
     for ev in events {
-        if Family::of_kind(ev.kind) != Some(view) {
-            continue;
-        }
-        let (weight, leaf) = weigh(&ev);
-        let values = types.values(&ev, weight);
-        let key = Key {
-            pid: ev.pid,
-            tid: ev.tid,
-            phase: profile
-                .phase_at(ev.ts)
-                .map(|i| profile.phases[i].name.as_str()),
-            stack: ev.stack,
-            leaf,
-        };
-        let sum = samples.entry(key).or_insert_with(|| vec![0; values.len()]);
-        for (s, v) in sum.iter_mut().zip(values) {
-            *s = s.saturating_add(v);
-        }
+        let phase = profile
+            .phase_at(ev.ts)
+            .map(|i| profile.phases[i].name.as_str());
+        samples.add(&ev, phase);
     }
+    samples.build(profile, (profile.meta.start_ns, profile.end_ns()))
+}
 
+fn finish(
+    profile: &Profile,
+    view: Family,
+    types: &SampleTypes,
+    samples: BTreeMap<Key, Vec<i64>>,
+    start_ns: u64,
+    end_ns: u64,
+) -> pb::Profile {
     let mut t = Tables::default();
     let mut out = pb::Profile {
         sample_type: types
@@ -141,10 +213,8 @@ pub fn build(
         period_type: Some(t.value_type(types.period_type.0, types.period_type.1)),
         period: types.period,
         default_sample_type: t.string(types.default),
-        time_nanos: clamp_i64(profile.wall_ns(profile.meta.start_ns)),
-        duration_nanos: clamp_i64(i128::from(
-            profile.end_ns().saturating_sub(profile.meta.start_ns),
-        )),
+        time_nanos: clamp_i64(profile.wall_ns(start_ns)),
+        duration_nanos: clamp_i64(i128::from(end_ns.saturating_sub(start_ns))),
         ..Default::default()
     };
     let keys = [
@@ -186,7 +256,7 @@ pub fn build(
                 ..Default::default()
             },
         ];
-        if let Some(phase) = key.phase {
+        if let Some(phase) = &key.phase {
             label.push(pb::Label {
                 key: keys[3],
                 str: t.string(phase),
@@ -396,6 +466,19 @@ pub fn write_gz(profile: &pb::Profile, w: &mut dyn Write) -> io::Result<()> {
     gz.write_all(&profile.encode_to_vec())?;
     gz.finish()?;
     Ok(())
+}
+
+/// Reads a profile as [`write_gz`] writes it (or uncompressed), for tools and tests that
+/// check what bar sent.
+pub fn read_gz(data: &[u8]) -> io::Result<pb::Profile> {
+    let raw = if data.starts_with(&[0x1f, 0x8b]) {
+        let mut raw = Vec::new();
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut raw)?;
+        raw
+    } else {
+        data.to_vec()
+    };
+    pb::Profile::decode(&raw[..]).map_err(io::Error::other)
 }
 
 #[cfg(test)]
