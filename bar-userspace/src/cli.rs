@@ -21,6 +21,7 @@ use crate::{
     export::{self, ExportOptions},
     markers, phases,
     probe::{self, Method},
+    push::{self, PushArgs},
     record::{self, RecordOptions, Scope},
     report, workload,
 };
@@ -198,12 +199,17 @@ pub struct RecordArgs {
     pub marker_fifo: Option<PathBuf>,
     /// Flight recorder: keep only the last DUR of events, in memory, until stopped;
     /// `bar-probe dump` or SIGUSR1 writes them out, Ctrl-C writes them into the output folder.
-    #[arg(long, value_name = "DUR", value_parser = parse_ring, conflicts_with = "max_size")]
+    // A ring starts its frames and stacks over with each segment, while a pusher keeps one table
+    // for the whole recording: the two do not go together yet.
+    #[arg(long, value_name = "DUR", value_parser = parse_ring,
+          conflicts_with_all = ["max_size", "pyroscope", "otlp"])]
     pub ring: Option<Duration>,
     /// With --ring: keep at most this much (deflated, e.g. 64M, 1G; default 128M), dropping
     /// the oldest.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ring_size: Option<u64>,
+    #[command(flatten)]
+    pub push: PushArgs,
 }
 
 /// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
@@ -483,7 +489,7 @@ impl RecordArgs {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(default_dir)),
             quiet: self.quiet,
-            command_line: std::env::args().collect(),
+            command_line: push::redact_args(std::env::args()),
             phases: self.phases.clone().map(|p| p.0).unwrap_or_default(),
             marker_fifo: self.marker_fifo.clone(),
             plan: Vec::new(),
@@ -491,6 +497,7 @@ impl RecordArgs {
                 window,
                 size: self.ring_size.unwrap_or(record::DEFAULT_RING_SIZE),
             }),
+            push: self.push.options(),
         })
     }
 }
@@ -509,6 +516,9 @@ fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyh
             "bar-probe: stopped ({}): {} events, {} lost",
             recorded.stop_reason, recorded.events, recorded.lost
         );
+        for p in &recorded.push {
+            eprintln!("bar-probe: {}", push::describe(p));
+        }
     }
     print_written(&files);
     Ok(())
@@ -736,6 +746,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         marker_fifo: None,
         ring: None,
         ring_size: None,
+        push: PushArgs::default(),
     }
     .options(Scope::Pid(pid), String::new())?;
     rec.explicit = true;

@@ -11,7 +11,8 @@
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
 //! [`diff`] compares two profiles read from files (captures or folded), with the tests of
 //! [`stats`].
-//! [`export`] writes one kind of a capture for other tools (pprof).
+//! [`export`] writes one kind of a capture for other tools (pprof); [`push`] sends a live
+//! recording's profile to Pyroscope or an OpenTelemetry Collector, interval by interval.
 
 pub mod aggregate;
 pub mod capture;
@@ -25,6 +26,7 @@ pub mod info;
 pub mod markers;
 pub mod phases;
 pub mod probe;
+pub mod push;
 pub mod record;
 pub mod render;
 pub mod report;

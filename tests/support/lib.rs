@@ -4,6 +4,8 @@
 //! Tests that load programs need root. Without it they print why and pass, unless
 //! `BAR_REQUIRE_ROOT=1` (set by `cargo xtask test`), where skipping would hide a failure.
 
+pub mod http;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
@@ -246,10 +248,16 @@ pub struct Recording {
 impl Recording {
     /// Starts `bar-probe <args> -o DIR` and waits until it says it is recording.
     pub fn start(args: &[&str], dir: &Path) -> Self {
+        Self::start_with_env(args, dir, &[])
+    }
+
+    /// As [`Recording::start`], with these environment variables set for bar-probe.
+    pub fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bar_probe())
             .args(args)
             .arg("-o")
             .arg(dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -363,4 +363,36 @@ pub struct Trailer {
     /// CRC-32 of the payloads of all blocks before this one, in order.
     #[prost(uint32, tag = "5")]
     pub checksum: u32,
+    /// What went to each profiling backend (`--pyroscope`, `--otlp`) while recording. Older
+    /// readers skip the field.
+    #[prost(message, repeated, tag = "6")]
+    pub push: Vec<Push>,
+}
+
+/// One backend the recording pushed its intervals to, and how that went. Counts are of
+/// intervals (every family's profile of one `--push-every` period).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Push {
+    /// "pyroscope" or "otlp".
+    #[prost(string, tag = "1")]
+    pub backend: String,
+    /// Where to, without credentials.
+    #[prost(string, tag = "2")]
+    pub url: String,
+    #[prost(uint64, tag = "3")]
+    pub every_ms: u64,
+    /// Intervals the backend accepted.
+    #[prost(uint64, tag = "4")]
+    pub sent: u64,
+    /// Intervals it refused, or that could not be delivered after the retries.
+    #[prost(uint64, tag = "5")]
+    pub failed: u64,
+    /// Intervals never tried: the queue was full, or the recording ended first.
+    #[prost(uint64, tag = "6")]
+    pub dropped: u64,
+    #[prost(string, tag = "7")]
+    pub last_error: String,
+    /// The application name (Pyroscope) or service name (OTLP) sent.
+    #[prost(string, tag = "8")]
+    pub name: String,
 }

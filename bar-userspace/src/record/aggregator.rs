@@ -20,6 +20,7 @@ use crate::{
         proto::{self, event::Detail},
     },
     collect::{Batch, Record},
+    push::Pusher,
     symbolize::{self, RawStack, Symbolizer},
     system,
 };
@@ -87,6 +88,9 @@ pub(super) struct Aggregator {
     /// discarded and counted.
     full_tx: Option<oneshot::Sender<()>>,
     discarded: u64,
+    /// Gets every block the capture gets, and cuts intervals for the backends (`--pyroscope`,
+    /// `--otlp`).
+    push: Option<Pusher>,
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -104,6 +108,7 @@ impl Aggregator {
         counters: PerCpuArray<MapData, u64>,
         (cpus, quiet, max_size): (usize, bool, Option<u64>),
         full_tx: oneshot::Sender<()>,
+        push: Option<Pusher>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -127,13 +132,14 @@ impl Aggregator {
             max_size,
             full_tx: Some(full_tx),
             discarded: 0,
+            push,
         }
     }
 
     pub(super) fn run(
         mut self,
         mut rx: mpsc::Receiver<Input>,
-    ) -> std::io::Result<((u64, u64), Sink)> {
+    ) -> std::io::Result<((u64, u64), Sink, Option<Pusher>)> {
         while let Some(input) = rx.blocking_recv() {
             match input {
                 Input::Batch(batch) => self.take(batch),
@@ -142,13 +148,20 @@ impl Aggregator {
                         let what = if m.end { "ends" } else { "starts" };
                         eprintln!("\nbar-probe: phase {} {what}", m.name);
                     }
-                    self.sink.write(Body::Marker(m))?;
+                    self.write(Body::Marker(m))?;
                 }
                 Input::Tick => {}
                 Input::Dump(req) => self.dump(req)?,
             }
-            if self.last_flush.elapsed() >= FLUSH_EVERY || self.pending.len() >= FLUSH_AT {
+            let push_due = self.push.as_ref().is_some_and(Pusher::due);
+            if push_due
+                || self.last_flush.elapsed() >= FLUSH_EVERY
+                || self.pending.len() >= FLUSH_AT
+            {
                 self.flush()?;
+            }
+            if push_due && let Some(p) = &mut self.push {
+                p.cut(system::monotonic_ns());
             }
             self.status();
         }
@@ -161,7 +174,7 @@ impl Aggregator {
         if let Some(d) = self.dumper.take() {
             d.finish();
         }
-        Ok(((self.events, lost), self.sink))
+        Ok(((self.events, lost), self.sink, self.push))
     }
 
     /// Name and memory map of a process the first time it is seen (at `ts`), while it likely
@@ -171,6 +184,9 @@ impl Aggregator {
     pub(super) fn first_sight(&mut self, pid: u32, ts: u64) {
         if self.seen_pids.insert(pid) {
             self.symbolizer.note_process(pid);
+            if let Some(p) = &mut self.push {
+                p.note_process(pid);
+            }
             if let Some(comm) = symbolize::process_comm(pid) {
                 self.new_processes.push(proto::Process {
                     pid,
@@ -195,6 +211,9 @@ impl Aggregator {
         }
         if h.kind != kind::EXIT {
             self.seen_pids.insert(h.pid);
+            if let Some(push) = &mut self.push {
+                push.note_process(h.pid);
+            }
         }
         self.new_processes.push(proto::Process {
             pid: h.pid,
@@ -286,15 +305,14 @@ impl Aggregator {
         self.symbolizer.evict_user_stacks(now);
         let (frames, stacks) = self.symbolizer.interner.take_new();
         if !self.new_processes.is_empty() {
-            self.sink.write(Body::Processes(proto::Processes {
-                processes: std::mem::take(&mut self.new_processes),
-            }))?;
+            let processes = std::mem::take(&mut self.new_processes);
+            self.write(Body::Processes(proto::Processes { processes }))?;
         }
         if !frames.is_empty() {
-            self.sink.write(Body::Frames(proto::Frames { frames }))?;
+            self.write(Body::Frames(proto::Frames { frames }))?;
         }
         if !stacks.is_empty() {
-            self.sink.write(Body::Stacks(proto::Stacks { stacks }))?;
+            self.write(Body::Stacks(proto::Stacks { stacks }))?;
         }
         let mut events = self
             .pending
@@ -311,8 +329,12 @@ impl Aggregator {
                 continue;
             }
             self.events += represented;
-            self.sink
-                .write(Body::Events(proto::Events { events: chunk }))?;
+            // Field by field: `events` still borrows the pending records.
+            let body = Body::Events(proto::Events { events: chunk });
+            if let Some(p) = &mut self.push {
+                p.block(&body);
+            }
+            self.sink.write(body)?;
             if let Some(max) = self.max_size
                 && self.sink.size() >= max
                 && let Some(tx) = self.full_tx.take()
@@ -327,6 +349,14 @@ impl Aggregator {
         }
         drop(events);
         self.write_counters()
+    }
+
+    /// Appends a block to the capture, and gives it to the pusher first.
+    fn write(&mut self, body: Body) -> std::io::Result<()> {
+        if let Some(p) = &mut self.push {
+            p.block(&body);
+        }
+        self.sink.write(body)
     }
 
     fn write_counters(&mut self) -> std::io::Result<()> {
@@ -382,6 +412,9 @@ impl Aggregator {
         }
         self.per_kind_at_status = self.per_kind;
         parts.push(format!("lost {}", self.lost_per_cpu.iter().sum::<u64>()));
+        if let Some(p) = &self.push {
+            parts.push(p.status());
+        }
         let line = parts.join("  ");
         if self.tty {
             eprint!("\r{line}\x1b[K");

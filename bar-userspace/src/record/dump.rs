@@ -138,7 +138,7 @@ pub fn dump(snap: &Snapshot, dir: &Path) -> anyhow::Result<Done> {
             dir.display()
         );
     }
-    let events = write_capture(snap, &capture, "dump")
+    let events = write_capture(snap, &capture, "dump", Vec::new())
         .with_context(|| format!("cannot write {}", capture.display()))?;
     crate::report::deliver(&capture, dir)?;
     Ok(Done {
@@ -325,7 +325,12 @@ fn blocks(seg: &Segment, mut each: impl FnMut(Body) -> io::Result<()>) -> io::Re
 }
 
 /// Writes a snapshot as a capture at `path`; returns the events written.
-pub fn write_capture(snap: &Snapshot, path: &Path, stop_reason: &str) -> io::Result<u64> {
+pub fn write_capture(
+    snap: &Snapshot,
+    path: &Path,
+    stop_reason: &str,
+    push: Vec<proto::Push>,
+) -> io::Result<u64> {
     let mut meta = snap.meta.clone();
     meta.start_ns = snap.start_ns;
     meta.ring_window_ns = snap.options.window.as_nanos() as u64;
@@ -384,6 +389,7 @@ pub fn write_capture(snap: &Snapshot, path: &Path, stop_reason: &str) -> io::Res
         end_ns: snap.end_ns,
         events,
         stop_reason: stop_reason.to_owned(),
+        push,
         ..Default::default()
     })?;
     Ok(events)
@@ -467,7 +473,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bar-dump-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("capture.bar");
-        let events = write_capture(&snap, &path, "dump").unwrap();
+        let events = write_capture(&snap, &path, "dump", Vec::new()).unwrap();
         // The last 2.5 s: half of second 2, seconds 3 and 4.
         assert_eq!(events, 25);
         let mut reader = Reader::open(&path).unwrap();

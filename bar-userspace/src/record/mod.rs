@@ -34,6 +34,7 @@ use crate::{
     markers,
     phases::{self, WallPhase},
     probe::{self, FamilyStatus, Method, ProbeOptions},
+    push::{PushOptions, Pusher},
     symbolize::Symbolizer,
     system, target,
 };
@@ -74,6 +75,8 @@ pub struct RecordOptions {
     /// Keep only the last stretch of events, in memory, and write it out on demand and at the
     /// end (the flight recorder).
     pub ring: Option<RingOptions>,
+    /// Profiling backends to push intervals to while recording.
+    pub push: Option<PushOptions>,
 }
 
 /// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
@@ -90,6 +93,8 @@ pub struct Recorded {
     pub status: Vec<FamilyStatus>,
     pub events: u64,
     pub lost: u64,
+    /// How pushing to each backend went.
+    pub push: Vec<proto::Push>,
 }
 
 /// Checks that `dir` can be created and written before anything is loaded.
@@ -217,6 +222,10 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         let writer = attached.and_then(|()| {
             let meta = meta(opts, &status, target_meta, cgroup, &cpus);
             let offset = meta.monotonic_to_realtime_ns;
+            let mut pusher = match &opts.push {
+                Some(p) => Some(Pusher::start(p, &meta).context("cannot start the push threads")?),
+                None => None,
+            };
             let mut sink = match opts.ring {
                 Some(ring) => Sink::Ring(Box::new(ring::Ring::new(ring, meta))),
                 None => Sink::File(
@@ -226,15 +235,19 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             };
             // Phases given as a file go in as markers, like live ones.
             for m in phases::markers_of(&opts.phases, offset) {
-                sink.write(Body::Marker(m))?;
+                let body = Body::Marker(m);
+                if let Some(p) = &mut pusher {
+                    p.block(&body);
+                }
+                sink.write(body)?;
             }
             let dumper = match opts.ring {
                 Some(_) => Some(dump::Dumper::spawn()?),
                 None => None,
             };
-            Ok((sink, dumper))
+            Ok((sink, dumper, pusher))
         });
-        let (sink, dumper) = match writer {
+        let (sink, dumper, pusher) = match writer {
             Ok(w) => w,
             Err(e) => {
                 drop(loaded);
@@ -263,6 +276,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                     counters,
                     agg_opts,
                     full_tx,
+                    pusher,
                 );
                 // The target's name and memory map now: a short-lived process may be gone by
                 // the time its first events arrive.
@@ -336,32 +350,40 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         anyhow::Ok((reason, status, agg_thread))
     });
     let (reason, status, agg_thread) = outcome?;
-    let (events, lost) = agg_thread
+    let (events, lost, push) = agg_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the aggregator thread failed"))?
         .map_err(|e| anyhow::anyhow!("writing {} failed: {e}", capture_path.display()))
-        .and_then(|(summary, sink)| {
+        .and_then(|(summary, sink, pusher)| {
             let now = system::monotonic_ns();
+            // The last interval goes out too; the senders get a while to deliver what they
+            // hold, which does not count as recording time.
+            let push = pusher.map(|p| p.finish(now)).unwrap_or_default();
             match sink {
                 Sink::File(writer) => {
                     let trailer = proto::Trailer {
                         end_ns: now,
                         events: summary.0,
                         stop_reason: reason.clone(),
+                        push: push.clone(),
                         ..Default::default()
                     };
                     writer
                         .finish(trailer)
                         .with_context(|| format!("cannot finish {}", capture_path.display()))?;
-                    Ok(summary)
+                    Ok((summary.0, summary.1, push))
                 }
                 // The flight recorder ends with its last ring.
                 Sink::Ring(mut ring) => {
                     ring.seal(now)?;
-                    let events =
-                        dump::write_capture(&ring.snapshot(now), &capture_path, &reason)
-                            .with_context(|| format!("cannot write {}", capture_path.display()))?;
-                    Ok((events, summary.1))
+                    let events = dump::write_capture(
+                        &ring.snapshot(now),
+                        &capture_path,
+                        &reason,
+                        push.clone(),
+                    )
+                    .with_context(|| format!("cannot write {}", capture_path.display()))?;
+                    Ok((events, summary.1, push))
                 }
             }
         })?;
@@ -371,6 +393,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         status,
         events,
         lost,
+        push,
     })
 }
 

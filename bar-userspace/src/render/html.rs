@@ -439,6 +439,35 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
         ));
     }
 
+    let pushed = super::PushSummary::from_summary(&summary);
+    if !pushed.is_empty() {
+        h.push_str("<h2 id=\"push\">Pushed</h2>");
+        h.push_str(&table(
+            &[
+                "backend",
+                "url",
+                "name",
+                "every (s)",
+                "sent",
+                "failed",
+                "dropped",
+                "last error",
+            ],
+            pushed.iter().map(|p| {
+                vec![
+                    p.backend.clone(),
+                    p.url.clone(),
+                    p.name.clone(),
+                    format!("{}", p.every_s),
+                    p.sent.to_string(),
+                    p.failed.to_string(),
+                    p.dropped.to_string(),
+                    p.last_error.clone().unwrap_or_default(),
+                ]
+            }),
+        ));
+    }
+
     h.push_str("<h2>Losses</h2>");
     let lost = &summary["lost"];
     let per_cpu: Vec<String> = lost["per_cpu"]

@@ -6,7 +6,7 @@ mod flame;
 pub mod html;
 mod summary;
 
-pub use self::summary::summary;
+pub use self::summary::{PushSummary, summary};
 
 use bar_ebpf_common::Family;
 use std::{

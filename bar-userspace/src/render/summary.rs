@@ -5,7 +5,7 @@ use bar_ebpf_common::Family;
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::rfc3339;
@@ -26,6 +26,51 @@ fn percentiles(h: &Histogram<u64>, qs: &[(&str, f64)]) -> Value {
 
 const P50_P99: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 const P50_P90_P99: &[(&str, f64)] = &[("p50", 0.5), ("p90", 0.9), ("p99", 0.99)];
+
+/// What a recording pushed to one backend: `summary.json`'s `push`, which `report.html` reads
+/// back as this type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushSummary {
+    /// "pyroscope" or "otlp".
+    pub backend: String,
+    /// Where to, without credentials.
+    pub url: String,
+    /// Application (Pyroscope) or service (OTLP) name.
+    pub name: String,
+    pub every_s: f64,
+    /// Intervals accepted, refused or undeliverable, and never tried.
+    pub sent: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub last_error: Option<String>,
+}
+
+impl PushSummary {
+    /// What the capture's trailer says about each backend.
+    pub fn of(profile: &Profile) -> Vec<Self> {
+        let Some(t) = &profile.trailer else {
+            return Vec::new();
+        };
+        t.push
+            .iter()
+            .map(|p| Self {
+                backend: p.backend.clone(),
+                url: p.url.clone(),
+                name: p.name.clone(),
+                every_s: p.every_ms as f64 / 1000.0,
+                sent: p.sent,
+                failed: p.failed,
+                dropped: p.dropped,
+                last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
+            })
+            .collect()
+    }
+
+    /// The `push` entry of a `summary.json` (empty when nothing was pushed or it is unreadable).
+    pub fn from_summary(summary: &Value) -> Vec<Self> {
+        serde_json::from_value(summary["push"].clone()).unwrap_or_default()
+    }
+}
 
 #[derive(Serialize)]
 struct SymbolSummary {
@@ -237,6 +282,7 @@ pub fn summary(profile: &Profile) -> Value {
         "kinds": kinds,
         "phases": phase_table(profile),
         "phase_notes": profile.phase_notes,
+        "push": PushSummary::of(profile),
     })
 }
 
