@@ -25,6 +25,8 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 
 const SECRET: &str = "s3cret";
+/// The receivers are on loopback: no proxy of the environment in between.
+const NO_PROXY: (&str, &str) = ("NO_PROXY", "127.0.0.1,localhost");
 
 /// True when `go tool pprof` runs here (`cargo xtask test` installs Go, so there it must).
 fn pprof_or_skip(test: &str) -> bool {
@@ -83,7 +85,9 @@ fn record_through(name: &str, push_args: &[&str], env: &[(&str, &str)]) -> (Reco
         "1s",
     ];
     args.extend_from_slice(push_args);
-    let rec = Recording::start_with_env(&args, &dir, env);
+    let mut env = env.to_vec();
+    env.push(NO_PROXY);
+    let rec = Recording::start_with_env(&args, &dir, &env);
     w.go();
     w.finish();
     (rec.finish(), pid)
@@ -377,7 +381,7 @@ fn record_for_3s(name: &str, push_args: &[&str]) -> (Recording, Duration) {
     ];
     args.extend_from_slice(push_args);
     let t0 = Instant::now();
-    let rec = Recording::start(&args, &dir);
+    let rec = Recording::start_with_env(&args, &dir, &[NO_PROXY]);
     w.go();
     let rec = rec.finish();
     let took = t0.elapsed();

@@ -275,11 +275,13 @@ fn send_once(agent: &ureq::Agent, backend: &Backend, req: &Request) -> Result<()
         rb = rb.header("X-Scope-OrgID", tenant);
     }
     let what = &req.what;
+    // Where, without the query (Pyroscope's holds the labels and times).
+    let url = req.url.split('?').next().unwrap_or_default();
     let mut resp = match rb.send(&req.body[..]) {
         Ok(r) => r,
         Err(e) => {
             return Err(Failure {
-                msg: format!("{what}: {}: {}", req.url, describe(&e, backend.timeout)),
+                msg: format!("{what}: {url}: {}", describe(&e, backend.timeout)),
                 retry: Some(None),
             });
         }
@@ -308,7 +310,7 @@ fn send_once(agent: &ureq::Agent, backend: &Backend, req: &Request) -> Result<()
         .take(200)
         .collect();
     Err(Failure {
-        msg: format!("{what}: {} answered HTTP {status} {}", req.url, text.trim())
+        msg: format!("{what}: {url} answered HTTP {status} {}", text.trim())
             .trim_end()
             .to_owned(),
         retry: matches!(status, 429 | 502 | 503 | 504).then_some(retry_after),
