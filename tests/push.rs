@@ -16,7 +16,7 @@ use bar::export::{pprof, pprof_proto as pb};
 use bar_tests::{
     Folded, Recording, Value, Workload,
     http::{Answer, Receiver, Request, refused_url},
-    out_dir, root_or_skip,
+    one_line_error, out_dir, root_or_skip, run,
 };
 use opentelemetry_proto::tonic::{
     collector::profiles::v1development::ExportProfilesServiceRequest,
@@ -465,4 +465,32 @@ fn a_backend_that_never_answers_does_not_hold_the_recording() {
         "{p}"
     );
     assert!(!silent.requests().is_empty(), "it was asked");
+}
+
+/// Bad push flags stop the command line with one line each, and a password in a URL is not
+/// repeated (no root needed: nothing is loaded).
+#[test]
+fn bad_push_flags_are_one_line_without_the_secret() {
+    for (args, needle) in [
+        (
+            vec!["--pyroscope", "ftp://me:s3cret@host:4040"],
+            "--pyroscope: 'ftp://REDACTED@host:4040' is not an http:// or https:// URL",
+        ),
+        (vec!["--otlp", "collector:4318"], "--otlp: 'collector:4318'"),
+        (
+            vec!["--pyroscope", "http://h", "--push-every", "200ms"],
+            "use 1s or more",
+        ),
+        (
+            vec!["--pyroscope", "http://h", "--app-name", "my app"],
+            "not an application name",
+        ),
+    ] {
+        let mut all = vec!["record", "--all", "--duration", "1s"];
+        all.extend(args);
+        let out = run(&all);
+        let err = one_line_error(&out, needle);
+        assert!(!err.contains(SECRET), "{err}");
+        assert_eq!(out.status.code(), Some(2), "{err}");
+    }
 }

@@ -38,11 +38,11 @@ pub const ENV_TENANT: &str = "BAR_PUSH_TENANT";
 pub struct PushArgs {
     /// Push every interval's profiles to this Pyroscope server (or Grafana Alloy's
     /// pyroscope.receive_http), e.g. http://pyroscope:4040.
-    #[arg(long, value_name = "URL", value_parser = Endpoint::parse)]
+    #[arg(long, value_name = "URL", value_parser = EndpointParser)]
     pub pyroscope: Option<Endpoint>,
     /// Push every interval's profiles as OTLP over HTTP to an OpenTelemetry Collector, e.g.
     /// http://collector:4318 (the path /v1development/profiles is added).
-    #[arg(long, value_name = "URL", value_parser = Endpoint::parse)]
+    #[arg(long, value_name = "URL", value_parser = EndpointParser)]
     pub otlp: Option<Endpoint>,
     /// Length of a pushed interval.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_every)]
@@ -136,6 +136,32 @@ impl Endpoint {
         Ok(Self {
             url: format!("{scheme}://{host}{}", path.trim_end_matches('/')),
             basic_auth,
+        })
+    }
+}
+
+/// Parses `--pyroscope` and `--otlp` with an error that names the flag but shows the URL only
+/// redacted (clap's own message would repeat the value, password and all).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointParser;
+
+impl clap::builder::TypedValueParser for EndpointParser {
+    type Value = Endpoint;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Endpoint, clap::Error> {
+        let flag = arg.and_then(clap::Arg::get_long).unwrap_or("URL");
+        let s = value.to_string_lossy();
+        Endpoint::parse(&s).map_err(|e| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--{flag}: {e}\n"),
+            )
+            .with_cmd(cmd)
         })
     }
 }
