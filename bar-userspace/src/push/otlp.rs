@@ -386,11 +386,13 @@ mod tests {
                     pid: 7,
                     comm: "app".into(),
                     since_ns: 0,
+                    exited: false,
                 },
                 proto::Process {
                     pid: 8,
                     comm: "db".into(),
                     since_ns: 0,
+                    exited: false,
                 },
             ],
         }));
