@@ -1,7 +1,8 @@
 //! Off-CPU, TCP connect and NUMA migration families against workloads of bar's own.
 
 use bar_tests::{
-    Recording, Workload, assert_blocked_matches_sleeps, attach_through, out_dir, root_or_skip,
+    Recording, Workload, assert_blocked_matches_sleeps, assert_compaction_attributed,
+    attach_through, out_dir, root_or_skip,
 };
 
 #[test]
@@ -190,26 +191,9 @@ fn numa_page_migrations_are_recorded_with_reason() {
         &["--events", "numa"],
         &dir,
     );
-    assert_eq!(
-        report["compacted"], true,
-        "the workload could compact memory"
-    );
+    assert_compaction_attributed(&report, &rec);
     let s = rec.summary();
     let numa = &s["kinds"]["numa"];
-    // Compaction triggered by the workload migrates pages in its own context.
-    let by_reason = &numa["pages_by_reason"];
-    assert!(
-        by_reason["compaction"]["succeeded"].as_u64().unwrap_or(0) > 0,
-        "{numa}"
-    );
-    let folded = rec.folded("numa");
-    assert!(
-        folded.weight_where(
-            |s| s.contains("migrate_own_pages") && s.ends_with("[migrate pages: compaction]")
-        ) > 0,
-        "{:#?}",
-        folded.stacks
-    );
     assert!(
         numa["attach"]
             .as_str()

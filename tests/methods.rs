@@ -5,8 +5,9 @@
 //! kernels offer) says they must work here.
 
 use bar_tests::{
-    ChainPoint, Recording, Value, Workload, assert_blocked_matches_sleeps, attach_through,
-    avoid_before, family_chain, machine_info, metric, out_dir, root_or_skip,
+    ChainPoint, Recording, Value, Workload, assert_blocked_matches_sleeps,
+    assert_compaction_attributed, attach_through, avoid_before, family_chain, machine_info, metric,
+    out_dir, root_or_skip,
 };
 
 /// Whether the environment says `family` must be able to attach by `method` here.
@@ -97,22 +98,7 @@ fn check_tcp(report: &Value, rec: &Recording) {
 fn check_numa(report: &Value, rec: &Recording) {
     let s = rec.summary();
     let numa = &s["kinds"]["numa"];
-    assert_eq!(report["compacted"], true);
-    assert!(
-        numa["pages_by_reason"]["compaction"]["succeeded"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "{numa}"
-    );
-    let folded = rec.folded("numa");
-    assert!(
-        folded.weight_where(
-            |s| s.contains("migrate_own_pages") && s.ends_with("[migrate pages: compaction]")
-        ) > 0,
-        "{:#?}",
-        folded.stacks
-    );
+    assert_compaction_attributed(report, rec);
     // With two nodes the workload also calls migrate_pages(2) from the first node to the
     // others; the migrate_pages() hooks know both ends of that.
     let attach = numa["attach"].as_str().unwrap_or_default();
