@@ -228,3 +228,67 @@ fn ring_options_that_cannot_work_get_one_line() {
     let out = run(&["record", "--all", "--ring", "10s", "--ring-size", "lots"]);
     one_line_error(&out, "not a size");
 }
+
+#[test]
+fn a_rate_over_the_trigger_writes_the_ring_out_by_itself() {
+    if !root_or_skip("a_rate_over_the_trigger_writes_the_ring_out_by_itself") {
+        return;
+    }
+    // A cgroup of its own, so that no other process's faults set the trigger off.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let Some(v2) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+    }) else {
+        eprintln!("skipped a_rate_over_the_trigger_writes_the_ring_out_by_itself: no cgroup v2");
+        return;
+    };
+    let cg = Path::new(&v2).join(format!("bar-test-trigger-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).expect("create a cgroup");
+    let dir = out_dir("ring-trigger");
+    let mut storm = Workload::start(&["faults", "--count", "60000"]);
+    std::fs::write(cg.join("cgroup.procs"), storm.pid().to_string()).unwrap();
+    let rec = Recording::start(
+        &[
+            "record",
+            "--cgroup",
+            cg.to_str().unwrap(),
+            "--events",
+            "faults",
+            "--ring",
+            "4s",
+            "--ring-trigger",
+            "faults=10k",
+        ],
+        &dir,
+    );
+    storm.go();
+    let report = storm.finish();
+    // Written half a window (2 s) after the rate crossed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dumped = loop {
+        let found = std::fs::read_dir(&dir).unwrap().flatten().find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("trigger-faults-")
+                && e.path().join("summary.json").exists()
+        });
+        if let Some(e) = found {
+            break e.path();
+        }
+        assert!(std::time::Instant::now() < deadline, "no dump by trigger");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    rec.interrupt();
+    let _ = std::fs::remove_dir(&cg);
+    let pages = report["pages"].as_u64().unwrap();
+    let faults = Folded::read(&dumped.join("faults.folded")).weight_with("touch_fresh_pages");
+    assert!(
+        faults * 10 >= pages * 9 && faults <= pages + pages / 10,
+        "{faults} faults of the storm in the dump for {pages} pages"
+    );
+    assert_eq!(
+        read_json(&dumped.join("summary.json"))["stop_reason"],
+        "dump"
+    );
+}

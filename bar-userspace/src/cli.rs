@@ -210,6 +210,10 @@ pub struct RecordArgs {
     pub ring_size: Option<u64>,
     #[command(flatten)]
     pub push: PushArgs,
+    /// With --ring: write the ring out by itself, half a window after FAMILY's events per
+    /// second cross RATE (e.g. faults=50k; may be given again for other families).
+    #[arg(long, value_name = "FAMILY=RATE", value_parser = record::parse_trigger)]
+    pub ring_trigger: Vec<record::TriggerRule>,
 }
 
 /// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
@@ -470,6 +474,9 @@ impl RecordArgs {
         if self.ring_size.is_some() && self.ring.is_none() {
             bail!("--ring-size is the size of a flight recorder's ring: add --ring DUR");
         }
+        if !self.ring_trigger.is_empty() && self.ring.is_none() {
+            bail!("--ring-trigger writes out a flight recorder's ring: add --ring DUR");
+        }
         let families = self.events.0.clone();
         Ok(RecordOptions {
             explicit: families.len() < Family::ALL.len(),
@@ -498,6 +505,7 @@ impl RecordArgs {
                 size: self.ring_size.unwrap_or(record::DEFAULT_RING_SIZE),
             }),
             push: self.push.options(),
+            ring_triggers: self.ring_trigger.clone(),
         })
     }
 }
@@ -747,6 +755,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         ring: None,
         ring_size: None,
         push: PushArgs::default(),
+        ring_trigger: Vec::new(),
     }
     .options(Scope::Pid(pid), String::new())?;
     rec.explicit = true;

@@ -12,7 +12,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bar_ebpf_common::{ProcessRecord, counter, kind};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{dump, ring::Ring};
+use super::{dump, ring::Ring, trigger::Triggers};
 use crate::{
     aggregate,
     capture::{
@@ -68,6 +68,8 @@ pub(super) struct Aggregator {
     sink: Sink,
     /// Writes the ring's dumps beside collecting (ring recordings only).
     dumper: Option<dump::Dumper>,
+    /// Rates that make the ring write itself out (`--ring-trigger`).
+    pub(super) triggers: Option<Triggers>,
     pub(super) symbolizer: Symbolizer,
     counters: PerCpuArray<MapData, u64>,
     pending: Vec<(u32, Record)>,
@@ -114,6 +116,7 @@ impl Aggregator {
         Self {
             sink,
             dumper,
+            triggers: None,
             symbolizer,
             counters,
             pending: Vec::new(),
@@ -164,6 +167,9 @@ impl Aggregator {
                 p.cut(system::monotonic_ns());
             }
             self.status();
+            if let Some(req) = self.triggers.as_mut().and_then(|t| t.check(&self.per_kind)) {
+                self.dump(req)?;
+            }
         }
         self.flush()?;
         self.write_counters()?;

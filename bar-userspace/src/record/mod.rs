@@ -7,8 +7,12 @@
 mod aggregator;
 mod dump;
 mod ring;
+mod trigger;
 
-pub use self::ring::{DEFAULT_SIZE as DEFAULT_RING_SIZE, RingOptions};
+pub use self::{
+    ring::{DEFAULT_SIZE as DEFAULT_RING_SIZE, RingOptions},
+    trigger::{Rule as TriggerRule, parse_rule as parse_trigger},
+};
 
 use self::aggregator::{Aggregator, Input, Sink};
 
@@ -77,6 +81,8 @@ pub struct RecordOptions {
     pub ring: Option<RingOptions>,
     /// Profiling backends to push intervals to while recording.
     pub push: Option<PushOptions>,
+    /// With a ring: rates of families that make it write itself out.
+    pub ring_triggers: Vec<TriggerRule>,
 }
 
 /// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
@@ -264,6 +270,12 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             Scope::Pid(p) => Some(p),
             _ => None,
         };
+        let triggers = opts
+            .ring
+            .filter(|_| !opts.ring_triggers.is_empty())
+            .map(|r| {
+                trigger::Triggers::new(opts.ring_triggers.clone(), opts.out_dir.clone(), r.window)
+            });
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let (sighted_tx, sighted_rx) = oneshot::channel::<()>();
         let agg_thread = std::thread::Builder::new()
@@ -278,6 +290,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                     full_tx,
                     pusher,
                 );
+                agg.triggers = triggers;
                 // The target's name and memory map now: a short-lived process may be gone by
                 // the time its first events arrive.
                 if let Some(pid) = target {
