@@ -67,6 +67,24 @@ fn is_tracing_frame(name: &str) -> bool {
 /// blazesym would name them after whatever symbol precedes them.
 const BPF_CODE: &str = "[bpf";
 
+/// Resident memory of files bar-probe maps (its own code, its perf buffers, the objects
+/// blazesym reads), in KiB.
+fn mapped_files_kb() -> Option<u64> {
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("RssFile:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    })
+}
+
+/// blazesym as bar uses it: function names only.
+fn new_blaze() -> Blaze {
+    Blaze::builder()
+        .enable_code_info(false)
+        .enable_inlined_fns(false)
+        .build()
+}
+
 /// Kernel symbols from kallsyms (vmlinux with DWARF is rarely installed, and slow to parse).
 fn kernel_source() -> Source<'static> {
     Source::Kernel(Kernel {
@@ -296,7 +314,17 @@ pub struct SymbolStats {
 }
 
 pub struct Symbolizer {
+    /// For the files processes map, started over when they take too much memory.
     blaze: Blaze,
+    /// For kallsyms, read once.
+    blaze_kernel: Blaze,
+    /// Whether names not in a file's symbol table are looked for in its DWARF (and debug
+    /// files): for one process, not for a whole host (see [`Symbolizer::new`]).
+    dwarf: bool,
+    /// When the memory of mapped files was last looked at, and what it was at the first look
+    /// (bar-probe's own code, the perf buffers).
+    files_checked: std::time::Instant,
+    files_at_start_kb: Option<u64>,
     stacks: StackTraceMap<MapData>,
     /// User stacks the programs walked themselves (ids with [`USER_STACK_KEY`]).
     user_stacks: BpfHashMap<MapData, u32, UserStack>,
@@ -318,12 +346,14 @@ impl Symbolizer {
         stacks: StackTraceMap<MapData>,
         user_stacks: BpfHashMap<MapData, u32, UserStack>,
         user_stacks_capacity: u32,
+        dwarf: bool,
     ) -> Self {
         Self {
-            blaze: Blaze::builder()
-                .enable_code_info(false)
-                .enable_inlined_fns(false)
-                .build(),
+            blaze: new_blaze(),
+            blaze_kernel: new_blaze(),
+            dwarf,
+            files_checked: std::time::Instant::now(),
+            files_at_start_kb: mapped_files_kb(),
             stacks,
             user_stacks,
             user_stacks_capacity,
@@ -337,12 +367,33 @@ impl Symbolizer {
         }
     }
 
+    /// Starts blazesym over when the files it keeps mapped hold too much of bar-probe's
+    /// resident memory (checked every few seconds, beyond what was mapped at the first look). It maps every object it names frames of
+    /// and keeps them: on a host that runs compilers, libraries of hundreds of MB whose symbol
+    /// tables alone took over 100 MB of RSS within minutes. What was resolved stays resolved;
+    /// only new addresses have their files mapped again.
+    pub fn release_files_if_large(&mut self) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        const MAPPED_FILES_KB: u64 = 32 << 10;
+        if self.files_checked.elapsed() < EVERY {
+            return;
+        }
+        self.files_checked = std::time::Instant::now();
+        let Some(mapped) = mapped_files_kb() else {
+            return;
+        };
+        let start = *self.files_at_start_kb.get_or_insert(mapped);
+        if mapped > start + MAPPED_FILES_KB {
+            self.blaze = new_blaze();
+        }
+    }
+
     /// Reads the kernel's symbols now rather than at the first kernel stack: parsing
     /// kallsyms takes about 0.1 s of CPU (seconds on an emulated one), better spent before the
     /// recording starts than beside the process being recorded.
     pub fn prepare_kernel(&mut self) {
         let _ = self
-            .blaze
+            .blaze_kernel
             .symbolize(&kernel_source(), Input::AbsAddr(&[0xffff_ffff_8100_0000]));
     }
 
@@ -500,7 +551,7 @@ impl Symbolizer {
         let src = kernel_source();
         let modules = module_code_ranges();
         let names: HashMap<u64, (String, String)> =
-            match self.blaze.symbolize(&src, Input::AbsAddr(&all)) {
+            match self.blaze_kernel.symbolize(&src, Input::AbsAddr(&all)) {
                 Ok(syms) => all
                     .iter()
                     .zip(syms)
@@ -603,7 +654,7 @@ impl Symbolizer {
             // spent while the target runs). DWARF, and debug files found by debug link, only
             // for what the table does not name.
             for debug_syms in [false, true] {
-                if offs.is_empty() {
+                if offs.is_empty() || (debug_syms && !self.dwarf) {
                     break;
                 }
                 let mut elf = Elf::new(&path);

@@ -90,6 +90,9 @@ pub struct Meta {
     pub ring_size_bytes: u64,
     #[prost(bool, tag = "22")]
     pub ring_cut_by_size: bool,
+    /// Deflated bytes the ring held for the time dumped.
+    #[prost(uint64, tag = "23")]
+    pub ring_held_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

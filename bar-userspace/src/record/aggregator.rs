@@ -309,6 +309,7 @@ impl Aggregator {
             self.seen_pids.remove(&pid);
         }
         self.symbolizer.evict_user_stacks(now);
+        self.symbolizer.release_files_if_large();
         let (frames, stacks) = self.symbolizer.interner.take_new();
         if !self.new_processes.is_empty() {
             let processes = std::mem::take(&mut self.new_processes);

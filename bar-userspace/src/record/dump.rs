@@ -336,6 +336,7 @@ pub fn write_capture(
     meta.ring_window_ns = snap.options.window.as_nanos() as u64;
     meta.ring_size_bytes = snap.options.size;
     meta.ring_cut_by_size = snap.cut_by_size;
+    meta.ring_held_bytes = snap.segments.iter().map(|s| s.bytes).sum();
     let mut w = Writer::create(path, meta)?;
     w.write(Body::Processes(proto::Processes {
         processes: snap.processes.clone(),

@@ -167,6 +167,9 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
     let stacks = StackTraceMap::try_from(take(&mut loaded.ebpf, maps::STACKS)?)?;
     let user_stacks = BpfHashMap::try_from(take(&mut loaded.ebpf, maps::USER_STACKS)?)?;
     let user_stacks_capacity = opts.stack_map_entries;
+    // DWARF is read for one process's binaries, not for every binary of a host: those of a
+    // host with debug builds took hundreds of MB to read.
+    let dwarf = matches!(opts.scope, Scope::Pid(_));
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(take(&mut loaded.ebpf, maps::COUNTERS)?)?;
     let sums = match opts.aggregate {
@@ -284,7 +287,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 let mut agg = Aggregator::new(
                     sink,
                     dumper,
-                    Symbolizer::new(stacks, user_stacks, user_stacks_capacity),
+                    Symbolizer::new(stacks, user_stacks, user_stacks_capacity, dwarf),
                     counters,
                     agg_opts,
                     full_tx,
@@ -644,6 +647,7 @@ fn meta(
         ring_window_ns: 0,
         ring_size_bytes: 0,
         ring_cut_by_size: false,
+        ring_held_bytes: 0,
     }
 }
 

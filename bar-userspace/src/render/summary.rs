@@ -268,6 +268,7 @@ pub fn summary(profile: &Profile) -> Value {
             "window_s": meta.ring_window_ns as f64 / 1e9,
             "size_bytes": meta.ring_size_bytes,
             "cut_by_size": meta.ring_cut_by_size,
+            "held_bytes": meta.ring_held_bytes,
         })),
         "complete": profile.trailer.is_some() && profile.damage.is_none(),
         "damage": profile.damage.as_ref().map(ToString::to_string),

@@ -230,8 +230,13 @@ pub fn render(f: &Flight) -> String {
         let held = s
             .and_then(|s| s["duration_s"].as_f64())
             .map_or_else(String::new, |h| {
-                let cut = s.is_some_and(|s| s["ring"]["cut_by_size"] == true);
-                format!("{h:.0} s{}", if cut { " (size limit)" } else { "" })
+                let ring = s.map(|s| &s["ring"]);
+                let cut = ring.is_some_and(|r| r["cut_by_size"] == true);
+                let bytes = ring
+                    .and_then(|r| r["held_bytes"].as_u64())
+                    .map(|b| format!(", {:.0} MB deflated", b as f64 / f64::from(1 << 20)))
+                    .unwrap_or_default();
+                format!("{h:.0} s{bytes}{}", if cut { ", size limit" } else { "" })
             });
         d.push_str(&format!(
             "| {} | {:.0} s | {} | {events} | {lost} | {stacks} | {unnamed} | {held} | {} |{}\n",
