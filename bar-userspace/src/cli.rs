@@ -204,7 +204,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_ring,
           conflicts_with_all = ["max_size", "pyroscope", "otlp"])]
     pub ring: Option<Duration>,
-    /// With --ring: keep at most this much (deflated, e.g. 64M, 1G; default 128M), dropping
+    /// With --ring: keep at most this much (deflated, e.g. 32M, 1G; default 64M), dropping
     /// the oldest.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ring_size: Option<u64>,

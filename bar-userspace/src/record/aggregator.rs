@@ -98,6 +98,8 @@ pub(super) struct Aggregator {
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FLUSH_AT: usize = 65536;
 const EVENTS_PER_BLOCK: usize = 8192;
+/// Records the pending list keeps room for between flushes.
+const PENDING_KEPT: usize = 16384;
 /// How long after a process ends what the collector knows of it (memory map, resolved stacks)
 /// is kept: records taken before the end may still be on their way from other CPUs' buffers.
 const FORGET_AFTER_NS: u64 = 5_000_000_000;
@@ -355,6 +357,9 @@ impl Aggregator {
             }
         }
         drop(events);
+        // A burst (the first flush, while the kernel's symbols were read) can leave room for
+        // far more records than a quarter of a second brings: 13 MB kept unused.
+        self.pending.shrink_to(PENDING_KEPT);
         self.write_counters()
     }
 

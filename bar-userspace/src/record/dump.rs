@@ -118,7 +118,7 @@ impl Dumper {
 
 /// Returns the memory freed by this process to the system (glibc keeps it per thread
 /// otherwise, so a recorder's RSS would stay at its largest dump's).
-fn release_free_memory() {
+pub(super) fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the allocator's own.
     unsafe {
