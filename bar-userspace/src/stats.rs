@@ -2,7 +2,10 @@
 //! of measurements is larger than their own spread. Pure functions over plain numbers, checked
 //! against reference values (R, SciPy) in the tests below, so the rest of bar can rely on them.
 
-use statrs::function::erf::erfc;
+use statrs::{
+    distribution::{ContinuousCDF, Normal, StudentsT},
+    function::erf::erfc,
+};
 
 /// A two-sided Mann-Whitney U test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -220,6 +223,59 @@ pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
     adjusted
 }
 
+/// P(T > t) for Student's t with `df` degrees of freedom (fractional, as Welch's
+/// approximation gives them); the normal tail when `df` is infinite.
+pub fn t_sf(t: f64, df: f64) -> f64 {
+    if t.is_nan() {
+        return 1.0;
+    }
+    match StudentsT::new(0.0, 1.0, df.max(f64::MIN_POSITIVE)) {
+        Ok(d) => d.sf(t),
+        Err(_) => 1.0,
+    }
+}
+
+/// The `p` quantile of Student's t with `df` degrees of freedom (the normal's for an infinite
+/// or huge `df`, where statrs' inverse does not converge).
+pub fn t_quantile(p: f64, df: f64) -> f64 {
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    if df.is_nan() || df > 1e7 {
+        return Normal::standard().inverse_cdf(p);
+    }
+    match StudentsT::new(0.0, 1.0, df.max(f64::MIN_POSITIVE)) {
+        Ok(d) => d.inverse_cdf(p),
+        Err(_) => f64::INFINITY,
+    }
+}
+
+/// Welch-Satterthwaite degrees of freedom of a sum of independent variance estimates, each
+/// given as (variance, its degrees of freedom).
+pub fn satterthwaite(parts: &[(f64, f64)]) -> f64 {
+    let total: f64 = parts.iter().map(|p| p.0).sum();
+    let denom: f64 = parts
+        .iter()
+        .filter(|p| p.0 > 0.0)
+        .map(|(v, df)| v * v / df)
+        .sum();
+    if denom > 0.0 {
+        total * total / denom
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// Sample mean and variance (n - 1 in the denominator); the variance is None for fewer than
+/// two values.
+pub fn mean_var(x: &[f64]) -> (f64, Option<f64>) {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return (0.0, None);
+    }
+    let mean = x.iter().sum::<f64>() / n;
+    let var = (x.len() >= 2).then(|| x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0));
+    (mean, var)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +392,26 @@ mod tests {
             assert!(close(*g, w, 1e-12), "{q:?}");
         }
         assert!(benjamini_hochberg(&[]).is_empty());
+    }
+
+    #[test]
+    fn student_t_matches_r() {
+        // R: qt(0.975, 4); qt(0.95, 2.5) and pt(3, 4, lower.tail = FALSE) checked by numerical
+        // integration of the density.
+        assert!(close(t_quantile(0.975, 4.0), 2.776_445_105_197_8, 1e-9));
+        assert!(close(t_quantile(0.95, 2.5), 2.558_218_5, 1e-6));
+        assert!(close(t_sf(3.0, 4.0), 0.019_970_984_037_85, 1e-7));
+        assert!(close(
+            t_sf(1.959_963_984_540_054, f64::INFINITY),
+            0.025,
+            1e-9
+        ));
+        // R: t.test(c(1, 2, 4), c(3, 5, 8, 9))$parameter, Welch's df = 4.7638.
+        let (ma, va) = mean_var(&[1.0, 2.0, 4.0]);
+        let (mb, vb) = mean_var(&[3.0, 5.0, 8.0, 9.0]);
+        assert!(close(ma, 7.0 / 3.0, 1e-12) && close(mb, 6.25, 1e-12));
+        let df = satterthwaite(&[(va.unwrap() / 3.0, 2.0), (vb.unwrap() / 4.0, 3.0)]);
+        assert!(close(df, 4.763_779_527_559_05, 1e-9), "{df}");
+        assert_eq!(mean_var(&[2.0]), (2.0, None));
     }
 }
