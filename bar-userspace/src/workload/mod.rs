@@ -5,6 +5,7 @@
 //! which the benchmarks compare traced and untraced. Functions are `#[inline(never)]` so they
 //! keep their own frames.
 
+mod mix;
 mod numa;
 mod spawn;
 
@@ -57,6 +58,9 @@ pub enum Workload {
     /// `--micros` (burning CPU in `burn_cpu_hot_loop`); a link to bar-probe is made in `--dir`
     /// (default: a new temporary folder).
     Spawn,
+    /// Requests in `parse_request`, `compute_response` and `encode_response` for `--seconds`,
+    /// `--regress` % of them in `slow_new_path`, and clock-paced `background_housekeeping`.
+    Mix,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -90,6 +94,9 @@ pub struct WorkloadArgs {
     /// that can be dropped (not tmpfs).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Share of the main thread's work (in %) spent in `slow_new_path` (mix).
+    #[arg(long, default_value_t = 0.0)]
+    pub regress: f64,
 }
 
 const PAGE: usize = 4096;
@@ -669,6 +676,7 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
                 start,
             );
         }
+        Workload::Mix => report(mix::run(args.seconds.unwrap_or(3.0), args.regress), start),
         Workload::Numa => report(numa::run(args.count as usize, until(30.0) - start)?, start),
         Workload::Spawn => {
             let life = Duration::from_micros(args.micros);
