@@ -68,16 +68,20 @@ fn phase_ranges_show_the_function_that_grew_and_the_gate_fails() {
     eprintln!("phases diff: {json:#}");
     assert_eq!(out.status.code(), Some(3), "gate fails on a real change");
     assert_eq!(json["kind"], "cpu");
-    // Three seconds in 250 ms windows: 12 per side, each one measurement.
+    // Three seconds in 250 ms windows: 12 per side, each one measurement of the same run.
     assert!(
-        json["base"]["replicates"].as_u64().unwrap() >= 10,
+        json["base"]["windows"].as_u64().unwrap() >= 10,
         "{}",
         json["base"]
     );
     assert!(
-        json["cand"]["replicates"].as_u64().unwrap() >= 10,
+        json["cand"]["windows"].as_u64().unwrap() >= 10,
         "{}",
         json["cand"]
+    );
+    assert_eq!(
+        json["test"]["frames"],
+        "windows of the same run on both sides"
     );
 
     let grew = frame(&json, "phase_b_render");
@@ -196,50 +200,46 @@ fn an_unchanged_workload_does_not_trip_the_gate() {
             c.to_str().unwrap().to_owned()
         })
         .collect();
-    // Five independent pairs, each cut into windows.
-    for pair in captures.chunks(2) {
-        let out = run(&[
-            "diff",
-            &pair[0],
-            &pair[1],
-            "--windows",
-            "250ms",
-            "--fail-above",
-            "5",
-            "--json",
-            "-o",
-            dir.join("diff").to_str().unwrap(),
-        ]);
-        let json: Value = serde_json::from_str(&stdout(&out))
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        let hot = frame(&json, "burn_cpu_hot_loop");
-        eprintln!(
-            "same workload: burn_cpu_hot_loop {} -> {} (p adj {}), offenders {}",
-            hot["total"]["base"],
-            hot["total"]["cand"],
-            hot["p_adjusted"],
-            json["gate"]["offenders"]
-        );
-        assert_eq!(out.status.code(), Some(0), "false alarm: {json:#}");
-        assert_eq!(json["gate"]["failed"], false);
-        assert!(hot["p_adjusted"].is_f64(), "the hot loop is tested: {hot}");
+    let o = dir.join("diff");
+    let gate = |base: &str, cand: &str, windows: bool| {
+        let mut args = vec!["diff", base, cand, "--fail-above", "5", "--json"];
+        if windows {
+            args.extend(["--windows", "250ms"]);
+        }
+        args.extend(["-o", o.to_str().unwrap()]);
+        run(&args)
+    };
+    // Two runs against two, twice, with and without windows; then five against five.
+    for (b, c) in [(0..2, 2..4), (4..6, 6..8)] {
+        let (base, cand) = (captures[b].join(","), captures[c].join(","));
+        for windows in [false, true] {
+            let out = gate(&base, &cand, windows);
+            let json: Value = serde_json::from_str(&stdout(&out))
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+            let hot = frame(&json, "burn_cpu_hot_loop");
+            eprintln!(
+                "same workload: burn_cpu_hot_loop {} -> {} {} (p adj {}), offenders {}",
+                hot["total"]["base"],
+                hot["total"]["cand"],
+                hot["ci"],
+                hot["p_adjusted"],
+                json["gate"]["offenders"]
+            );
+            assert_eq!(out.status.code(), Some(0), "false alarm: {json:#}");
+            assert!(hot["p_adjusted"].is_f64(), "the hot loop is tested: {hot}");
+        }
     }
-    // The same ten runs as two sides of five captures each: one measurement per capture.
-    let base = captures[..5].join(",");
-    let cand = captures[5..].join(",");
-    let out = run(&[
-        "diff",
-        &base,
-        &cand,
-        "--fail-above",
-        "5",
-        "--json",
-        "-o",
-        dir.join("diff").to_str().unwrap(),
-    ]);
+    let out = gate(&captures[..5].join(","), &captures[5..].join(","), false);
     let json: Value = serde_json::from_str(&stdout(&out)).expect("json");
-    assert_eq!(json["base"]["replicates"], 5);
+    assert_eq!(json["base"]["runs"], 5);
     assert_eq!(out.status.code(), Some(0), "false alarm: {json:#}");
+    // One run against one: the spread between runs is unknown, windows or not.
+    for windows in [false, true] {
+        let out = gate(&captures[8], &captures[9], windows);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot judge one run against one"), "{err}");
+    }
 }
 
 #[test]
@@ -269,11 +269,10 @@ fn folded_files_diff_without_root_and_refuse_what_they_cannot_do() {
     assert!(text.contains("render"), "{text}");
     assert!(text.contains("+70.00"), "render grew by 70 points: {text}");
     assert!(text.contains("not tested"), "{text}");
+    // One process on each side: compared below its name.
     let diff_folded = std::fs::read_to_string(out_dir.join("diff.folded")).unwrap();
-    assert!(
-        diff_folded.contains("app;main;render 10 80"),
-        "{diff_folded}"
-    );
+    assert!(diff_folded.contains("main;render 10 80"), "{diff_folded}");
+    assert!(!diff_folded.contains("app;"), "{diff_folded}");
 
     let offcpu = dir.join("b/offcpu.folded");
     std::fs::write(&offcpu, "app;main;[blocked] 5\n").unwrap();
@@ -301,7 +300,7 @@ fn folded_files_diff_without_root_and_refuse_what_they_cannot_do() {
                 "--fail-above",
                 "5",
             ],
-            "--fail-above needs significance",
+            "cannot judge one run against one",
         ),
         (
             vec![a.to_str().unwrap(), b.to_str().unwrap(), "--windows", "1s"],
@@ -339,11 +338,17 @@ fn longer_sleeps_fail_the_latency_gate() {
         rec.finish();
         d.join("capture.bar").to_str().unwrap().to_owned()
     };
-    // The tail of 1 ms sleeps is scheduling delay, several ms on a busy machine: the slow
-    // side's sleeps are long enough to stand above it.
-    let base = record_sleeps("500", "1000", "base");
-    let same = record_sleeps("500", "1000", "same");
-    let slow = record_sleeps("200", "30000", "slow");
+    // Three runs per side: the p99 of each run is one measurement. The tail of 1 ms sleeps is
+    // scheduling delay, several ms on a busy machine: the slow side's sleeps stand above it.
+    let runs = |count: &str, micros: &str, name: &str| -> String {
+        (0..3)
+            .map(|i| record_sleeps(count, micros, &format!("{name}{i}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let base = runs("500", "1000", "base");
+    let same = runs("500", "1000", "same");
+    let slow = runs("100", "30000", "slow");
     let o = dir.join("diff");
     let gate = |cand: &str| {
         let out = run(&[
@@ -381,7 +386,12 @@ fn longer_sleeps_fail_the_latency_gate() {
         "{blocked}"
     );
     assert!(blocked["ks_p"].as_f64().unwrap() < 1e-6, "{blocked}");
-    // The same sleeps again: whatever KS says of small differences, the p99 did not double.
+    let ci = blocked["p99_ci_pct"]
+        .as_array()
+        .expect("an interval over runs");
+    assert!(ci[0].as_f64().unwrap() > 100.0, "{blocked}");
+    // The same sleeps again: whatever KS says of small differences, the p99 did not surely
+    // double.
     let (status, blocked) = gate(&same);
     assert_eq!(status, Some(0), "{blocked}");
 }

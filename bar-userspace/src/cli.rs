@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     diff::{
         self,
-        compare::{GateOn, Norm, TestOptions},
+        compare::{Norm, TestOptions},
+        gate::GateOn,
         input::{Select, TimeRange},
     },
     evidence,
@@ -295,6 +296,10 @@ pub struct DiffArgs {
     /// Test only frames with at least this share (in %) of the total on either side.
     #[arg(long, default_value_t = 0.5)]
     pub min_share: f64,
+    /// Compare stacks with their process name as the root frame even when the sides' names
+    /// differ or each side is one process (by default they are compared below it).
+    #[arg(long)]
+    pub by_process: bool,
     /// Rows of the frame table.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
@@ -335,6 +340,7 @@ impl DiffArgs {
         diff::DiffOptions {
             phases: self.phases.clone().map(|p| p.0),
             base: paths_list(&self.base),
+            history: None,
             cand: self.cand.as_deref().map(paths_list).unwrap_or_default(),
             view: self.event,
             base_select: select(&self.base_phase, &self.base_range),
@@ -349,6 +355,7 @@ impl DiffArgs {
                 alpha: self.alpha,
                 min_share: self.min_share / 100.0,
             },
+            by_process: self.by_process,
             top: self.top,
             paths: self.paths,
             gate: self.fail_above.map(|pct| {

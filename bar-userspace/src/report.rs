@@ -88,13 +88,15 @@ fn phase_diffs(
     let mut files = Vec::new();
     for pair in profile.phases.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        // About eight windows in the shorter phase give the significance tests replicates.
+        // About eight windows in the shorter phase are the measurements of the tests: both
+        // phases are parts of the same run.
         let shorter = (a.end_ns - a.start_ns).min(b.end_ns - b.start_ns);
         let window =
             std::time::Duration::from_nanos((shorter / 8).clamp(50_000_000, 2_000_000_000));
         let opts = diff::DiffOptions {
             phases: phases.map(<[WallPhase]>::to_vec),
             base: vec![capture.to_owned()],
+            history: None,
             cand: Vec::new(),
             view: None,
             base_select: Select::Phase(a.name.clone()),
@@ -105,6 +107,7 @@ fn phase_diffs(
                 alpha: 0.05,
                 min_share: 0.005,
             },
+            by_process: false,
             top: 20,
             paths: 5,
             gate: None,

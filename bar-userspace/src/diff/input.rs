@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 
 use super::{
     DiffError,
-    compare::{Folded, Norm, Sample},
+    compare::{Folded, Norm, Run, Sample},
 };
 use crate::{
     aggregate::{Profile, Slice, ViewAgg},
@@ -126,13 +126,14 @@ impl std::fmt::Display for Select {
     }
 }
 
-/// One side as read: the pooled sample (point estimates, flame graph), its replicates
-/// (significance) and its latency distributions (by name, in microseconds).
+/// One side as read: the pooled sample (flame graph, root-cause paths), its runs (one per
+/// input, the unit of the significance tests) and its latency distributions pooled (by name, in
+/// microseconds).
 #[derive(Debug)]
 pub struct Side {
     pub label: String,
     pub pooled: Sample,
-    pub replicates: Vec<Sample>,
+    pub runs: Vec<Run>,
     pub latency: BTreeMap<String, Histogram<u64>>,
 }
 
@@ -399,18 +400,21 @@ fn merge(into: &mut Sample, s: &Sample) {
     into.seconds = into.seconds.zip(s.seconds).map(|(a, b)| a + b);
 }
 
+/// Adds a latency distribution into the one of that name.
+fn add_histogram(into: &mut BTreeMap<String, Histogram<u64>>, name: String, h: &Histogram<u64>) {
+    if h.is_empty() {
+        return;
+    }
+    let e = into
+        .entry(name)
+        .or_insert_with(crate::aggregate::new_histogram);
+    // Same bounds on both sides: adding cannot fail.
+    let _ = e.add(h);
+}
+
 /// Latency distributions of an aggregate, by name.
 fn latencies(agg: &ViewAgg, into: &mut BTreeMap<String, Histogram<u64>>) {
-    let mut add = |name: String, h: &Histogram<u64>| {
-        if h.is_empty() {
-            return;
-        }
-        let e = into
-            .entry(name)
-            .or_insert_with(crate::aggregate::new_histogram);
-        // Same bounds on both sides: adding cannot fail.
-        let _ = e.add(h);
-    };
+    let mut add = |name: String, h: &Histogram<u64>| add_histogram(into, name, h);
     add("off-CPU blocked".to_owned(), &agg.blocked_us);
     add("off-CPU preempted".to_owned(), &agg.preempted_us);
     for (dest, d) in &agg.tcp {
@@ -419,7 +423,8 @@ fn latencies(agg: &ViewAgg, into: &mut BTreeMap<String, Histogram<u64>>) {
     }
 }
 
-/// Reads one side: every input restricted to `select`, pooled, with its replicates.
+/// Reads one side: every input restricted to `select` is one run (cut into windows when
+/// asked), and all of them pooled.
 pub fn read_side(
     name: &str,
     inputs: &[&Input],
@@ -430,11 +435,10 @@ pub fn read_side(
         seconds: Some(0.0),
         ..Sample::default()
     };
-    let mut replicates = Vec::new();
     let mut latency = BTreeMap::new();
-    let mut per_input = Vec::new();
+    let mut runs = Vec::new();
     for input in inputs {
-        let (data, outline, path) = match input {
+        let run = match input {
             Input::Folded { path, stacks } => {
                 if *select != Select::Whole
                     || opts.windows.is_some()
@@ -442,63 +446,25 @@ pub fn read_side(
                 {
                     return Err(DiffError::NeedsCapture(path.clone()));
                 }
-                let s = Sample {
-                    stacks: stacks.clone(),
-                    seconds: None,
-                };
-                per_input.push(s);
-                continue;
+                Run {
+                    whole: Sample {
+                        stacks: stacks.clone(),
+                        seconds: None,
+                    },
+                    ..Run::default()
+                }
             }
             Input::Capture {
                 path,
                 data,
                 outline,
-            } => (data, outline, path),
+            } => read_run(data, outline, path, select, opts)?,
         };
-        let ranges = ranges(outline, select, path, opts.phases)?;
-        let mut slices: Vec<Slice> = ranges.iter().map(|r| Slice::new(r.0, r.1)).collect();
-        let window_ranges: Vec<(u64, u64)> = match opts.windows {
-            Some(len) => ranges.iter().flat_map(|r| windows(*r, len)).collect(),
-            None => Vec::new(),
-        };
-        slices.extend(window_ranges.iter().map(|r| Slice::new(r.0, r.1)));
-        let mut reader = Reader::from_bytes(data.clone(), path)?;
-        let profile = Profile::from_reader_sliced(&mut reader, slices);
-        let empty = ViewAgg::default();
-        let sample_of = |slice: &Slice| -> Sample {
-            let agg = opts
-                .view
-                .and_then(|v| slice.views.get(&v))
-                .unwrap_or(&empty);
-            Sample {
-                stacks: profile.folded_map(agg),
-                seconds: Some(seconds((slice.start, slice.end))),
-            }
-        };
-        let mut whole = Sample {
-            seconds: Some(0.0),
-            ..Sample::default()
-        };
-        for slice in &profile.slices[..ranges.len()] {
-            merge(&mut whole, &sample_of(slice));
-            if let Some(agg) = opts.view.and_then(|v| slice.views.get(&v)) {
-                latencies(agg, &mut latency);
-            }
+        merge(&mut pooled, &run.whole);
+        for (name, h) in &run.latency {
+            add_histogram(&mut latency, name.clone(), h);
         }
-        per_input.push(whole);
-        for slice in &profile.slices[ranges.len()..] {
-            let s = sample_of(slice);
-            // A window without weight has no shares; per second it is a real zero.
-            if opts.norm == Norm::PerSecond || s.weight() > 0 {
-                replicates.push(s);
-            }
-        }
-    }
-    for s in &per_input {
-        merge(&mut pooled, s);
-    }
-    if opts.windows.is_none() && per_input.len() >= 2 {
-        replicates = per_input;
+        runs.push(run);
     }
     let label = match inputs {
         [one] => format!("{}{select}", one.path().display()),
@@ -514,9 +480,60 @@ pub fn read_side(
     Ok(Side {
         label,
         pooled,
-        replicates,
+        runs,
         latency,
     })
+}
+
+/// One capture as one run: the selected ranges merged, their windows, their latencies.
+fn read_run(
+    data: &[u8],
+    outline: &Outline,
+    path: &Path,
+    select: &Select,
+    opts: ReadOptions<'_>,
+) -> Result<Run, DiffError> {
+    let ranges = ranges(outline, select, path, opts.phases)?;
+    let mut slices: Vec<Slice> = ranges.iter().map(|r| Slice::new(r.0, r.1)).collect();
+    let window_ranges: Vec<(u64, u64)> = match opts.windows {
+        Some(len) => ranges.iter().flat_map(|r| windows(*r, len)).collect(),
+        None => Vec::new(),
+    };
+    slices.extend(window_ranges.iter().map(|r| Slice::new(r.0, r.1)));
+    let mut reader = Reader::from_bytes(data.to_vec(), path)?;
+    let profile = Profile::from_reader_sliced(&mut reader, slices);
+    let empty = ViewAgg::default();
+    let sample_of = |slice: &Slice| -> Sample {
+        let agg = opts
+            .view
+            .and_then(|v| slice.views.get(&v))
+            .unwrap_or(&empty);
+        Sample {
+            stacks: profile.folded_map(agg),
+            seconds: Some(seconds((slice.start, slice.end))),
+        }
+    };
+    let mut run = Run {
+        whole: Sample {
+            seconds: Some(0.0),
+            ..Sample::default()
+        },
+        ..Run::default()
+    };
+    for slice in &profile.slices[..ranges.len()] {
+        merge(&mut run.whole, &sample_of(slice));
+        if let Some(agg) = opts.view.and_then(|v| slice.views.get(&v)) {
+            latencies(agg, &mut run.latency);
+        }
+    }
+    for slice in &profile.slices[ranges.len()..] {
+        let s = sample_of(slice);
+        // A window without weight has no shares; per second it is a real zero.
+        if opts.norm == Norm::PerSecond || s.weight() > 0 {
+            run.windows.push(s);
+        }
+    }
+    Ok(run)
 }
 
 #[cfg(test)]

@@ -4,14 +4,28 @@
 //! the sides, `compare` decides, `output` writes the flame graphs, table and JSON.
 
 pub mod compare;
+pub mod estimate;
+pub mod frames;
+pub mod gate;
+pub mod history;
 pub mod input;
+pub mod latency;
 pub mod output;
+pub mod paths;
+#[cfg(test)]
+mod simulate;
 
 use std::{path::PathBuf, time::Duration};
 
 use self::{
-    compare::{FrameChange, GateOn, LatencyChange, Norm, Offender, RootCause, TestOptions},
+    compare::{Base, FrameChange, Norm, TestOptions},
+    estimate::OneRun,
+    frames::Quality,
+    gate::{GateOn, Offender},
+    history::RunSummary,
     input::{Input, ReadOptions, Select, Side},
+    latency::LatencyChange,
+    paths::RootCause,
 };
 use bar_ebpf_common::Family;
 
@@ -57,14 +71,34 @@ pub enum DiffError {
     #[error("{0} is a folded file: phases, time ranges, --windows and --per-second need captures")]
     NeedsCapture(PathBuf),
     #[error(
-        "--fail-above needs significance: give several inputs per side (BASE1,BASE2,... \
-         CAND1,CAND2,...) or cut captures into --windows"
+        "--fail-above needs significance: to compare two parts of the same captures, cut them \
+         into --windows"
     )]
     GateNeedsReplicates,
+    #[error(
+        "--fail-above cannot judge one run against one: how much runs differ from each other is \
+         unknown (windows of a run do not show it); record 2 or more runs per side \
+         (BASE1,BASE2 CAND1,CAND2), or gate against a baseline store (bar-probe baseline add)"
+    )]
+    GateNeedsRuns,
     #[error("--latency compares off-CPU or TCP connect latencies: use --event offcpu or tcp")]
     LatencyNeedsKind,
     #[error("the {0} side has fewer than 2 windows: make --windows shorter than its time range")]
     TooFewWindows(&'static str),
+    #[error("{0}")]
+    Baseline(String),
+}
+
+/// A baseline store's runs, as the base of a diff.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The store, for the reader.
+    pub label: String,
+    pub view: Family,
+    /// Whether the runs keep the process name as their root frame.
+    pub by_process: bool,
+    /// Oldest first.
+    pub runs: Vec<RunSummary>,
 }
 
 /// Everything `diff` is asked.
@@ -73,6 +107,8 @@ pub struct DiffOptions {
     /// Phases of a phase file, used instead of the captures' markers.
     pub phases: Option<Vec<crate::phases::WallPhase>>,
     pub base: Vec<PathBuf>,
+    /// A baseline store's history instead of `base`.
+    pub history: Option<History>,
     /// Empty: the base inputs again (two phases or ranges of the same captures).
     pub cand: Vec<PathBuf>,
     pub view: Option<Family>,
@@ -81,6 +117,8 @@ pub struct DiffOptions {
     pub windows: Option<Duration>,
     pub norm: Norm,
     pub test: TestOptions,
+    /// Keep the process name as the root frame whatever the sides' names.
+    pub by_process: bool,
     /// Rows of the frame table.
     pub top: usize,
     /// Root-cause paths at most.
@@ -109,22 +147,56 @@ pub struct Outcome {
     pub view: Option<Family>,
     pub norm: Norm,
     pub test: TestOptions,
-    /// How replicates were made, for the reader ("windows of 250ms", "captures").
-    pub replicates: String,
+    /// How changes were judged, for the reader.
+    pub method: String,
+    /// Windows each run was cut into, if any.
+    pub windows: Option<Duration>,
     pub base: Side,
     pub cand: Side,
+    /// Runs of the baseline store the candidate was judged against.
+    pub history_runs: Option<usize>,
+    /// Whether stacks were compared below the process name.
+    pub below_process: bool,
     /// Every frame, largest change first.
     pub frames: Vec<FrameChange>,
     pub paths: Vec<RootCause>,
     pub latency: Vec<LatencyChange>,
     pub verdict: Option<Verdict>,
-    /// Damaged inputs, compared up to their damage.
+    /// Weight in frames that are not code, per side (None for a baseline store).
+    pub quality: [Option<Quality>; 2],
+    /// Damaged inputs, drifting baselines, data of poor quality.
     pub warnings: Vec<String>,
 }
 
-/// Reads both sides and compares them.
-pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
-    // Each file is read once even when both sides use it (two phases of one capture).
+/// How the changes were judged, in words.
+fn method(base: &Side, cand: &Side, history: Option<&History>, one_run: OneRun) -> String {
+    let (nb, nc) = (base.runs.len(), cand.runs.len());
+    match (history, nb, nc) {
+        (Some(h), _, _) => format!(
+            "{nc} run{} against a baseline of {} runs (moving average, spread from run to run)",
+            if nc == 1 { "" } else { "s" },
+            h.runs.len()
+        ),
+        (None, 1, 1) if one_run == OneRun::SameRuns => {
+            "windows of the same run on both sides".to_owned()
+        }
+        (None, 1, 1) => "none: one run per side".to_owned(),
+        (None, 1, n) | (None, n, 1) => {
+            format!("Student's t, the single run taken to vary as the other side's {n} runs")
+        }
+        (None, b, c) => format!("Welch's t over runs ({b} against {c})"),
+    }
+}
+
+/// The inputs of both sides, each read once, and which of them each side uses.
+struct Inputs {
+    files: Vec<Input>,
+    base: Vec<usize>,
+    cand: Vec<usize>,
+}
+
+/// Reads the inputs of both sides, each once even when both sides use it.
+fn open_inputs(opts: &DiffOptions) -> Result<Inputs, DiffError> {
     let mut files: Vec<Input> = Vec::new();
     let index = |path: &PathBuf, files: &mut Vec<Input>| -> Result<usize, DiffError> {
         if let Some(i) = files.iter().position(|f| f.path() == path) {
@@ -147,20 +219,31 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
         .iter()
         .map(|p| index(p, &mut files))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(Inputs {
+        files,
+        base: base_ix,
+        cand: cand_ix,
+    })
+}
+
+/// Reads both sides and compares them.
+pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
+    let Inputs {
+        files,
+        base: base_ix,
+        cand: cand_ix,
+    } = open_inputs(opts)?;
     let all: Vec<&Input> = files.iter().collect();
-    let view = input::choose_view(&all, opts.view)?;
+    let view = match &opts.history {
+        Some(h) => Some(history_view(h, opts.view, &all)?),
+        None => input::choose_view(&all, opts.view)?,
+    };
     if let Some((GateOn::Latency, _)) = opts.gate
         && !matches!(view, Some(Family::Offcpu | Family::Tcp))
     {
         return Err(DiffError::LatencyNeedsKind);
     }
-    let replicated = opts.windows.is_some() || (base_ix.len() >= 2 && cand_ix.len() >= 2);
-    if let Some((GateOn::Frames, _)) = opts.gate
-        && !replicated
-    {
-        return Err(DiffError::GateNeedsReplicates);
-    }
-    let warnings = files
+    let mut warnings: Vec<String> = files
         .iter()
         .filter_map(|f| match f {
             Input::Capture { path, outline, .. } => outline.damage.as_ref().map(|d| {
@@ -179,48 +262,213 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
         norm: opts.norm,
     };
     let pick = |ix: &[usize]| -> Vec<&Input> { ix.iter().map(|&i| &files[i]).collect() };
-    let base = input::read_side("base", &pick(&base_ix), &opts.base_select, read)?;
-    let cand = input::read_side("candidate", &pick(&cand_ix), &opts.cand_select, read)?;
+    let mut cand = input::read_side("candidate", &pick(&cand_ix), &opts.cand_select, read)?;
+    let mut base = match &opts.history {
+        Some(h) => Side {
+            label: h.label.clone(),
+            pooled: compare::Sample::default(),
+            runs: Vec::new(),
+            latency: Default::default(),
+        },
+        None => input::read_side("base", &pick(&base_ix), &opts.base_select, read)?,
+    };
     if opts.windows.is_some() {
         for (name, side) in [("base", &base), ("candidate", &cand)] {
-            if side.replicates.len() < 2 {
+            if side.runs.iter().any(|r| r.windows.len() < 2) {
                 return Err(DiffError::TooFewWindows(name));
             }
         }
     }
-    let frames = compare::compare_frames(
-        &base.pooled,
-        &cand.pooled,
-        &base.replicates,
-        &cand.replicates,
-        opts.norm,
-        opts.test,
+    let same_runs = opts.history.is_none() && base_ix == cand_ix;
+    let one_run = if same_runs && opts.windows.is_some() {
+        OneRun::SameRuns
+    } else {
+        OneRun::Unknown
+    };
+    if opts.gate.is_some()
+        && opts.history.is_none()
+        && base.runs.len() == 1
+        && cand.runs.len() == 1
+        && one_run != OneRun::SameRuns
+    {
+        return Err(if same_runs {
+            DiffError::GateNeedsReplicates
+        } else {
+            DiffError::GateNeedsRuns
+        });
+    }
+    let below_process = match &opts.history {
+        Some(h) => !h.by_process,
+        None => !opts.by_process && frames::below_process(&base.pooled, &cand.pooled),
+    };
+    if below_process {
+        for side in [&mut base, &mut cand] {
+            side.pooled.stacks = frames::strip_root(&side.pooled.stacks);
+            side.runs.iter_mut().for_each(frames::strip_run);
+        }
+    }
+    if let Some(h) = &opts.history {
+        same_workload(h, &cand)?;
+    }
+    warnings.extend(quality_warnings(&base, &cand, opts));
+    let mut o = finish(opts, view, base, cand, one_run, warnings)?;
+    o.below_process = below_process;
+    Ok(o)
+}
+
+/// Refuses a candidate that is not the store's workload: its leaf functions and the newest
+/// run's share too little of their weight.
+fn same_workload(h: &History, cand: &Side) -> Result<(), DiffError> {
+    let Some(last) = h.runs.last() else {
+        return Ok(());
+    };
+    let summary = RunSummary::of(&compare::Run {
+        whole: cand.pooled.clone(),
+        ..Default::default()
+    });
+    let overlap = summary.leaf_overlap(last);
+    if overlap < history::SAME_WORKLOAD {
+        return Err(DiffError::Baseline(format!(
+            "{} and the baseline {} look like different workloads: only {:.0}% of the \
+             candidate's weight is in functions where the baseline's is; compare against a store \
+             of this workload",
+            cand.label,
+            h.label,
+            overlap * 100.0
+        )));
+    }
+    Ok(())
+}
+
+/// The kind compared against a store: the store's, which the candidate must have.
+fn history_view(
+    h: &History,
+    asked: Option<Family>,
+    inputs: &[&Input],
+) -> Result<Family, DiffError> {
+    let other = |what: &str| {
+        DiffError::Baseline(format!(
+            "{} is a baseline of {} profiles, not {what}: use a store of that kind",
+            h.label,
+            h.view.name()
+        ))
+    };
+    if let Some(v) = asked
+        && v != h.view
+    {
+        return Err(other(v.name()));
+    }
+    match input::choose_view(inputs, Some(h.view)) {
+        Err(DiffError::KindMissing { has, .. }) => Err(other(&has)),
+        Err(e) => Err(e),
+        Ok(_) => Ok(h.view),
+    }
+}
+
+/// Warns of a side whose weight is much in frames that are not code.
+fn quality_warnings(base: &Side, cand: &Side, opts: &DiffOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, side) in [("base", base), ("candidate", cand)] {
+        if side.runs.is_empty() {
+            continue;
+        }
+        let q = frames::quality(&side.pooled);
+        if q.not_code >= opts.test.min_share {
+            let kinds: Vec<String> = q
+                .kinds
+                .iter()
+                .map(|(k, f)| format!("{k} {:.1}%", f * 100.0))
+                .collect();
+            out.push(format!(
+                "data quality: {:.1}% of the {name}'s weight is in stacks with frames that are not \
+                 code ({}); they are never gate offenders",
+                q.not_code * 100.0,
+                kinds.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// Compares the sides once read.
+fn finish(
+    opts: &DiffOptions,
+    view: Option<Family>,
+    base: Side,
+    cand: Side,
+    one_run: OneRun,
+    mut warnings: Vec<String>,
+) -> Result<Outcome, DiffError> {
+    let base_src = match &opts.history {
+        Some(h) => Base::History(&h.runs),
+        None => Base::Runs(&base.runs),
+    };
+    let frames = compare::compare_frames(base_src, &cand.runs, opts.norm, opts.test, one_run);
+    let paths = if opts.history.is_some() {
+        Vec::new()
+    } else {
+        paths::root_causes(&base.pooled, &cand.pooled, opts.norm, opts.paths)
+    };
+    let latency = latency::compare_latency(
+        base_src,
+        &base.latency,
+        &cand.runs,
+        &cand.latency,
+        opts.test.alpha,
     );
-    let paths = compare::root_causes(&base.pooled, &cand.pooled, opts.norm, opts.paths);
-    let latency = compare::compare_latency(&base.latency, &cand.latency, opts.test.alpha);
+    if let Some(h) = &opts.history {
+        warnings.extend(drift_warnings(h, opts.norm, &frames));
+    }
     let verdict = opts.gate.map(|(on, threshold)| Verdict {
         on,
         threshold,
-        offenders: compare::gate(on, threshold, opts.norm, &frames, &latency),
+        offenders: match on {
+            GateOn::Frames => gate::frames(threshold, opts.norm, &frames, opts.test.alpha),
+            GateOn::Latency => gate::latency(threshold, &latency, opts.test.alpha),
+        },
     });
-    let replicates = match opts.windows {
-        Some(w) => format!("windows of {}", humantime::format_duration(w)),
-        None if replicated => "inputs".to_owned(),
-        None => "none".to_owned(),
-    };
+    let quality = [
+        (!base.runs.is_empty()).then(|| frames::quality(&base.pooled)),
+        Some(frames::quality(&cand.pooled)),
+    ];
     Ok(Outcome {
         view,
         norm: opts.norm,
         test: opts.test,
-        replicates,
+        method: method(&base, &cand, opts.history.as_ref(), one_run),
+        windows: opts.windows,
+        history_runs: opts.history.as_ref().map(|h| h.runs.len()),
+        below_process: false,
         base,
         cand,
         frames,
         paths,
         latency,
         verdict,
+        quality,
         warnings,
     })
+}
+
+/// Frames of the comparison whose baseline moved by more than `DRIFT_SPREADS` spreads over
+/// the runs it keeps.
+fn drift_warnings(h: &History, norm: Norm, frames: &[FrameChange]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|c| c.effect.is_some())
+        .filter_map(|c| {
+            let b = history::frame_baseline(&h.runs, &c.frame, norm)?;
+            b.drifted().then(|| {
+                format!(
+                    "the baseline of {} drifted by {:+.1} spreads over its {} runs: a change \
+                     may have landed before this candidate",
+                    c.frame,
+                    b.drift,
+                    h.runs.len()
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -313,6 +561,7 @@ mod tests {
         DiffOptions {
             phases: None,
             base: vec![path.to_path_buf()],
+            history: None,
             cand: vec![],
             view: None,
             base_select: Select::Phase("A".into()),
@@ -323,6 +572,7 @@ mod tests {
                 alpha: 0.05,
                 min_share: 0.005,
             },
+            by_process: false,
             top: 10,
             paths: 5,
             gate: Some((GateOn::Frames, 5.0)),
@@ -335,13 +585,16 @@ mod tests {
         let o = diff(&options(&path)).unwrap();
         assert_eq!(o.view, Some(Family::Cpu));
         assert_eq!(o.base.pooled.weight(), 1000);
-        assert_eq!(o.base.replicates.len(), 10);
-        assert_eq!(o.cand.replicates.len(), 10);
+        assert_eq!(o.base.runs.len(), 1);
+        assert_eq!(o.base.runs[0].windows.len(), 10);
+        assert_eq!(o.cand.runs[0].windows.len(), 10);
+        assert_eq!(o.method, "windows of the same run on both sides");
+        assert!(o.below_process, "one process on each side");
         let render = o.frames.iter().find(|c| c.frame == "render").unwrap();
         assert_eq!(render.status, compare::Status::Grew);
         assert!((render.cand.total - 0.9).abs() < 1e-12);
-        // Separated 10 against 10: 2 / C(20, 10), tested with main and parse.
-        assert!((render.p.unwrap() - 2.0 / 184_756.0).abs() < 1e-15);
+        // Every window of B has 90 % in render, every window of A none: only sampling varies.
+        assert!(render.p.unwrap() < 1e-100, "{render:?}");
         let parse = o.frames.iter().find(|c| c.frame == "parse").unwrap();
         assert_eq!(parse.status, compare::Status::Shrank);
         let verdict = o.verdict.as_ref().unwrap();
@@ -349,7 +602,7 @@ mod tests {
         assert_eq!(verdict.offenders[0].name, "render");
         assert!((verdict.offenders[0].growth - 90.0).abs() < 1e-9);
         let grew = o.paths.iter().find(|p| p.delta > 0.0).unwrap();
-        assert_eq!(grew.path, ["app", "main", "render"]);
+        assert_eq!(grew.path, ["main", "render"]);
         assert!((grew.share_of_change - 0.5).abs() < 1e-12);
         // The threshold is a threshold: 90 points is not more than 90.
         let mut high = options(&path);
@@ -366,8 +619,12 @@ mod tests {
         assert_eq!(written.len(), 4);
         let folded = std::fs::read_to_string(dir.join("diff.folded")).unwrap();
         // Base scaled to the candidate's total (both 1000 here): before and after columns.
-        assert!(folded.contains("app;main;parse 1000 100"), "{folded}");
-        assert!(folded.contains("app;main;render 0 900"), "{folded}");
+        assert!(folded.contains("main;parse 1000 100"), "{folded}");
+        assert!(folded.contains("main;render 0 900"), "{folded}");
+        assert!(
+            !folded.contains("app;"),
+            "compared below the process: {folded}"
+        );
         let svg = std::fs::read_to_string(dir.join("diff.svg")).unwrap();
         assert!(svg.contains("render"));
         let json = output::to_json(&o);

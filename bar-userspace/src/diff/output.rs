@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::{
     Outcome,
-    compare::{FrameChange, GateOn, Norm, Sample, Status},
+    compare::{FrameChange, Norm, Sample, Status},
+    gate::GateOn,
 };
 use crate::render::{write_atomic, write_svg};
 
@@ -92,6 +93,14 @@ fn flame_options(o: &Outcome, widths_of: &str) -> flamegraph::Options<'static> {
 pub fn write_files(o: &Outcome, dir: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
+    if o.history_runs.is_some() {
+        // A baseline store keeps per-frame summaries, not stacks: no flame graph to draw.
+        let path = dir.join("diff.json");
+        let text = serde_json::to_string_pretty(&to_json(o)).map_err(io::Error::other)?;
+        write_atomic(&path, |w| writeln!(w, "{text}"))?;
+        written.push(path);
+        return Ok(written);
+    }
     let lines = diff_folded(o, &o.base.pooled, &o.cand.pooled)?;
     let path = dir.join("diff.folded");
     write_atomic(&path, |w| {
@@ -123,20 +132,53 @@ fn side_json(o: &Outcome, side: &super::Side) -> Value {
         "label": side.label,
         "weight": side.pooled.weight(),
         "seconds": side.pooled.seconds,
-        "replicates": side.replicates.len(),
+        "runs": side.runs.len(),
+        "windows": side.runs.iter().map(|r| r.windows.len()).sum::<usize>(),
         "unit": o.view.map(|v| v.unit()),
     })
 }
 
 fn frame_json(o: &Outcome, c: &FrameChange) -> Value {
+    let alpha = o.test.alpha;
+    let sd = |x: Option<f64>| x.map(|v| shown(o, v));
     json!({
         "frame": c.frame,
+        "code": c.code,
         "total": {"base": shown(o, c.base.total), "cand": shown(o, c.cand.total), "change": shown(o, c.delta_total())},
         "self": {"base": shown(o, c.base.self_), "cand": shown(o, c.cand.self_), "change": shown(o, c.delta_self())},
+        "ci": c.effect.map(|e| {
+            let (lo, hi) = e.interval(alpha);
+            [shown(o, lo), shown(o, hi)]
+        }),
+        "spread": {
+            "base": {"between_runs": sd(c.spread[0].between_runs), "within_run": sd(c.spread[0].within_run)},
+            "cand": {"between_runs": sd(c.spread[1].between_runs), "within_run": sd(c.spread[1].within_run)},
+        },
         "p": c.p,
         "p_adjusted": c.p_adjusted,
         "status": c.status,
     })
+}
+
+fn latency_json(o: &Outcome) -> Vec<Value> {
+    o.latency
+        .iter()
+        .map(|l| {
+            let runs = l.p99_change_pct(o.test.alpha);
+            json!({
+                "name": l.name,
+                "base": l.base,
+                "cand": l.cand,
+                "p50_shift_pct": l.p50_shift_pct,
+                "p99_shift_pct": l.p99_shift_pct,
+                "ks_d": l.ks_d,
+                "ks_p": l.ks_p,
+                "significant": l.significant,
+                "p99_change_pct": runs.map(|r| r.0),
+                "p99_ci_pct": runs.map(|r| [r.1, r.2]),
+            })
+        })
+        .collect()
 }
 
 /// The machine-readable result: sides, method, top frames, paths, latencies and verdict.
@@ -152,19 +194,30 @@ pub fn to_json(o: &Outcome) -> Value {
             "offenders": v.offenders,
         })
     });
+    let quality = |q: &Option<super::frames::Quality>| {
+        q.as_ref().map(|q| {
+            json!({
+                "not_code_pct": q.not_code * 100.0,
+                "kinds": q.kinds.iter().map(|(k, f)| json!({"kind": k, "pct": f * 100.0})).collect::<Vec<_>>(),
+            })
+        })
+    };
     json!({
         "kind": o.view.map(|v| v.name()),
         "normalization": o.norm,
         "unit": unit(o),
+        "below_process": o.below_process,
         "base": side_json(o, &o.base),
         "cand": side_json(o, &o.cand),
+        "baseline_runs": o.history_runs,
         "test": {
-            "frames": "mann-whitney-u, two-sided, over replicates",
+            "frames": o.method,
+            "windows": o.windows.map(|w| humantime::format_duration(w).to_string()),
             "adjustment": "benjamini-hochberg",
-            "replicates": o.replicates,
             "alpha": o.test.alpha,
+            "ci_level_pct": (1.0 - o.test.alpha) * 100.0,
             "min_share_pct": o.test.min_share * 100.0,
-            "latency": "kolmogorov-smirnov, two-sample, asymptotic",
+            "latency": "ln(p99) per run, as frames; kolmogorov-smirnov over the pooled events for reference",
         },
         "frames": top(o.frames.len().min(MAX_JSON_FRAMES)),
         "paths": o.paths.iter().map(|p| json!({
@@ -172,7 +225,8 @@ pub fn to_json(o: &Outcome) -> Value {
             "change": shown(o, p.delta),
             "share_of_change_pct": p.share_of_change * 100.0,
         })).collect::<Vec<_>>(),
-        "latency": o.latency,
+        "latency": latency_json(o),
+        "data_quality": {"base": quality(&o.quality[0]), "cand": quality(&o.quality[1])},
         "gate": gate,
         "warnings": o.warnings,
     })
@@ -203,9 +257,24 @@ fn p_text(p: Option<f64>) -> String {
     p.map_or_else(|| "-".to_owned(), |p| format!("{p:.1e}"))
 }
 
-/// The table for people: sides, frames with the largest change, paths, latencies, verdict.
-pub fn table(o: &Outcome, top: usize) -> String {
-    let mut t = String::new();
+/// A change with its interval, as the table shows it: `+20.00 [+19.1, +20.9]`.
+fn change_text(o: &Outcome, c: &FrameChange) -> String {
+    match c.effect {
+        Some(e) => {
+            let (lo, hi) = e.interval(o.test.alpha);
+            format!(
+                "{:>+8.2} [{:+.1}, {:+.1}]",
+                shown(o, c.delta_total()),
+                shown(o, lo),
+                shown(o, hi)
+            )
+        }
+        None => format!("{:>+8.2}", shown(o, c.delta_total())),
+    }
+}
+
+/// The lines that say what was compared and how.
+fn header(o: &Outcome, t: &mut String) {
     let u = unit(o);
     let _ = writeln!(
         t,
@@ -217,15 +286,34 @@ pub fn table(o: &Outcome, top: usize) -> String {
         }
     );
     for (name, s) in [("base", &o.base), ("cand", &o.cand)] {
+        if name == "base"
+            && let Some(n) = o.history_runs
+        {
+            let _ = writeln!(t, "  base: baseline {}: {n} runs", s.label);
+            continue;
+        }
+        let windows: usize = s.runs.iter().map(|r| r.windows.len()).sum();
         let _ = writeln!(
             t,
-            "  {name}: {}: weight {}{}, {} replicates",
+            "  {name}: {}: weight {}{}, {} run{}{}",
             s.label,
             s.pooled.weight(),
             s.pooled
                 .seconds
                 .map_or(String::new(), |x| format!(" in {x:.2} s")),
-            s.replicates.len()
+            s.runs.len(),
+            if s.runs.len() == 1 { "" } else { "s" },
+            if windows > 0 {
+                format!(", {windows} windows")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if o.below_process {
+        let _ = writeln!(
+            t,
+            "  stacks compared below the process name (--by-process keeps it)"
         );
     }
     let tested = o.frames.iter().any(|c| c.p.is_some());
@@ -234,43 +322,55 @@ pub fn table(o: &Outcome, top: usize) -> String {
         "  significance: {}",
         if tested {
             format!(
-                "Mann-Whitney U over {}, Benjamini-Hochberg adjusted, level {}; frames under {}% not tested",
-                o.replicates,
+                "{}; {:.0}% intervals, Benjamini-Hochberg adjusted at {}; frames under {}% and \
+                 markers of missing stacks not tested",
+                o.method,
+                (1.0 - o.test.alpha) * 100.0,
                 o.test.alpha,
                 o.test.min_share * 100.0
             )
-        } else {
-            "not tested (one measurement per side: give several inputs per side or --windows)"
+        } else if o.cand.runs.len() == 1 && o.base.runs.len() == 1 {
+            "not tested: with one run per side, how much runs differ is unknown (give 2 or more \
+             runs per side, or a baseline store)"
                 .to_owned()
+        } else {
+            "not tested".to_owned()
         }
     );
+}
+
+/// The table for people: sides, frames with the largest change, paths, latencies, verdict.
+pub fn table(o: &Outcome, top: usize) -> String {
+    let mut t = String::new();
+    let u = unit(o);
+    header(o, &mut t);
     let _ = writeln!(t);
     let _ = writeln!(
         t,
-        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {:>7}  verdict",
-        "frame", "total", "", "change", "self", "", "change", "p adj"
+        "{:<44} {:>8} {:>8} {:>24} {:>8} {:>8}  {:>7}  verdict",
+        "frame", "total", "", "change [interval]", "self", "", "p adj"
     );
     let _ = writeln!(
         t,
-        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "", "base", "cand", "", "base", "cand", ""
+        "{:<44} {:>8} {:>8} {:>24} {:>8} {:>8}",
+        "", "base", "cand", "", "base", "cand"
     );
     for c in o.frames.iter().take(top) {
         let _ = writeln!(
             t,
-            "{:<48} {:>9.2} {:>9.2} {:>+9.2} {:>9.2} {:>9.2} {:>+9.2}  {:>7}  {}",
-            clip(&c.frame, 48),
+            "{:<44} {:>8.2} {:>8.2} {:>24} {:>8.2} {:>8.2}  {:>7}  {}",
+            clip(&c.frame, 44),
             shown(o, c.base.total),
             shown(o, c.cand.total),
-            shown(o, c.delta_total()),
+            change_text(o, c),
             shown(o, c.base.self_),
             shown(o, c.cand.self_),
-            shown(o, c.delta_self()),
             p_text(c.p_adjusted),
             match c.status {
                 Status::Grew => "grew",
                 Status::Shrank => "shrank",
                 Status::Noise => "noise",
+                Status::Untested if !c.code => "not code",
                 Status::Untested => "-",
             }
         );
@@ -291,55 +391,69 @@ pub fn table(o: &Outcome, top: usize) -> String {
             );
         }
     }
-    if !o.latency.is_empty() {
+    latency_table(o, &mut t);
+    verdict_lines(o, &mut t);
+    t
+}
+
+fn latency_table(o: &Outcome, t: &mut String) {
+    if o.latency.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "\nlatency (us): p50 and p99, base -> cand; p99 change over runs [interval]; KS over events"
+    );
+    for l in &o.latency {
+        let runs = l.p99_change_pct(o.test.alpha).map_or_else(
+            || "-".to_owned(),
+            |(c, lo, hi)| format!("{c:+.0}% [{lo:+.0}, {hi:+.0}]"),
+        );
+        let ks = match (l.ks_d, l.ks_p) {
+            (Some(d), Some(p)) => format!("D {d:.3} p {p:.1e}"),
+            _ => "-".to_owned(),
+        };
         let _ = writeln!(
             t,
-            "\nlatency (us): p50 and p99, base -> cand; two-sample KS"
+            "  {:<28} p50 {} -> {} ({:+.0}%)  p99 {} -> {} ({:+.0}%)  runs {runs}  KS {ks}",
+            l.name,
+            l.base.p50,
+            l.cand.p50,
+            l.p50_shift_pct,
+            l.base.p99,
+            l.cand.p99,
+            l.p99_shift_pct,
         );
-        for l in &o.latency {
-            let _ = writeln!(
-                t,
-                "  {:<28} p50 {} -> {} ({:+.0}%)  p99 {} -> {} ({:+.0}%)  D {:.3} p {:.1e}  {}",
-                l.name,
-                l.base.p50,
-                l.cand.p50,
-                l.p50_shift_pct,
-                l.base.p99,
-                l.cand.p99,
-                l.p99_shift_pct,
-                l.ks_d,
-                l.ks_p,
-                if l.significant {
-                    "significant"
-                } else {
-                    "noise"
-                }
-            );
-        }
     }
-    if let Some(v) = &o.verdict {
-        let what = threshold_unit(v.on, o.norm);
-        if v.failed() {
-            let names: Vec<String> = v
-                .offenders
-                .iter()
-                .map(|x| format!("{} ({:+.2}, p {:.1e})", x.name, x.growth, x.p))
-                .collect();
-            let _ = writeln!(
-                t,
-                "\ngate: FAILED: grew by more than {} {what}: {}",
-                v.threshold,
-                names.join(", ")
-            );
-        } else {
-            let _ = writeln!(
-                t,
-                "\ngate: passed: nothing significant grew by more than {} {what}",
-                v.threshold
-            );
-        }
+}
+
+fn verdict_lines(o: &Outcome, t: &mut String) {
+    let Some(v) = &o.verdict else { return };
+    let what = threshold_unit(v.on, o.norm);
+    if v.failed() {
+        let names: Vec<String> = v
+            .offenders
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} ({:+.2}, surely above {:+.2})",
+                    x.name, x.growth, x.lower
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "\ngate: FAILED: grew by more than {} {what}: {}",
+            v.threshold,
+            names.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "\ngate: passed: nothing surely grew by more than {} {what}",
+            v.threshold
+        );
     }
-    t
 }
 
 /// The diff as a section of `report.html`: the differential flame graph, the frames that
@@ -353,13 +467,15 @@ pub fn html_section(o: &Outcome, dir: &Path) -> String {
             .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
     };
     let mut h = format!(
-        "<p>base: {} ({} replicates) &rarr; candidate: {} ({} replicates); red grew, blue shrank.</p>",
+        "<p>base: {} ({} runs) &rarr; candidate: {} ({} runs); red grew, blue shrank.</p>",
         escape(json["base"]["label"].as_str().unwrap_or_default()),
-        json["base"]["replicates"],
+        json["base"]["runs"],
         escape(json["cand"]["label"].as_str().unwrap_or_default()),
-        json["cand"]["replicates"],
+        json["cand"]["runs"],
     );
-    h.push_str(&flame_iframe(&dir.join("diff.svg")));
+    if o.history_runs.is_none() {
+        h.push_str(&flame_iframe(&dir.join("diff.svg")));
+    }
     h.push_str(&format!(
         "<table class=\"diff-frames\"><tr><th>frame</th><th>base ({unit})</th><th>candidate ({unit})</th><th>change</th><th>p (adjusted)</th><th>status</th></tr>"
     ));
