@@ -128,6 +128,9 @@ pub enum Cmd {
     /// differential flame graph, frames that changed with p-values, root-cause paths, and a
     /// gate for CI (exit status 3).
     Diff(DiffArgs),
+    /// A store of per-run summaries of one workload (as main builds it, kept as a CI cache),
+    /// for `diff STORE CAND...` to judge a candidate against its history.
+    Baseline(crate::baseline::BaselineArgs),
     /// Write one kind of a capture for other tools: pprof for go tool pprof, Pyroscope, Parca
     /// (no root needed).
     Export {
@@ -248,7 +251,8 @@ fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
 /// `bar-probe diff`.
 #[derive(Debug, Clone, Args)]
 pub struct DiffArgs {
-    /// Base: a capture.bar or a .folded file, or several separated by commas (repeated runs).
+    /// Base: a capture.bar or a .folded file, or several separated by commas (repeated runs),
+    /// or a baseline store (bar-probe baseline add).
     pub base: String,
     /// Candidate, as BASE; left out: BASE again (compare two phases or time ranges of it).
     pub cand: Option<String>,
@@ -372,7 +376,19 @@ impl DiffArgs {
 
 /// Runs `diff`: outputs, table or JSON, and the exit status (3 when the gate fails).
 fn diff_command(args: &DiffArgs) -> anyhow::Result<i32> {
-    let opts = args.options();
+    let mut opts = args.options();
+    if let [one] = &opts.base[..]
+        && crate::baseline::is_store(one)
+    {
+        if args.cand.is_none() {
+            bail!(
+                "give the candidate runs to judge against the baseline {}",
+                one.display()
+            );
+        }
+        opts.history = Some(crate::baseline::history(one)?);
+        opts.base.clear();
+    }
     if args.cand.is_none() && opts.base_select == opts.cand_select {
         bail!(
             "nothing to compare: give a candidate, or two phases or time ranges of {}              (--base-phase/--cand-phase, --base-range/--cand-range)",
@@ -647,6 +663,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             println!("{}", done.path.display());
         }
+        Cmd::Baseline(args) => crate::baseline::run(args)?,
         Cmd::Workload(args) => workload::run(&args)?,
     }
     Ok(0)

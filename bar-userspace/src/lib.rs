@@ -10,11 +10,13 @@
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
 //! [`diff`] compares two profiles read from files (captures or folded), with the tests of
-//! [`stats`].
+//! [`stats`]; [`baseline`] keeps a store of per-run summaries of a workload, which `diff` takes
+//! as the base of a CI gate.
 //! [`export`] writes one kind of a capture for other tools (pprof); [`push`] sends a live
 //! recording's profile to Pyroscope or an OpenTelemetry Collector, interval by interval.
 
 pub mod aggregate;
+pub mod baseline;
 pub mod capture;
 pub mod cli;
 pub mod collect;

@@ -143,7 +143,13 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Self {
-        let mut cmd = Command::new(bar_probe());
+        Self::start_as(&bar_probe(), args)
+    }
+
+    /// Starts the workload from `exe`, a copy of bar-probe under another name (the process
+    /// name is the executable's).
+    pub fn start_as(exe: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(exe);
         cmd.arg("workload").args(args).arg("--wait");
         Self::spawn(cmd)
     }
