@@ -454,8 +454,9 @@ mod tests {
         assert!(f.p_adjusted.unwrap() < 1e-4, "{f:#?}");
         let e = f.effect.unwrap();
         assert!((e.delta - 0.2).abs() < 1e-12);
-        // Welch's df: 4 for equal spreads, a little less with the sampling floors.
-        assert!((e.df - 4.0).abs() < 0.1, "{e:?}");
+        // The runs agree more closely than 10000 samples can: the sampling floor binds, and
+        // it is computed, not estimated.
+        assert_eq!(e.df, f64::INFINITY, "{e:?}");
         // m is every stack: it never changes.
         let m = changes.iter().find(|c| c.frame == "m").unwrap();
         assert_eq!(m.status, Status::Noise);

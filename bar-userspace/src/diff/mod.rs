@@ -309,6 +309,12 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
     }
     if let Some(h) = &opts.history {
         same_workload(h, &cand)?;
+        if opts.by_process && !h.by_process {
+            warnings.push(format!(
+                "{} keeps its runs below the process name: compared that way, not by process",
+                h.label
+            ));
+        }
     }
     warnings.extend(quality_warnings(&base, &cand, opts));
     let mut o = finish(opts, view, base, cand, one_run, warnings)?;
