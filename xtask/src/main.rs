@@ -37,6 +37,16 @@ enum Cmd {
     /// Measure what bar costs the workloads it records, next to its peers, and write
     /// docs/benchmarks.md (about 35 minutes; needs root and an otherwise idle machine).
     Bench {
+        /// `gate`: the CI gate's false alarms and detection instead (its own section of the
+        /// report, about 25 minutes).
+        #[arg(value_enum)]
+        part: Option<BenchPart>,
+        /// Same-build pairs and detection trials of `bench gate`.
+        #[arg(long, default_value_t = 20)]
+        pairs: usize,
+        /// Threshold of `bench gate`, in points of share.
+        #[arg(long, default_value_t = 1.0)]
+        fail_above: f64,
         /// Repetitions of every configuration.
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -85,6 +95,11 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_minutes: u64,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    Gate,
 }
 
 fn root() -> PathBuf {
@@ -160,12 +175,37 @@ fn main() {
 fn xtask() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench {
+            part: Some(BenchPart::Gate),
+            pairs,
+            fail_above,
+            quick,
+            doc,
+            ..
+        } => {
+            if !is_root() {
+                bail!("the benchmark records: run `sudo -E cargo xtask bench gate`");
+            }
+            setup("build")?;
+            run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
+            bench::gate::run(
+                &root(),
+                &bench::gate::Options {
+                    pairs: if quick { pairs.min(4) } else { pairs },
+                    seconds: if quick { 1.0 } else { 2.0 },
+                    fail_above,
+                    doc,
+                },
+            )
+        }
+        Cmd::Bench {
+            part: None,
             reps,
             quick,
             before,
             no_before,
             max_busy,
             doc,
+            ..
         } => {
             if !is_root() {
                 bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");

@@ -10,6 +10,7 @@
 
 mod doc;
 mod flight;
+pub mod gate;
 mod stats;
 
 use std::{
@@ -1066,8 +1067,9 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
         commands,
         minutes: started.elapsed().as_secs_f64() / 60.0,
     };
-    let text = doc::render(&results);
     let doc_path = root.join(&opts.doc);
+    let old = std::fs::read_to_string(&doc_path).unwrap_or_default();
+    let text = gate::keep_section(&old, doc::render(&results));
     std::fs::write(&doc_path, text)
         .with_context(|| format!("cannot write {}", doc_path.display()))?;
     eprintln!("bench: wrote {}", doc_path.display());
