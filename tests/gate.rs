@@ -395,6 +395,23 @@ fn bad_stores_and_candidates_are_one_clear_line_each() {
     )
     .unwrap();
     one_line_error(&run(&["baseline", "show", n.to_str().unwrap()]), "format 9");
+    // No store at all, and a folder that is not one given as the base: said once, in one line.
+    let nowhere = dir.join("nowhere");
+    let e = one_line_error(
+        &run(&["baseline", "show", nowhere.to_str().unwrap()]),
+        "No such file or directory",
+    );
+    assert_eq!(e.matches("No such file").count(), 1, "{e}");
+    one_line_error(
+        &run(&[
+            "diff",
+            plain.to_str().unwrap(),
+            files[0].to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+        ]),
+        "is a directory but not a baseline store",
+    );
 }
 
 #[test]

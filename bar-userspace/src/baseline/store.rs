@@ -66,17 +66,18 @@ pub enum Unsafe {
     Owner { path: PathBuf, uid: u32 },
     #[error("{0} is larger than 16 MiB: not a file bar wrote")]
     TooLarge(PathBuf),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // Not `source`: the reason is in the sentence, and a source would be printed again after it.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
 }
 
 impl Dir {
     /// Opens the store's directory, creating it (and no parent) when `create`; a symbolic link
     /// in its place is refused.
     pub fn open(path: &Path, create: bool) -> Result<Self, Unsafe> {
-        let io_err = |source| Unsafe::Io {
+        let io_err = |error| Unsafe::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
@@ -120,9 +121,9 @@ impl Dir {
         // The directory as opened, not whatever the path names now.
         let proc = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         let mut names: Vec<String> = std::fs::read_dir(&proc)
-            .map_err(|source| Unsafe::Io {
+            .map_err(|error| Unsafe::Io {
                 path: self.path.clone(),
-                source,
+                error,
             })?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
@@ -135,9 +136,9 @@ impl Dir {
     /// `MAX_FILE` bytes. None when it does not exist.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, Unsafe> {
         let path = self.path.join(name);
-        let io_err = |source| Unsafe::Io {
+        let io_err = |error| Unsafe::Io {
             path: path.clone(),
-            source,
+            error,
         };
         let c = c_name(name).map_err(io_err)?;
         // SAFETY: a valid directory descriptor and C string.
@@ -184,9 +185,9 @@ impl Dir {
     /// is there: false then, and nothing written).
     pub fn write(&self, name: &str, data: &[u8], replace: bool) -> Result<bool, Unsafe> {
         let path = self.path.join(name);
-        let io_err = |source| Unsafe::Io {
+        let io_err = |error| Unsafe::Io {
             path: path.clone(),
-            source,
+            error,
         };
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let (c, ct) = (c_name(name).map_err(io_err)?, c_name(&tmp).map_err(io_err)?);
@@ -228,14 +229,14 @@ impl Dir {
     /// Removes a file of the store (not a directory).
     pub fn remove(&self, name: &str) -> Result<(), Unsafe> {
         let path = self.path.join(name);
-        let c = c_name(name).map_err(|source| Unsafe::Io {
+        let c = c_name(name).map_err(|error| Unsafe::Io {
             path: path.clone(),
-            source,
+            error,
         })?;
         // SAFETY: a valid directory descriptor and C string.
         cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
             .map(drop)
-            .map_err(|source| Unsafe::Io { path, source })
+            .map_err(|error| Unsafe::Io { path, error })
     }
 }
 

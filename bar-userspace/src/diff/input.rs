@@ -165,9 +165,12 @@ pub struct Outline {
 
 impl Input {
     pub fn open(path: &Path) -> Result<Self, DiffError> {
-        let data = std::fs::read(path).map_err(|source| DiffError::Read {
+        if path.is_dir() {
+            return Err(DiffError::NotAStore(path.to_owned()));
+        }
+        let data = std::fs::read(path).map_err(|error| DiffError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         if data.starts_with(capture::MAGIC) {
             let outline = Box::new(outline(&data, path)?);

@@ -35,11 +35,16 @@ use crate::capture::CaptureError;
 pub enum DiffError {
     #[error(transparent)]
     Phases(#[from] crate::phases::PhaseError),
-    #[error("cannot read {path}: {source}")]
+    // Not `source`: the reason is in the sentence, and a source would be printed again after it.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(
+        "{0} is a directory but not a baseline store (it has no bar-baseline.json): give captures, folded files, or a store made by bar-probe baseline add"
+    )]
+    NotAStore(PathBuf),
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error("{path} is neither a bar capture nor a folded-stacks file: {why}")]
