@@ -27,10 +27,10 @@ pub struct RingOptions {
     pub size: u64,
 }
 
-/// Default `--ring-size`: a minute of a host under a fork storm (about 2 million events here)
-/// deflates to about 20 MB, so this holds three minutes of one, and ten of a host recording
-/// 10 thousand events a second; with the collector's own memory and a dump's, bar-probe then
-/// stays within 256 MB.
+/// Default `--ring-size`: a minute of a host under a fork storm (2 to 5 million events here,
+/// by how busy the host is otherwise) deflates to 20 to 38 MB, so this holds two to three
+/// minutes of one, and ten of a host recording 10 thousand events a second; with the
+/// collector's own memory and a dump's, bar-probe then stays within 256 MB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 
 /// Blocks are deflated together once this many bytes of them wait.
