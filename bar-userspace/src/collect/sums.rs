@@ -122,7 +122,10 @@ pub fn spawn_sums<T: From<Batch> + Send + 'static>(
                     return;
                 }
             }
-            if stopping || *stop.borrow() {
+            // A stop that came while this window was taken out is seen by the next turn's
+            // `changed()` at once, which takes both halves: returning here would lose what
+            // the programs added since this window's flip (the last events of a recording).
+            if stopping {
                 return;
             }
         }
