@@ -18,13 +18,14 @@ use crate::{
         gate::GateOn,
         input::{Select, TimeRange},
     },
-    evidence,
     export::{self, ExportOptions},
     markers, phases,
     probe::{self, Method},
     push::{self, PushArgs},
     record::{self, RecordOptions, Scope},
-    report, workload,
+    report,
+    sys::files::Dir,
+    workload,
 };
 
 #[derive(Debug, Parser)]
@@ -106,8 +107,10 @@ pub enum Cmd {
     },
     /// Record through the phases of a load test, timing them itself: each `--phase NAME=DURATION`
     /// (optionally `NAME=DURATION:COMMAND`, run for the phase's duration) follows the one before.
-    /// A LOAD_CMD after `--` runs through all phases; without --pid/--all/--cgroup, it is the
-    /// process recorded.
+    /// A LOAD_CMD after `--` runs through all phases, started once every program is attached;
+    /// without --pid/--all/--cgroup, it is the process recorded. Under sudo, LOAD_CMD and the
+    /// phase commands run as the user who ran sudo (SUDO_UID/SUDO_GID, with that user's
+    /// groups), never as root. A command that cannot run or fails makes the exit status 1.
     Run {
         #[arg(long, short, conflicts_with_all = ["all", "cgroup"])]
         pid: Option<u32>,
@@ -238,9 +241,7 @@ fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
         Some((d, c)) => (d, Some(c.to_owned())),
         None => (rest, None),
     };
-    if name.is_empty() || name.contains(['/', ' ']) {
-        return Err(format!("'{name}' is not a phase name (no spaces or '/')"));
-    }
+    phases::check_name(name).map_err(|e| e.to_string())?;
     Ok(record::PlannedPhase {
         name: name.to_owned(),
         duration: parse_duration(dur)?,
@@ -403,15 +404,16 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<i32> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("bar-diff-{}", now_stamp())));
+    let dir = Dir::create(&dir)?;
     let mut written = diff::output::write_files(&outcome, &dir)
-        .with_context(|| format!("cannot write the outputs to {}", dir.display()))?;
+        .with_context(|| format!("cannot write the outputs to {}", dir.path().display()))?;
     let section = crate::render::html::Section {
         title: "Differential flame graph".into(),
         html: diff::output::html_section(&outcome, &dir),
     };
     written.push(
         crate::render::html::write_page(&dir, &format!("bar diff: {}", args.base), &[section])
-            .with_context(|| format!("cannot write the outputs to {}", dir.display()))?,
+            .with_context(|| format!("cannot write the outputs to {}", dir.path().display()))?,
     );
     if args.json {
         println!(
@@ -535,13 +537,17 @@ impl RecordArgs {
 
 /// Records, then renders the capture into the same folder.
 fn record_and_report(opts: &RecordOptions) -> anyhow::Result<()> {
-    record_and_report_then(opts, || {})
+    record_and_report_then(opts, || {}).map(drop)
 }
 
 /// Records (calling `on_start` once recording), then renders the capture into the same folder.
-fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<()> {
+/// Returns how phase commands failed, if any did.
+fn record_and_report_then(
+    opts: &RecordOptions,
+    on_start: impl FnOnce(),
+) -> anyhow::Result<Vec<String>> {
     let recorded = record::record(opts, on_start)?;
-    let files = report::deliver(&recorded.capture, &opts.out_dir)?;
+    let files = report::deliver(&recorded.dir, record::CAPTURE)?;
     if !opts.quiet {
         eprintln!(
             "bar-probe: stopped ({}): {} events, {} lost",
@@ -552,7 +558,7 @@ fn record_and_report_then(opts: &RecordOptions, on_start: impl FnOnce()) -> anyh
         }
     }
     print_written(&files);
-    Ok(())
+    Ok(recorded.command_failures)
 }
 
 /// The files written, one per line on stdout (for scripts).
@@ -622,7 +628,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
             });
             let phases = phases.map(|p| phases::parse_file(&p)).transpose()?;
-            let rep = report::report_with(&capture, &out, phases.as_deref())?;
+            // The capture first: one that cannot be read leaves no output folder behind.
+            let profile = report::load_with(&capture, phases.as_deref())?;
+            let out = Dir::create(&out)?;
+            let rep = report::render_profile(&capture, profile, &out, phases.as_deref())?;
+            for w in &rep.warnings {
+                eprintln!("bar-probe: warning: {w}");
+            }
             for note in &rep.profile.phase_notes {
                 eprintln!("bar-probe: note: {note}");
             }
@@ -632,8 +644,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     capture.display()
                 );
             }
-            evidence::hand_over(&out, &rep.written)
-                .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
             print_written(&rep.written);
         }
         Cmd::Diff(args) => return diff_command(&args),
@@ -670,7 +680,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// `bar-probe run`: records through timed phases, with a load command running through all of
-/// them (and recorded itself when no other target is named).
+/// them (and recorded itself when no other target is named). Under sudo, load commands run as
+/// the user who ran sudo, never as root.
 fn run_phases(
     pid: Option<u32>,
     all: bool,
@@ -679,36 +690,12 @@ fn run_phases(
     rec: RecordArgs,
     load: &[String],
 ) -> anyhow::Result<()> {
-    use std::{io::Write as _, os::unix::process::CommandExt as _};
+    use std::io::Write as _;
     let total: Duration = plan.iter().map(|p| p.duration).sum();
-    // The load command waits on a pipe until the recording runs, then execs: its whole life is
-    // recorded, and the exec is followed like any other.
     let mut gate = None;
     let mut child = None;
     if let Some((program, args)) = load.split_first() {
-        let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("read _ <&3; exec 3<&-; exec \"$@\"")
-            .arg("sh")
-            .arg(program)
-            .args(args)
-            .process_group(0);
-        let reader_fd = std::os::fd::OwnedFd::from(reader);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&reader_fd);
-        // SAFETY: dup2 in the child before exec, on a fd we keep open until then.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(raw, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let c = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {program}"))?;
-        drop(reader_fd);
+        let (c, writer) = start_gated(program, args)?;
         gate = Some(writer);
         child = Some(c);
     }
@@ -736,13 +723,75 @@ fn run_phases(
             let _ = g.write_all(b"go\n");
         }
     });
-    if let Some(mut c) = child {
-        // The load ends with the last phase.
-        // SAFETY: signalling the process group we created.
-        unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
-        let _ = c.wait();
+    // The load ends with the last phase; one that ended before, other than well, failed.
+    let load_failure = child.and_then(|mut c| {
+        let ended = c.try_wait().ok().flatten();
+        if ended.is_none() {
+            // SAFETY: signalling the process group we created.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        ended.filter(|s| !s.success()).map(|s| {
+            format!(
+                "the load command `{}` {}",
+                load.join(" "),
+                record::exit_text(s)
+            )
+        })
+    });
+    let failures = result?;
+    match load_failure.into_iter().chain(failures).next() {
+        Some(f) => bail!("{f}"),
+        None => Ok(()),
     }
-    result
+}
+
+/// Starts a load command that waits on a pipe (its fd 3) until the recording runs, then
+/// execs: its whole life is recorded, and the exec is followed like any other. Under sudo it
+/// runs as the user who ran sudo. Returns the child and the pipe's end that lets it go.
+fn start_gated(
+    program: &str,
+    args: &[String],
+) -> anyhow::Result<(std::process::Child, std::io::PipeWriter)> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("read _ <&3 || exit 125; exec 3<&-; exec \"$@\"")
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .process_group(0);
+    let identity = crate::sys::user::Identity::of_sudo_user();
+    if let Some(id) = &identity {
+        cmd.envs(id.env());
+    }
+    let raw = reader.as_raw_fd();
+    // SAFETY: between fork and exec the closure only makes system calls, on a descriptor we
+    // keep open until the child is spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The pipe is close-on-exec: dup2 makes a copy without that flag, but a dup2 onto
+            // itself does nothing, so when it already is fd 3 the flag is cleared instead.
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(raw, 3) == 3
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(id) = &identity {
+                id.become_it()?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    drop(reader);
+    Ok((child, writer))
 }
 
 /// Starts the built-in workload as a child, records it, stops it.

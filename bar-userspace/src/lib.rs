@@ -34,6 +34,7 @@ pub mod render;
 pub mod report;
 pub mod stats;
 pub mod symbolize;
+pub mod sys;
 pub mod system;
 pub mod target;
 pub mod unwind;

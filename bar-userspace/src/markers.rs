@@ -9,12 +9,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::capture::proto;
+use crate::{capture::proto, phases};
 
 /// Where recordings put their marker sockets.
 pub const DIR: &str = "/run/bar";
 
-/// Parses one marker line; None for a blank line.
+/// Parses one marker line; None for a blank line. Names follow [`phases::check_name`].
 pub fn parse_line(line: &str, ts: u64) -> Option<Result<proto::Marker, String>> {
     let line = line.trim();
     if line.is_empty() {
@@ -24,10 +24,8 @@ pub fn parse_line(line: &str, ts: u64) -> Option<Result<proto::Marker, String>> 
         Some(n) => (n.trim(), true),
         None => (line, false),
     };
-    if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
-        return Some(Err(format!(
-            "'{line}' is not a marker (NAME or NAME --end, NAME without spaces or '/')"
-        )));
+    if let Err(e) = phases::check_name(name) {
+        return Some(Err(format!("{e} (a marker is NAME or NAME --end)")));
     }
     Some(Ok(proto::Marker {
         name: name.to_owned(),
@@ -137,7 +135,13 @@ mod tests {
             }))
         );
         assert_eq!(parse_line("  ", 6), None);
-        assert!(matches!(parse_line("two words", 1), Some(Err(_))));
+        assert_eq!(
+            parse_line("two words --end", 1).unwrap().unwrap().name,
+            "two words"
+        );
         assert!(matches!(parse_line("a/b", 1), Some(Err(_))));
+        assert!(matches!(parse_line("..", 1), Some(Err(_))));
+        assert!(matches!(parse_line(&"x".repeat(300), 1), Some(Err(_))));
+        assert!(matches!(parse_line("a\u{0}b", 1), Some(Err(_))));
     }
 }

@@ -35,8 +35,8 @@ pub enum PhaseError {
         from: String,
         to: String,
     },
-    #[error("phase names must be non-empty and may not contain '/', got '{0}'")]
-    BadName(String),
+    #[error("'{name}' is not a phase name: {why}")]
+    BadName { name: String, why: &'static str },
 }
 
 /// A phase as a file gives it, on the wall clock (nanoseconds since the epoch).
@@ -75,11 +75,118 @@ pub fn parse_time(s: &str) -> Result<i128, String> {
         .map_err(|_| format!("'{s}' is neither RFC 3339 nor Unix seconds"))
 }
 
-fn check_name(name: &str) -> Result<(), PhaseError> {
-    if name.trim().is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(PhaseError::BadName(name.to_owned()));
+/// The longest phase name, in bytes.
+pub const MAX_NAME: usize = 100;
+
+/// The one rule for phase names, wherever they come from (phase file, FIFO, socket, `run`,
+/// a capture): a name becomes a folder name and a line of the marker protocol, so it is
+/// printable, holds no `/`, is not `.` or `..`, does not start or end with a space, and is at
+/// most [`MAX_NAME`] bytes.
+pub fn check_name(name: &str) -> Result<(), PhaseError> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_NAME {
+        "it is longer than 100 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it holds a control character (such as a newline or NUL)"
+    } else if name.contains('/') {
+        "it holds a '/'"
+    } else if name == "." || name == ".." {
+        "'.' and '..' name folders"
+    } else if name.trim() != name {
+        "it starts or ends with a space"
+    } else {
+        return Ok(());
+    };
+    Err(PhaseError::BadName {
+        name: escaped(name),
+        why,
+    })
+}
+
+/// A name as it can be shown: control characters escaped, cut to [`MAX_NAME`] bytes with a
+/// mark.
+pub fn escaped(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if out.len() > MAX_NAME {
+        let mut cut = MAX_NAME - '…'.len_utf8();
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
     }
-    Ok(())
+    out
+}
+
+/// Names of phases read from a capture, which anyone could have written: a valid name is kept,
+/// another is shown escaped (its folder gets a safe name from [`folder_names`]).
+fn shown(name: &str) -> String {
+    match check_name(name) {
+        Ok(()) => name.to_owned(),
+        Err(_) => escaped(name),
+    }
+}
+
+/// Gives a name used more than once a numbered suffix (`spike`, `spike#2`), so that no two
+/// phases share outputs.
+fn number_repeats(phases: &mut [Phase]) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for p in phases.iter_mut() {
+        let n = seen.entry(p.name.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            p.name = format!("{}#{n}", p.name);
+        }
+    }
+}
+
+/// The folder of each phase under `phases/`: its name when that is a valid one, else the name
+/// with `/`, control characters and outer spaces replaced, cut to [`MAX_NAME`] bytes; a folder
+/// name already taken gets a numbered suffix.
+pub fn folder_names(phases: &[Phase]) -> Vec<String> {
+    let mut taken = std::collections::HashSet::new();
+    phases
+        .iter()
+        .map(|p| {
+            let base = if check_name(&p.name).is_ok() {
+                p.name.clone()
+            } else {
+                let mut s: String = p
+                    .name
+                    .chars()
+                    .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+                    .collect::<String>()
+                    .trim()
+                    .to_owned();
+                let mut cut = s.len().min(MAX_NAME - 8);
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
+                if s.is_empty() || s == "." || s == ".." {
+                    s = "phase".into();
+                }
+                s
+            };
+            let mut name = base.clone();
+            let mut n = 1;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            name
+        })
+        .collect()
 }
 
 /// Parses a phase file: JSON `[{"name","start","end"}]` or CSV `name,start,end` (a header
@@ -199,6 +306,7 @@ pub fn fit_wall(
             end_ns: end.min(i128::from(to)) as u64,
         });
     }
+    number_repeats(&mut out);
     Ok((out, notes))
 }
 
@@ -227,7 +335,8 @@ pub fn markers_of(phases: &[WallPhase], monotonic_to_realtime_ns: i64) -> Vec<pr
 /// Phases from markers: a marker starts its phase and ends the one before; an end marker ends
 /// its phase; the last phase lasts until `capture_end`. A phase name used twice gets the time
 /// of both ranges merged under one name in the outputs, so only the first range is kept as
-/// the phase and later ones get a numbered name (`spike`, `spike#2`).
+/// the phase and later ones get a numbered name (`spike`, `spike#2`). Names are the capture's,
+/// which anyone could have written: one that breaks the rule of [`check_name`] is escaped.
 pub fn from_markers(markers: &[proto::Marker], capture_end: u64) -> Vec<Phase> {
     let mut sorted: Vec<&proto::Marker> = markers.iter().collect();
     // Ends before starts at the same instant, so back-to-back phases do not overlap.
@@ -256,14 +365,10 @@ pub fn from_markers(markers: &[proto::Marker], capture_end: u64) -> Vec<Phase> {
         }
     }
     close(&mut open, capture_end.max(1), &mut out);
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for p in &mut out {
-        let n = seen.entry(p.name.clone()).or_default();
-        *n += 1;
-        if *n > 1 {
-            p.name = format!("{}#{n}", p.name);
-        }
+        p.name = shown(&p.name);
     }
+    number_repeats(&mut out);
     out
 }
 
@@ -339,9 +444,15 @@ mod tests {
             parse_text("A,x,4\n", "f"),
             Err(PhaseError::Format { .. })
         ));
+        assert!(check_name(" lead").is_err() && check_name("in side").is_ok());
+        for bad in ["a/b", "..", "x\u{0}y", &"n".repeat(101)] {
+            let e = parse_text(&format!("{bad},1,4\n"), "f").unwrap_err();
+            assert!(matches!(e, PhaseError::BadName { .. }), "{bad}: {e}");
+        }
+        let json = r#"[{"name":"a\u0000b","start":1,"end":2}]"#;
         assert!(matches!(
-            parse_text("a/b,1,4\n", "f"),
-            Err(PhaseError::BadName(_))
+            parse_text(json, "f"),
+            Err(PhaseError::BadName { .. })
         ));
         assert!(matches!(
             parse_text("", "f"),
@@ -373,6 +484,41 @@ mod tests {
             got,
             vec![("warmup", 10, 20), ("steady", 20, 30), ("spike", 40, 50)]
         );
+    }
+
+    #[test]
+    fn names_from_a_capture_are_escaped_and_get_safe_unique_folders() {
+        let m = |name: &str, ts| proto::Marker {
+            name: name.into(),
+            ts,
+            end: false,
+        };
+        let long = "x".repeat(300);
+        let phases = from_markers(
+            &[
+                m("../../../x", 10),
+                m("a\u{0}b", 20),
+                m(&long, 30),
+                m("..", 40),
+                m("ok", 50),
+                m("ok", 60),
+                m("a_b", 70),
+            ],
+            80,
+        );
+        let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names[0], "../../../x");
+        assert_eq!(names[1], "a\\u{0}b");
+        assert!(names[2].len() <= MAX_NAME && names[2].ends_with('…'));
+        assert_eq!(&names[4..6], ["ok", "ok#2"]);
+        let folders = folder_names(&phases);
+        let unique: std::collections::HashSet<&String> = folders.iter().collect();
+        assert_eq!(unique.len(), folders.len(), "{folders:?}");
+        for f in &folders {
+            assert!(check_name(f).is_ok(), "{f:?} of {folders:?}");
+        }
+        assert_eq!(folders[0], ".._.._.._x");
+        assert_eq!(folders[3], "phase");
     }
 
     #[test]

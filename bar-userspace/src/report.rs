@@ -8,12 +8,15 @@ use anyhow::Context as _;
 use crate::{
     aggregate::Profile,
     capture::{Damage, Reader},
-    phases::WallPhase,
+    phases::{self, WallPhase},
     render,
+    sys::files::Dir,
 };
 
 pub struct Report {
     pub written: Vec<PathBuf>,
+    /// Outputs that could not be written (of a phase), one line each; the rest were.
+    pub warnings: Vec<String>,
     pub damage: Option<Damage>,
     pub profile: Profile,
 }
@@ -34,40 +37,56 @@ pub fn load_with(capture: &Path, phases: Option<&[WallPhase]>) -> anyhow::Result
 }
 
 /// Renders a capture into `out`.
-pub fn report(capture: &Path, out: &Path) -> anyhow::Result<Report> {
+pub fn report(capture: &Path, out: &Dir) -> anyhow::Result<Report> {
     report_with(capture, out, None)
 }
 
 /// Renders a capture into `out`, cut into the given phases instead of its own markers.
 pub fn report_with(
     capture: &Path,
-    out: &Path,
+    out: &Dir,
     phases: Option<&[WallPhase]>,
 ) -> anyhow::Result<Report> {
-    let profile = load_with(capture, phases)?;
-    let cannot = || format!("cannot write the outputs to {}", out.display());
-    let mut written = render::write_all(&profile, out).with_context(cannot)?;
-    let (sections, diff_files) = phase_diffs(capture, &profile, out, phases);
+    render_profile(capture, load_with(capture, phases)?, out, phases)
+}
+
+/// Renders a capture already read into `profile` into `out`.
+pub fn render_profile(
+    capture: &Path,
+    profile: Profile,
+    out: &Dir,
+    phases: Option<&[WallPhase]>,
+) -> anyhow::Result<Report> {
+    let cannot = || format!("cannot write the outputs to {}", out.path().display());
+    let render::Written {
+        files: mut written,
+        mut warnings,
+    } = render::write_all(&profile, out).with_context(cannot)?;
+    let (sections, diff_files) = phase_diffs(capture, &profile, out, phases, &mut warnings);
     written.extend(diff_files);
     written.push(render::html::write(&profile, out, &sections).with_context(cannot)?);
     Ok(Report {
         written,
+        warnings,
         damage: profile.damage.clone(),
         profile,
     })
 }
 
-/// Everything a recording leaves beside its capture, as `attach`, `record` and a dump of the
-/// flight recorder end: the checksum, every output, and all of it handed to the user who ran
-/// `sudo bar-probe`. Returns the files, the capture first.
-pub fn deliver(capture: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let checksum = crate::evidence::write_checksum(capture)
+/// Everything a recording leaves beside its capture `name` in `out`, as `attach`, `record` and
+/// a dump of the flight recorder end: the checksum and every output (under sudo, each handed to
+/// the user who ran `sudo bar-probe` as it is created). Outputs that could not be written (of a
+/// phase) are said on stderr. Returns the files, the capture first.
+pub fn deliver(out: &Dir, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let capture = out.join(name);
+    let checksum = crate::evidence::write_checksum(out, name)
         .with_context(|| format!("cannot checksum {}", capture.display()))?;
-    let rep = report(capture, out)?;
-    let mut files = vec![capture.to_owned(), checksum];
+    let rep = report(&capture, out)?;
+    for w in &rep.warnings {
+        eprintln!("bar-probe: warning: {w}");
+    }
+    let mut files = vec![capture, checksum];
     files.extend(rep.written);
-    crate::evidence::hand_over(out, &files)
-        .with_context(|| format!("cannot hand {} over to the sudo user", out.display()))?;
     Ok(files)
 }
 
@@ -76,8 +95,9 @@ pub fn deliver(capture: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
 fn phase_diffs(
     capture: &Path,
     profile: &Profile,
-    out: &Path,
+    out: &Dir,
     phases: Option<&[WallPhase]>,
+    warnings: &mut Vec<String>,
 ) -> (Vec<render::html::Section>, Vec<PathBuf>) {
     use crate::diff::{
         self,
@@ -86,7 +106,8 @@ fn phase_diffs(
     };
     let mut sections = Vec::new();
     let mut files = Vec::new();
-    for pair in profile.phases.windows(2) {
+    let folders = phases::folder_names(&profile.phases);
+    for (pair, names) in profile.phases.windows(2).zip(folders.windows(2)) {
         let (a, b) = (&pair[0], &pair[1]);
         // About eight windows in the shorter phase are the measurements of the tests: both
         // phases are parts of the same run.
@@ -114,18 +135,30 @@ fn phase_diffs(
         };
         let title = format!("Diff: phase {} \u{2192} phase {}", a.name, b.name);
         let dir = out
-            .join("phases")
-            .join(format!("diff-{}-{}", a.name, b.name));
+            .subdir("phases")
+            .and_then(|d| d.subdir(&format!("diff-{}-{}", names[0], names[1])));
+        let written = |outcome| {
+            let dir = dir
+                .as_ref()
+                .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+            diff::output::write_files(outcome, dir).map(|w| (w, dir))
+        };
         let html = match diff::diff(&opts) {
-            Ok(outcome) => match diff::output::write_files(&outcome, &dir) {
-                Ok(w) => {
+            Ok(outcome) => match written(&outcome) {
+                Ok((w, dir)) => {
                     files.extend(w);
-                    diff::output::html_section(&outcome, &dir)
+                    diff::output::html_section(&outcome, dir)
                 }
-                Err(e) => format!(
-                    "<p class=\"note\">cannot write the diff: {}</p>",
-                    render::html::escape(&e.to_string())
-                ),
+                Err(e) => {
+                    warnings.push(format!(
+                        "no diff of phases '{}' and '{}': {e}",
+                        a.name, b.name
+                    ));
+                    format!(
+                        "<p class=\"note\">cannot write the diff: {}</p>",
+                        render::html::escape(&e.to_string())
+                    )
+                }
             },
             Err(e) => format!(
                 "<p class=\"note\">not compared: {}</p>",
@@ -157,8 +190,10 @@ mod tests {
             assert!(!profile.views.is_empty(), "{} has events", path.display());
             let out =
                 std::env::temp_dir().join(format!("bar-corpus-{}-{seen}", std::process::id()));
-            let written = crate::render::write_all(&profile, &out).expect("render");
-            assert!(written.iter().any(|p| p.ends_with("summary.json")));
+            let dir = Dir::create(&out).expect("output folder");
+            let written = crate::render::write_all(&profile, &dir).expect("render");
+            assert!(written.files.iter().any(|p| p.ends_with("summary.json")));
+            assert!(written.warnings.is_empty(), "{:?}", written.warnings);
             let _ = std::fs::remove_dir_all(&out);
             seen += 1;
         }

@@ -143,46 +143,80 @@ struct ProcessInfo {
     perf_map: PerfMap,
 }
 
-/// A JIT's `/tmp/perf-PID.map`: (start, end, name) sorted by start, and the size and mtime of
-/// the file it was read from, so that it is read again only when the JIT has added to it.
+/// A JIT's `/tmp/perf-PID.map`: (start, end, name) sorted by start, and the stamp of the file
+/// it was read from, so that it is read again only when the JIT has added to it.
 #[derive(Debug, Default)]
 struct PerfMap {
     entries: Vec<(u64, u64, String)>,
-    stamp: Option<(u64, std::time::SystemTime)>,
+    stamp: Option<crate::sys::files::Stamp>,
+    /// A map that was refused is said once per process.
+    warned: bool,
 }
+
+/// The largest perf map read: a JIT with a hundred thousand functions writes about 10 MiB.
+pub const MAX_PERF_MAP: u64 = 64 << 20;
 
 impl PerfMap {
     /// Reads the map again if the file changed since it was last read. A JIT writes its map as
-    /// it generates code, possibly after bar first looked at the process.
-    fn refresh(&mut self, pid: u32, root: &str) {
-        let path = format!("{root}/tmp/perf-{pid}.map");
-        let Ok(meta) = fs::metadata(&path) else {
+    /// it generates code, possibly after bar first looked at the process. The file belongs to
+    /// whoever can write in the process's `/tmp`, so it is read as perf reads it: in the
+    /// process's mount namespace, only a regular file owned by the process's user or root,
+    /// not through a link, without blocking, and no larger than [`MAX_PERF_MAP`]; otherwise
+    /// its JIT frames stay unnamed, with one warning.
+    fn refresh(&mut self, pid: u32) {
+        use crate::sys::files::{ForeignError, read_foreign};
+        let Some((uid, nspid)) = perf_map_ids(pid) else {
             return;
         };
-        let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-        if self.stamp == Some(stamp) {
-            return;
-        }
-        let Ok(text) = fs::read_to_string(&path) else {
-            return;
+        // The JIT names the file with its pid as it sees it (in its own pid namespace).
+        let path = format!("/tmp/perf-{nspid}.map");
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let text = match read_foreign(&root, &path, &[uid, 0], MAX_PERF_MAP, self.stamp) {
+            Ok(Some((data, stamp))) => {
+                self.stamp = Some(stamp);
+                data
+            }
+            Ok(None) | Err(ForeignError::Missing(_)) => return,
+            Err(e) => {
+                if !std::mem::replace(&mut self.warned, true) {
+                    eprintln!("bar-probe: warning: {e}; JIT frames of pid {pid} stay unnamed");
+                }
+                return;
+            }
         };
-        self.entries = text
+        self.entries = String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|l| {
                 let mut it = l.splitn(3, ' ');
                 let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
                 let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
-                Some((start, start + size, it.next()?.to_owned()))
+                Some((start, start.checked_add(size)?, it.next()?.to_owned()))
             })
             .collect();
         self.entries.sort_by_key(|e| e.0);
-        self.stamp = Some(stamp);
     }
 
     fn lookup(&self, a: u64) -> Option<&str> {
         let idx = self.entries.partition_point(|e| e.0 <= a);
         (idx > 0 && a < self.entries[idx - 1].1).then(|| self.entries[idx - 1].2.as_str())
     }
+}
+
+/// The effective uid of a process and its pid in its own pid namespace, from its status.
+fn perf_map_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    };
+    let uid = field("Uid:")?.get(1)?.parse().ok()?;
+    // NSpid lists the pid in each namespace from ours inwards; old kernels lack it.
+    let nspid = field("NSpid:")
+        .and_then(|v| v.last()?.parse().ok())
+        .unwrap_or(pid);
+    Some((uid, nspid))
 }
 
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
@@ -401,7 +435,7 @@ impl Symbolizer {
         let root = process_root(pid);
         let maps = read_maps(pid);
         let mut perf_map = PerfMap::default();
-        perf_map.refresh(pid, &root);
+        perf_map.refresh(pid);
         ProcessInfo {
             alive: maps.is_some(),
             mappings: maps.unwrap_or_default(),

@@ -8,12 +8,15 @@ pub mod http;
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
     sync::{OnceLock, mpsc},
     time::{Duration, Instant},
 };
+
+use bar::capture::{Body, Reader, Writer, proto};
 
 pub use serde_json::Value;
 
@@ -477,4 +480,122 @@ pub fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run bar-probe")
+}
+
+/// The other user of the privilege tests: nobody (uid and gid 65534), with no groups. It needs
+/// no entry in the user database (the test VMs have none).
+pub const NOBODY: u32 = 65534;
+
+/// A command run as [`NOBODY`].
+pub fn as_nobody(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    c
+}
+
+/// Runs a shell command line as [`NOBODY`] and checks that it succeeded.
+pub fn nobody_sh(script: &str) {
+    let out = as_nobody("sh")
+        .args(["-c", script])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "as nobody: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh folder in the shared temporary folder that belongs to [`NOBODY`]: ground the other
+/// user controls.
+pub fn nobody_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bar-sec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("create a folder in the temporary folder");
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+    dir
+}
+
+/// A real capture (on-CPU and off-CPU samples of a small workload, from the fuzz corpus),
+/// carried in the test binary so that the test VMs have it too.
+pub const SMALL_CAPTURE: &[u8] = include_bytes!("../../fuzz/corpus/capture_reader/offcpu-cpu.bar");
+
+/// Writes [`SMALL_CAPTURE`] to `path` rewritten: `insert` after its metadata, and every later
+/// block through `edit` (None drops it), with a new trailer that matches. What a user could
+/// hand to `bar-probe report`.
+pub fn craft_capture(
+    path: &Path,
+    insert: impl FnOnce(&mut proto::Meta) -> Vec<Body>,
+    mut edit: impl FnMut(Body) -> Option<Body>,
+) {
+    let mut reader =
+        Reader::from_bytes(SMALL_CAPTURE.to_vec(), Path::new("small")).expect("capture");
+    let Some(Body::Meta(mut meta)) = reader.next() else {
+        panic!("the capture starts with its metadata")
+    };
+    let extra = insert(&mut meta);
+    let mut w = Writer::create(path, meta).expect("write a capture");
+    for b in extra {
+        w.write(b).expect("write a block");
+    }
+    let mut trailer = None;
+    for body in reader.by_ref() {
+        match body {
+            Body::Trailer(t) => trailer = Some(t),
+            b => {
+                if let Some(b) = edit(b) {
+                    w.write(b).expect("write a block");
+                }
+            }
+        }
+    }
+    w.finish(trailer.expect("a complete capture"))
+        .expect("finish the capture");
+}
+
+/// A marker block `offset_ns` after the capture's start.
+pub fn marker(meta: &proto::Meta, name: &str, offset_ns: u64, end: bool) -> Body {
+    Body::Marker(proto::Marker {
+        name: name.to_owned(),
+        ts: meta.start_ns + offset_ns,
+        end,
+    })
+}
+
+/// Waits for a child at most `limit`; kills it and panics if it takes longer.
+pub fn wait_at_most(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "{what} did not finish within {limit:?}; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+unsafe extern "C" {
+    fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+}
+
+/// Holds a command to `bytes` of address space, so that a runaway allocation fails in the
+/// child instead of taking the machine's memory from everyone.
+pub fn limit_memory(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt as _;
+    const RLIMIT_AS: i32 = 9;
+    // SAFETY: setrlimit is a plain system call, fine between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if setrlimit(RLIMIT_AS, &[bytes, bytes]) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

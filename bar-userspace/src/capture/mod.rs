@@ -37,6 +37,8 @@ pub enum CaptureError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is not a bar capture (bad magic)")]
     NotACapture(PathBuf),
+    #[error("{0} is not a regular file: give the path of a capture.bar")]
+    NotAFile(PathBuf),
     #[error(
         "{path} is capture format version {version}, newer than this bar-probe reads ({VERSION}); use a newer bar-probe"
     )]
@@ -56,7 +58,8 @@ pub struct Writer {
 
 impl Writer {
     /// Creates the file (mode 0600: a capture holds command lines and symbols of the host) and
-    /// writes the header and the metadata block.
+    /// writes the header and the metadata block. Recordings create theirs in their output
+    /// folder ([`Writer::new`] with [`crate::sys::files::Dir::create_file`]).
     pub fn create(path: &Path, meta: proto::Meta) -> io::Result<Self> {
         let file = OpenOptions::new()
             .write(true)
@@ -64,9 +67,14 @@ impl Writer {
             .truncate(true)
             .mode(0o600)
             .open(path)?;
+        Self::new(file, path.to_owned(), meta)
+    }
+
+    /// Writes the header and the metadata block into `file`, a new empty file at `path`.
+    pub fn new(file: File, path: PathBuf, meta: proto::Meta) -> io::Result<Self> {
         let mut w = Self {
             file: BufWriter::with_capacity(1 << 20, file),
-            path: path.to_owned(),
+            path,
             blocks: 0,
             crc: crc32fast::Hasher::new(),
             size: 0,
@@ -157,13 +165,30 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Opens a capture without blocking (a FIFO in its place is refused, not waited on).
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
         let io = |source| CaptureError::Io {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len() as usize;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io)?;
+        Self::from_file(file, path)
+    }
+
+    /// Reads a capture from an open file, which must be a regular file.
+    pub fn from_file(file: File, path: &Path) -> Result<Self, CaptureError> {
+        let meta = file.metadata().map_err(|source| CaptureError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(CaptureError::NotAFile(path.to_owned()));
+        }
+        let len = meta.len() as usize;
         Self::from_source(Box::new(BufReader::with_capacity(1 << 20, file)), len, path)
     }
 

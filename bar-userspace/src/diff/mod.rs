@@ -625,7 +625,7 @@ mod tests {
     fn outputs_are_written_and_name_the_frames() {
         let path = two_phase_capture("outputs.bar");
         let o = diff(&options(&path)).unwrap();
-        let dir = path.with_extension("out");
+        let dir = crate::sys::files::Dir::create(&path.with_extension("out")).unwrap();
         let written = output::write_files(&o, &dir).unwrap();
         assert_eq!(written.len(), 4);
         let folded = std::fs::read_to_string(dir.join("diff.folded")).unwrap();

@@ -5,7 +5,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use inferno::{differential, flamegraph};
@@ -16,7 +16,10 @@ use super::{
     compare::{FrameChange, Norm, Sample, Status},
     gate::GateOn,
 };
-use crate::render::{write_atomic, write_svg};
+use crate::{
+    render::{write_lines, write_svg},
+    sys::files::Dir,
+};
 
 /// What values are expressed in, as shown.
 fn unit(o: &Outcome) -> String {
@@ -90,40 +93,29 @@ fn flame_options(o: &Outcome, widths_of: &str) -> flamegraph::Options<'static> {
 
 /// Writes `diff.svg` (widths of the candidate), `diff-base.svg` (widths of the base, so what
 /// vanished shows too), `diff.folded` and `diff.json` into `dir`.
-pub fn write_files(o: &Outcome, dir: &Path) -> io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+pub fn write_files(o: &Outcome, dir: &Dir) -> io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     if o.history_runs.is_some() {
         // A baseline store keeps per-frame summaries, not stacks: no flame graph to draw.
-        let path = dir.join("diff.json");
         let text = serde_json::to_string_pretty(&to_json(o)).map_err(io::Error::other)?;
-        write_atomic(&path, |w| writeln!(w, "{text}"))?;
-        written.push(path);
+        written.push(dir.write_atomic("diff.json", |w| writeln!(w, "{text}"))?);
         return Ok(written);
     }
     let lines = diff_folded(o, &o.base.pooled, &o.cand.pooled)?;
-    let path = dir.join("diff.folded");
-    write_atomic(&path, |w| {
-        for l in &lines {
-            writeln!(w, "{l}")?;
-        }
-        Ok(())
-    })?;
-    written.push(path);
-    let path = dir.join("diff.svg");
-    write_svg(&path, &lines, flame_options(o, "candidate"))?;
-    written.push(path);
+    written.push(write_lines(dir, "diff.folded", &lines)?);
+    written.push(write_svg(
+        dir,
+        "diff.svg",
+        &lines,
+        flame_options(o, "candidate"),
+    )?);
     let reversed = diff_folded(o, &o.cand.pooled, &o.base.pooled)?;
     let mut options = flame_options(o, "base");
     // Reversed inputs give base - candidate; negated, red is still growth.
     options.negate_differentials = true;
-    let path = dir.join("diff-base.svg");
-    write_svg(&path, &reversed, options)?;
-    written.push(path);
-    let path = dir.join("diff.json");
+    written.push(write_svg(dir, "diff-base.svg", &reversed, options)?);
     let text = serde_json::to_string_pretty(&to_json(o)).map_err(io::Error::other)?;
-    write_atomic(&path, |w| writeln!(w, "{text}"))?;
-    written.push(path);
+    written.push(dir.write_atomic("diff.json", |w| writeln!(w, "{text}"))?);
     Ok(written)
 }
 
@@ -458,7 +450,7 @@ fn verdict_lines(o: &Outcome, t: &mut String) {
 
 /// The diff as a section of `report.html`: the differential flame graph, the frames that
 /// changed most with their p-values, the root-cause paths, latency shifts and the verdict.
-pub fn html_section(o: &Outcome, dir: &Path) -> String {
+pub fn html_section(o: &Outcome, dir: &Dir) -> String {
     use crate::render::html::{escape, flame_iframe};
     let json = to_json(o);
     let unit = escape(json["unit"].as_str().unwrap_or_default());
@@ -474,7 +466,7 @@ pub fn html_section(o: &Outcome, dir: &Path) -> String {
         json["cand"]["runs"],
     );
     if o.history_runs.is_none() {
-        h.push_str(&flame_iframe(&dir.join("diff.svg")));
+        h.push_str(&flame_iframe(dir, "diff.svg"));
     }
     h.push_str(&format!(
         "<table class=\"diff-frames\"><tr><th>frame</th><th>base ({unit})</th><th>candidate ({unit})</th><th>change</th><th>p (adjusted)</th><th>status</th></tr>"

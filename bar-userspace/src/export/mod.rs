@@ -16,7 +16,8 @@ use std::{
 use crate::{
     aggregate::{Profile, count},
     capture::{Body, Damage, Reader},
-    render, report,
+    report,
+    sys::files::Dir,
 };
 
 /// Output formats of `bar-probe export`.
@@ -145,12 +146,12 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<Exported> {
     if seen != expected {
         return Err(ExportError::Changed(capture.clone()).into());
     }
-    render::write_atomic(&path, |w| pprof::write_gz(&built, w)).map_err(|source| {
-        ExportError::Write {
+    Dir::of_file(&path)
+        .and_then(|(dir, name)| dir.write_atomic(&name, |w| pprof::write_gz(&built, w)))
+        .map_err(|source| ExportError::Write {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok(Exported {
         path,
         view,

@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use super::{
+    CAPTURE,
     aggregator::Input,
     ring::{Segment, Snapshot},
 };
@@ -31,6 +32,7 @@ use crate::{
     capture::{Body, Writer, proto},
     dumps, markers,
     symbolize::Interner,
+    sys::files::Dir,
 };
 
 /// What a dump wrote.
@@ -126,21 +128,20 @@ pub(super) fn release_free_memory() {
     }
 }
 
-/// Writes a snapshot into `dir` (created; refused if it already holds a capture) as
-/// `capture.bar` with every output.
+/// Writes a snapshot into `dir` as `capture.bar` with every output. The folder is an output
+/// folder like a recording's (created by bar, or one only root or the invoking user can write
+/// to); one that already holds a capture is refused.
 pub fn dump(snap: &Snapshot, dir: &Path) -> anyhow::Result<Done> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    let capture = dir.join("capture.bar");
-    if capture.symlink_metadata().is_ok() {
+    let out = Dir::create(dir)?;
+    if out.has_file(CAPTURE) {
         anyhow::bail!(
             "{} already holds a capture: name a new folder",
             dir.display()
         );
     }
-    let events = write_capture(snap, &capture, "dump", Vec::new())
-        .with_context(|| format!("cannot write {}", capture.display()))?;
-    crate::report::deliver(&capture, dir)?;
+    let events = write_capture(snap, &out, CAPTURE, "dump", Vec::new())
+        .with_context(|| format!("cannot write {}", out.join(CAPTURE).display()))?;
+    crate::report::deliver(&out, CAPTURE)?;
     Ok(Done {
         dir: dir.to_owned(),
         events,
@@ -205,8 +206,19 @@ pub(super) fn spawn_sources(
                 loop {
                     tokio::select! {
                         conn = listener.listener.accept() => {
-                            if let Ok((stream, _)) = conn {
-                                tokio::spawn(answer(stream, tx.clone()));
+                            let Ok((stream, _)) = conn else { continue };
+                            // A dump creates folders and files wherever it is told, as the
+                            // recording's user: only that user may ask (the socket's mode says
+                            // so too, but only once it is set).
+                            match stream.peer_cred() {
+                                Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => {
+                                    tokio::spawn(answer(stream, tx.clone()));
+                                }
+                                Ok(c) => eprintln!(
+                                    "bar-probe: warning: ignored a dump request from uid {}: only the recording's user may ask for one",
+                                    c.uid()
+                                ),
+                                Err(_) => {}
                             }
                         }
                         _ = stop.changed() => return,
@@ -324,10 +336,11 @@ fn blocks(seg: &Segment, mut each: impl FnMut(Body) -> io::Result<()>) -> io::Re
     Ok(())
 }
 
-/// Writes a snapshot as a capture at `path`; returns the events written.
+/// Writes a snapshot as capture `name` of `dir`; returns the events written.
 pub fn write_capture(
     snap: &Snapshot,
-    path: &Path,
+    dir: &Dir,
+    name: &str,
     stop_reason: &str,
     push: Vec<proto::Push>,
 ) -> io::Result<u64> {
@@ -337,7 +350,7 @@ pub fn write_capture(
     meta.ring_size_bytes = snap.options.size;
     meta.ring_cut_by_size = snap.cut_by_size;
     meta.ring_held_bytes = snap.segments.iter().map(|s| s.bytes).sum();
-    let mut w = Writer::create(path, meta)?;
+    let mut w = Writer::new(dir.create_file(name)?, dir.join(name), meta)?;
     w.write(Body::Processes(proto::Processes {
         processes: snap.processes.clone(),
     }))?;
@@ -472,9 +485,9 @@ mod tests {
         }
         let snap = r.snapshot(5 * S);
         let dir = std::env::temp_dir().join(format!("bar-dump-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let out = Dir::create(&dir).unwrap();
+        let events = write_capture(&snap, &out, "capture.bar", "dump", Vec::new()).unwrap();
         let path = dir.join("capture.bar");
-        let events = write_capture(&snap, &path, "dump", Vec::new()).unwrap();
         // The last 2.5 s: half of second 2, seconds 3 and 4.
         assert_eq!(events, 25);
         let mut reader = Reader::open(&path).unwrap();

@@ -40,6 +40,10 @@ use crate::{
     probe::{self, FamilyStatus, Method, ProbeOptions},
     push::{PushOptions, Pusher},
     symbolize::Symbolizer,
+    sys::{
+        files::{self, Dir},
+        user,
+    },
     system, target,
 };
 
@@ -95,23 +99,33 @@ pub struct PlannedPhase {
 
 pub struct Recorded {
     pub capture: PathBuf,
+    /// The output folder, holding the capture.
+    pub dir: Dir,
     pub stop_reason: String,
     pub status: Vec<FamilyStatus>,
     pub events: u64,
     pub lost: u64,
     /// How pushing to each backend went.
     pub push: Vec<proto::Push>,
+    /// Phase commands (`bar-probe run`) that could not run or failed, one line each.
+    pub command_failures: Vec<String>,
 }
 
-/// Checks that `dir` can be created and written before anything is loaded.
-fn prepare_out_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    let probe = dir.join(".bar-write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("cannot write to output folder {}", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+/// The capture's name in the output folder.
+pub const CAPTURE: &str = "capture.bar";
+
+/// Creates (or checks) the output folder and that it can be written, before anything is
+/// loaded.
+fn prepare_out_dir(path: &Path) -> anyhow::Result<Dir> {
+    let dir = Dir::create(path)?;
+    let probe = ".bar-write-test";
+    if let Err(e) = dir.create_file(probe) {
+        dir.remove_created();
+        return Err(anyhow::Error::new(e)
+            .context(format!("cannot write to output folder {}", path.display())));
+    }
+    let _ = dir.remove(probe);
+    Ok(dir)
 }
 
 /// Records until a stop condition; returns the capture's path. `on_start` runs once the
@@ -138,11 +152,35 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         }
         _ => (String::new(), 0),
     };
-    prepare_out_dir(&opts.out_dir)?;
-    if let Some(fifo) = &opts.marker_fifo {
-        make_fifo(fifo)?;
+    let fifo = match &opts.marker_fifo {
+        Some(path) => Some(files::open_fifo(path)?),
+        None => None,
+    };
+    let dir = prepare_out_dir(&opts.out_dir)?;
+    let recorded = record_into(
+        opts,
+        &dir,
+        fifo,
+        (target_tgid, pidfd, target_meta),
+        (cgroup, cgroup_id),
+        on_start,
+    );
+    // A start that failed leaves nothing behind; a recording that began keeps its capture.
+    if recorded.is_err() && !dir.has_file(CAPTURE) {
+        dir.remove_created();
     }
+    recorded
+}
 
+/// Records into `dir`, once the target and the output folder are known to be fine.
+fn record_into(
+    opts: &RecordOptions,
+    dir: &Dir,
+    fifo: Option<OwnedFd>,
+    (target_tgid, pidfd, target_meta): (u32, Option<OwnedFd>, Option<proto::Target>),
+    (cgroup, cgroup_id): (String, u64),
+    on_start: impl FnOnce(),
+) -> anyhow::Result<Recorded> {
     let mut loaded = probe::load(&ProbeOptions {
         families: opts.families.clone(),
         explicit: opts.explicit,
@@ -187,13 +225,14 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         offcpu_batch: take(&mut loaded.ebpf, maps::OFFCPU_BATCH)?,
     };
     let cpus = system::online_cpus();
-    let capture_path = opts.out_dir.join("capture.bar");
+    let capture_path = dir.join(CAPTURE);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (tx, rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let mut readers = collect::spawn_readers(
@@ -238,7 +277,8 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             let mut sink = match opts.ring {
                 Some(ring) => Sink::Ring(Box::new(ring::Ring::new(ring, meta))),
                 None => Sink::File(
-                    Writer::create(&capture_path, meta)
+                    dir.create_file(CAPTURE)
+                        .and_then(|file| Writer::new(file, capture_path.clone(), meta))
                         .with_context(|| format!("cannot write {}", capture_path.display()))?,
                 ),
             };
@@ -320,12 +360,16 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                 }
             })
         };
-        let mut marker_tasks = spawn_marker_sources(opts, &tx, &stop_tx);
+        let mut marker_tasks = spawn_marker_sources(opts, fifo, &tx, &stop_tx);
         if opts.ring.is_some() {
             marker_tasks.extend(dump::spawn_sources(&opts.out_dir, &tx, &stop_tx));
         }
         if !opts.plan.is_empty() {
-            marker_tasks.push(tokio::spawn(run_plan(opts.plan.clone(), tx.clone())));
+            marker_tasks.push(tokio::spawn(run_plan(
+                opts.plan.clone(),
+                tx.clone(),
+                failures.clone(),
+            )));
         }
         drop(tx);
         if !opts.quiet {
@@ -394,7 +438,8 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
                     ring.seal(now)?;
                     let events = dump::write_capture(
                         &ring.snapshot(now),
-                        &capture_path,
+                        dir,
+                        CAPTURE,
                         &reason,
                         push.clone(),
                     )
@@ -405,37 +450,29 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         })?;
     Ok(Recorded {
         capture: capture_path,
+        dir: dir.clone(),
         stop_reason: reason,
         status,
         events,
         lost,
         push,
+        command_failures: std::mem::take(
+            &mut *failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
     })
 }
 
-fn make_fifo(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileTypeExt as _;
-    match std::fs::metadata(path) {
-        Ok(m) if m.file_type().is_fifo() => Ok(()),
-        Ok(_) => bail!("{} exists and is not a FIFO", path.display()),
-        Err(_) => {
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-            // SAFETY: a valid NUL-terminated path.
-            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                bail!(
-                    "cannot create FIFO {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
 /// Times the phases of `bar-probe run`: a marker at the start of each, its command (if any) run
-/// for its duration in its own process group, and an end marker after the last.
-async fn run_plan(plan: Vec<PlannedPhase>, tx: mpsc::Sender<Input>) {
+/// for its duration in its own process group (as the sudo user, under sudo), and an end marker
+/// after the last. A command that cannot run or ends with a failure before its phase does is
+/// said at once and noted in `failures`.
+async fn run_plan(
+    plan: Vec<PlannedPhase>,
+    tx: mpsc::Sender<Input>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let marker = |name: &str, end| {
         Input::Marker(proto::Marker {
             name: name.to_owned(),
@@ -443,32 +480,61 @@ async fn run_plan(plan: Vec<PlannedPhase>, tx: mpsc::Sender<Input>) {
             end,
         })
     };
+    let identity = user::Identity::of_sudo_user();
+    let fail = |msg: String| {
+        eprintln!("bar-probe: {msg}");
+        failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(msg);
+    };
     let mut last = None;
     for phase in plan {
         if tx.send(marker(&phase.name, false)).await.is_err() {
             return;
         }
         let child = phase.command.as_ref().and_then(|c| {
-            tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(c)
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| eprintln!("bar-probe: phase {}: cannot run `{c}`: {e}", phase.name))
-                .ok()
-        });
-        tokio::time::sleep(phase.duration).await;
-        if let Some(mut child) = child {
-            if let Some(id) = child.id() {
-                // SAFETY: signalling the process group created for this command.
-                unsafe { libc::kill(-(id as i32), libc::SIGTERM) };
+            let mut cmd = tokio::process::Command::new("sh");
+            cmd.arg("-c").arg(c).process_group(0).kill_on_drop(true);
+            if let Some(id) = identity.clone() {
+                cmd.envs(id.env());
+                // SAFETY: between fork and exec the closure only makes system calls.
+                unsafe { cmd.pre_exec(move || id.become_it()) };
             }
-            if tokio::time::timeout(Duration::from_secs(2), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
+            cmd.spawn()
+                .map_err(|e| fail(format!("phase {}: cannot run `{c}`: {e}", phase.name)))
+                .ok()
+                .map(|child| (child, c))
+        });
+        let sleep = tokio::time::sleep(phase.duration);
+        let Some((mut child, command)) = child else {
+            sleep.await;
+            last = Some(phase.name);
+            continue;
+        };
+        tokio::pin!(sleep);
+        tokio::select! {
+            () = &mut sleep => {
+                if let Some(id) = child.id() {
+                    // SAFETY: signalling the process group created for this command.
+                    unsafe { libc::kill(-(id as i32), libc::SIGTERM) };
+                }
+                if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            status = child.wait() => {
+                if let Ok(s) = status && !s.success() {
+                    fail(format!(
+                        "phase {}: `{command}` {}",
+                        phase.name,
+                        exit_text(s)
+                    ));
+                }
+                sleep.await;
             }
         }
         last = Some(phase.name);
@@ -478,10 +544,24 @@ async fn run_plan(plan: Vec<PlannedPhase>, tx: mpsc::Sender<Input>) {
     }
 }
 
+/// How a command ended, for a message: "exited with status N" or "was killed by signal N".
+pub fn exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        // sh's status for a command it cannot find or run.
+        (Some(127), _) => "could not be found (status 127)".into(),
+        (Some(126), _) => "could not be run (status 126)".into(),
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        (None, None) => "ended".into(),
+    }
+}
+
 /// Starts the live marker sources: this recording's socket (for `bar-probe mark`) and the
 /// `--marker-fifo`, if any. Both turn lines into markers stamped on arrival.
 fn spawn_marker_sources(
     opts: &RecordOptions,
+    fifo: Option<OwnedFd>,
     tx: &mpsc::Sender<Input>,
     stop: &watch::Sender<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -512,8 +592,18 @@ fn spawn_marker_sources(
                 loop {
                     tokio::select! {
                         conn = listener.listener.accept() => {
-                            if let Ok((stream, _)) = conn {
-                                tokio::spawn(lines_to_markers(Box::new(stream), tx.clone()));
+                            let Ok((stream, _)) = conn else { continue };
+                            // Only root and the user the recording is for may set its phases
+                            // (the socket's mode says so too, but only once it is set).
+                            match stream.peer_cred() {
+                                Ok(c) if user::trusted_owner(c.uid()) => {
+                                    tokio::spawn(lines_to_markers(Box::new(stream), tx.clone()));
+                                }
+                                Ok(c) => eprintln!(
+                                    "bar-probe: warning: ignored markers from uid {}: only root and the recording's user may mark it",
+                                    c.uid()
+                                ),
+                                Err(_) => {}
                             }
                         }
                         _ = stop.changed() => return,
@@ -529,25 +619,17 @@ fn spawn_marker_sources(
         }
         Err(_) => {}
     }
-    if let Some(fifo) = &opts.marker_fifo {
+    if let (Some(fd), Some(path)) = (fifo, &opts.marker_fifo) {
         let tx = tx.clone();
-        let fifo = fifo.clone();
+        let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            // Reopen after each writer closes, so several tools can write in turn.
-            loop {
-                match tokio::net::unix::pipe::OpenOptions::new()
-                    .read_write(true)
-                    .open_receiver(&fifo)
-                {
-                    Ok(rx) => lines_to_markers(Box::new(rx), tx.clone()).await,
-                    Err(e) => {
-                        eprintln!(
-                            "bar-probe: warning: cannot read markers from {}: {e}",
-                            fifo.display()
-                        );
-                        return;
-                    }
-                }
+            // Opened for writing too: writers may come and go without an end of file.
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => lines_to_markers(Box::new(rx), tx).await,
+                Err(e) => eprintln!(
+                    "bar-probe: warning: cannot read markers from {}: {e}",
+                    path.display()
+                ),
             }
         }));
     }

@@ -7,12 +7,12 @@
 //! iframes so that each keeps its own search and zoom script.
 
 use bar_ebpf_common::Family;
-use std::{collections::BTreeMap, fmt::Write as _, io, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, io};
 
 use base64::Engine as _;
 
-use super::{rfc3339, write_atomic};
-use crate::aggregate::Profile;
+use super::rfc3339;
+use crate::{aggregate::Profile, phases, sys::files::Dir};
 
 /// A section added by the caller (e.g. a diff), as trusted HTML.
 pub struct Section {
@@ -54,13 +54,20 @@ const BAND_COLOURS: [&str; 4] = ["#fff3bf", "#d3f9d8", "#d0ebff", "#f3d9fa"];
 /// A week of seconds: more points than a page can show, and a bound on a damaged timestamp.
 const MAX_TIMELINE_SECONDS: u64 = 7 * 86_400;
 
-/// An inferno SVG file, embedded so that its script still runs.
-pub fn flame_iframe(svg_path: &Path) -> String {
-    let Ok(svg) = std::fs::read(svg_path) else {
-        return format!(
-            "<p class=\"note\">{} is missing</p>",
-            escape(&svg_path.display().to_string())
-        );
+/// The largest flame graph embedded in a page.
+const MAX_SVG: u64 = 256 << 20;
+
+/// An inferno SVG file of `dir`, embedded so that its script still runs.
+pub fn flame_iframe(dir: &Dir, name: &str) -> String {
+    let svg = match dir.read_back(name, MAX_SVG) {
+        Ok(svg) => svg,
+        Err(e) => {
+            return format!(
+                "<p class=\"note\">{} is missing: {}</p>",
+                escape(&dir.join(name).display().to_string()),
+                escape(&e.to_string())
+            );
+        }
     };
     // The iframe takes the height the graph declares.
     let text = String::from_utf8_lossy(&svg);
@@ -182,7 +189,7 @@ fn table(head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
 }
 
 /// A page of sections alone (e.g. the report of a `diff`).
-pub fn write_page(dir: &Path, title: &str, sections: &[Section]) -> io::Result<std::path::PathBuf> {
+pub fn write_page(dir: &Dir, title: &str, sections: &[Section]) -> io::Result<std::path::PathBuf> {
     let mut h = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body><h1>{t}</h1>",
         t = escape(title)
@@ -191,13 +198,11 @@ pub fn write_page(dir: &Path, title: &str, sections: &[Section]) -> io::Result<s
         let _ = write!(h, "<h2>{}</h2>{}", escape(&s.title), s.html);
     }
     h.push_str("</body></html>\n");
-    let path = dir.join("report.html");
-    write_atomic(&path, |w| w.write_all(h.as_bytes()))?;
-    Ok(path)
+    dir.write_atomic("report.html", |w| w.write_all(h.as_bytes()))
 }
 
 /// Writes `report.html` into `dir`, next to the flame graphs `write_all` wrote there.
-pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std::path::PathBuf> {
+pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std::path::PathBuf> {
     let summary = super::summary(profile);
     let m = &profile.meta;
     let target = m.target.as_ref().map_or_else(
@@ -309,7 +314,7 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
     h.push_str("<h2>Flame graphs</h2>");
     let recorded: Vec<Family> = Family::ALL
         .into_iter()
-        .filter(|v| dir.join(format!("{}.svg", v.name())).exists())
+        .filter(|v| dir.has_file(&format!("{}.svg", v.name())))
         .collect();
     for v in &recorded {
         let _ = write!(
@@ -317,27 +322,28 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
             "<details class=\"flame\" open><summary>{} ({}), whole recording</summary>{}</details>",
             v.name(),
             v.unit(),
-            flame_iframe(&dir.join(format!("{}.svg", v.name())))
+            flame_iframe(dir, &format!("{}.svg", v.name()))
         );
     }
-    for ph in &profile.phases {
+    let folders = phases::folder_names(&profile.phases);
+    for (ph, folder) in profile.phases.iter().zip(&folders) {
         let _ = write!(
             h,
             "<details class=\"phase-flames\" open><summary>phase {}</summary>",
             escape(&ph.name)
         );
+        let pdir = dir
+            .existing_subdir("phases")
+            .and_then(|d| d.existing_subdir(folder));
         for v in &recorded {
-            let path = dir
-                .join("phases")
-                .join(&ph.name)
-                .join(format!("{}.svg", v.name()));
-            let _ = write!(
-                h,
-                "<p>{} ({})</p>{}",
-                v.name(),
-                v.unit(),
-                flame_iframe(&path)
-            );
+            let svg = match &pdir {
+                Ok(d) => flame_iframe(d, &format!("{}.svg", v.name())),
+                Err(e) => format!(
+                    "<p class=\"note\">no flame graph: {}</p>",
+                    escape(&e.to_string())
+                ),
+            };
+            let _ = write!(h, "<p>{} ({})</p>{svg}", v.name(), v.unit());
         }
         h.push_str("</details>");
     }
@@ -511,7 +517,5 @@ pub fn write(profile: &Profile, dir: &Path, extra: &[Section]) -> io::Result<std
         ));
     }
     h.push_str("</body></html>\n");
-    let path = dir.join("report.html");
-    write_atomic(&path, |w| w.write_all(h.as_bytes()))?;
-    Ok(path)
+    dir.write_atomic("report.html", |w| w.write_all(h.as_bytes()))
 }

@@ -1,6 +1,7 @@
 //! Render: writes an aggregated profile as files: `<view>.folded`, `<view>.svg` (inferno),
-//! `summary.json`, `tcp.jsonl`, `numa.jsonl`; [`html`] writes `report.html`. Every file is written to a temporary name and
-//! renamed into place, so an output folder never holds a half-written file.
+//! `summary.json`, `tcp.jsonl`, `numa.jsonl`; [`html`] writes `report.html`. Every file is
+//! written through [`Dir::write_atomic`] (a temporary name renamed into place, never through a
+//! link), so an output folder never holds a half-written file.
 
 mod flame;
 pub mod html;
@@ -9,48 +10,14 @@ mod summary;
 pub use self::summary::{PushSummary, summary};
 
 use bar_ebpf_common::Family;
-use std::{
-    fs,
-    io::{self, Write},
-    path::{Path, PathBuf},
-};
+use std::{io, path::PathBuf};
 
 use inferno::flamegraph::{self, Palette, color::MultiPalette};
 use serde_json::{Value, json};
 
 use crate::aggregate::{Profile, ViewAgg, format_endpoint, migrate_reason, tcp_result};
 use crate::capture::proto::event::Detail;
-
-/// Writes `path` atomically (temporary file + rename), mode 0600 like the capture.
-/// Writes `path` atomically (temporary file + rename), mode 0600 like the capture.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default()
-    ));
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut w = io::BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+use crate::{phases, sys::files::Dir};
 
 /// RFC 3339 with nanoseconds, UTC.
 pub fn rfc3339(ns: i128) -> String {
@@ -82,11 +49,12 @@ fn flame_options(profile: &Profile, view: Family, title: &str) -> flamegraph::Op
 /// Writes a flame graph of folded lines; an empty profile gets a picture saying so (inferno
 /// has nothing to draw without weight).
 pub fn write_svg(
-    path: &Path,
+    dir: &Dir,
+    name: &str,
     lines: &[String],
     mut options: flamegraph::Options<'_>,
-) -> io::Result<()> {
-    write_atomic(path, |w| {
+) -> io::Result<PathBuf> {
+    dir.write_atomic(name, |w| {
         if lines.is_empty() {
             let title = options.title.replace('&', "&amp;").replace('<', "&lt;");
             return write!(
@@ -103,8 +71,8 @@ pub fn write_svg(
     })
 }
 
-fn write_lines(path: &Path, lines: &[String]) -> io::Result<()> {
-    write_atomic(path, |w| {
+pub fn write_lines(dir: &Dir, name: &str, lines: &[String]) -> io::Result<PathBuf> {
+    dir.write_atomic(name, |w| {
         for l in lines {
             writeln!(w, "{l}")?;
         }
@@ -153,26 +121,35 @@ fn jsonl_line(profile: &Profile, ev: &crate::capture::proto::Event) -> Option<(F
     }
 }
 
-/// Writes every output of a profile into `dir`; returns the files written.
-pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir)?;
-    let mut written = Vec::new();
+/// What [`write_all`] wrote, and the phase outputs it could not write (each one line).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// Writes every output of a profile into `dir`: the whole recording's first (summary.json
+/// included), then each phase's under `phases/`. A phase whose outputs cannot be written is
+/// a warning, never a reason to lose the others.
+pub fn write_all(profile: &Profile, dir: &Dir) -> io::Result<Written> {
+    let mut written = Written::default();
     let recorded = profile.recorded_views();
     let empty = ViewAgg::default();
     for view in &recorded {
         let agg = profile.views.get(view).unwrap_or(&empty);
         let lines = profile.folded(agg);
-        let folded = dir.join(format!("{}.folded", view.name()));
-        write_lines(&folded, &lines)?;
-        written.push(folded);
-        let svg = dir.join(format!("{}.svg", view.name()));
+        written.files.push(write_lines(
+            dir,
+            &format!("{}.folded", view.name()),
+            &lines,
+        )?);
         let title = format!("bar {} ({})", view.name(), view.unit());
-        write_svg(
-            &svg,
+        written.files.push(write_svg(
+            dir,
+            &format!("{}.svg", view.name()),
             &flame::drawable(&lines),
             flame_options(profile, *view, &title),
-        )?;
-        written.push(svg);
+        )?);
     }
     for view in [Family::Tcp, Family::Numa] {
         if !recorded.contains(&view) {
@@ -185,37 +162,62 @@ pub fn write_all(profile: &Profile, dir: &Path) -> io::Result<Vec<PathBuf>> {
             .filter(|(v, _)| *v == view)
             .map(|(_, j)| j.to_string())
             .collect();
-        let path = dir.join(format!("{}.jsonl", view.name()));
-        write_lines(&path, &lines)?;
-        written.push(path);
+        written
+            .files
+            .push(write_lines(dir, &format!("{}.jsonl", view.name()), &lines)?);
     }
-    for (phase, views) in profile.phases.iter().zip(&profile.phase_views) {
-        let pdir = dir.join("phases").join(&phase.name);
-        fs::create_dir_all(&pdir)?;
-        for view in &recorded {
-            let agg = views.get(view).unwrap_or(&empty);
-            let lines = profile.folded(agg);
-            let folded = pdir.join(format!("{}.folded", view.name()));
-            write_lines(&folded, &lines)?;
-            written.push(folded);
-            let svg = pdir.join(format!("{}.svg", view.name()));
-            let title = format!(
-                "bar {} ({}), phase {}",
-                view.name(),
-                view.unit(),
+    let text = serde_json::to_string_pretty(&summary(profile)).map_err(io::Error::other)?;
+    written
+        .files
+        .push(dir.write_atomic("summary.json", |w| writeln!(w, "{text}"))?);
+    if profile.phases.is_empty() {
+        return Ok(written);
+    }
+    let phases_dir = match dir.subdir("phases") {
+        Ok(d) => d,
+        Err(e) => {
+            written.warnings.push(format!("no per-phase outputs: {e}"));
+            return Ok(written);
+        }
+    };
+    let folders = phases::folder_names(&profile.phases);
+    for ((phase, views), folder) in profile
+        .phases
+        .iter()
+        .zip(&profile.phase_views)
+        .zip(&folders)
+    {
+        let one = |files: &mut Vec<PathBuf>| -> io::Result<()> {
+            let pdir = phases_dir.subdir(folder)?;
+            for view in &recorded {
+                let agg = views.get(view).unwrap_or(&empty);
+                let lines = profile.folded(agg);
+                files.push(write_lines(
+                    &pdir,
+                    &format!("{}.folded", view.name()),
+                    &lines,
+                )?);
+                let title = format!(
+                    "bar {} ({}), phase {}",
+                    view.name(),
+                    view.unit(),
+                    phase.name
+                );
+                files.push(write_svg(
+                    &pdir,
+                    &format!("{}.svg", view.name()),
+                    &flame::drawable(&lines),
+                    flame_options(profile, *view, &title),
+                )?);
+            }
+            Ok(())
+        };
+        if let Err(e) = one(&mut written.files) {
+            written.warnings.push(format!(
+                "the outputs of phase '{}' are incomplete: {e}",
                 phase.name
-            );
-            write_svg(
-                &svg,
-                &flame::drawable(&lines),
-                flame_options(profile, *view, &title),
-            )?;
-            written.push(svg);
+            ));
         }
     }
-    let path = dir.join("summary.json");
-    let text = serde_json::to_string_pretty(&summary(profile)).map_err(io::Error::other)?;
-    write_atomic(&path, |w| writeln!(w, "{text}"))?;
-    written.push(path);
     Ok(written)
 }

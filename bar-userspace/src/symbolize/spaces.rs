@@ -305,7 +305,7 @@ impl Symbolizer {
                     .iter()
                     .any(|&a| anonymous(a) && info.perf_map.lookup(a).is_none())
             {
-                info.perf_map.refresh(pid, &info.root);
+                info.perf_map.refresh(pid);
             }
         }
         moved

@@ -1,0 +1,7 @@
+//! The lowest layer, under every stage: how bar touches the system where other users can reach
+//! it. [`files`] creates what bar writes (relative to folders it checked, never through a link)
+//! and reads what other users control (owner, type and size checked on the open descriptor).
+//! [`user`] says on whose behalf bar runs, and drops to that user for commands it starts.
+
+pub mod files;
+pub mod user;
