@@ -1,8 +1,11 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, and leaves nothing behind.
 
-use std::process::Command;
+use std::{os::unix::fs::DirBuilderExt as _, process::Command, time::Duration};
 
-use bar_tests::{bar_probe, one_line_error, out_dir, root_or_skip, run};
+use bar_tests::{
+    bar_probe, craft_capture, limit_memory, marker, one_line_error, out_dir, read_json,
+    root_or_skip, run, wait_at_most,
+};
 
 #[test]
 fn unknown_pid() {
@@ -131,8 +134,8 @@ fn requested_family_with_no_usable_attach_point() {
     ]);
     one_line_error(&out, "cannot record faults");
     assert!(
-        !dir.join("capture.bar").exists(),
-        "no capture for a recording that never started"
+        !dir.exists(),
+        "a recording that never started leaves no output folder"
     );
 }
 
@@ -178,4 +181,221 @@ fn corrupt_capture() {
     ]);
     one_line_error(&out, "is not a bar capture");
     assert!(!dir.join("out").exists());
+}
+
+#[test]
+fn a_zombie_is_an_exited_process() {
+    if !root_or_skip("a_zombie_is_an_exited_process") {
+        return;
+    }
+    // Exited and not reaped yet: a zombie, with no memory and nothing to run.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id().to_string();
+    let zombie = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
+    assert!(zombie, "pid {pid} did not become a zombie");
+    let dir = out_dir("zombie");
+    let out = run(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-d",
+        "1s",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let _ = child.wait();
+    one_line_error(&out, &format!("PID {pid} has exited"));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn numbers_out_of_range_are_refused() {
+    for (args, needle) in [
+        (&["attach", "--pid", "1", "-d", "0"][..], "no time at all"),
+        (
+            &["attach", "--pid", "1", "--stack-map-size", "0"][..],
+            "--stack-map-size",
+        ),
+        (
+            &["attach", "--pid", "1", "--stack-map-size", "4000000000"][..],
+            "--stack-map-size",
+        ),
+        (
+            &["run", "--phase", "a=0s", "--", "true"][..],
+            "no time at all",
+        ),
+        (&["run", "--", "true"][..], "--phase"),
+        (
+            &["run", "--phase", "..=1s", "--", "true"][..],
+            "not a phase name",
+        ),
+        (
+            &["diff", "a.bar", "b.bar", "--alpha", "2"][..],
+            "not a significance level",
+        ),
+        (
+            &["diff", "a.bar", "b.bar", "--fail-above", "NaN"][..],
+            "not a percentage",
+        ),
+        (
+            &["diff", "a.bar", "b.bar", "--windows", "0s"][..],
+            "too short",
+        ),
+        (
+            &["diff", "a.bar", "b.bar", "--windows", "1ns"][..],
+            "too short",
+        ),
+        (
+            &["attach", "--pid", "1", "--max-size", "99999999999G"][..],
+            "not a size",
+        ),
+    ] {
+        let out = run(args);
+        one_line_error(&out, needle);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    one_line_error(&run(&["mark", "a/b"]), "not a phase name");
+}
+
+#[test]
+fn bad_phase_files_are_refused() {
+    let dir = out_dir("bad-phase-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, needle) in [
+        ("far.csv", "a,1,1e30\n", "'1e30' is not a time"),
+        (
+            "nul.json",
+            r#"[{"name":"a\u0000b","start":1,"end":2}]"#,
+            "control character",
+        ),
+        (
+            "long.csv",
+            &format!("{},1,2\n", "x".repeat(101)),
+            "longer than 100 bytes",
+        ),
+        ("dots.csv", "..,1,2\n", "not a phase name"),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = run(&["report", "x.bar", "--phases", file.to_str().unwrap()]);
+        one_line_error(&out, needle);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_damaged_metadata_block_is_called_so() {
+    let dir = out_dir("damaged-meta");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("capture.bar");
+    craft_capture(&file, |_| Vec::new(), Some);
+    let mut data = std::fs::read(&file).unwrap();
+    // Past the 16-byte file header and the 8-byte block header: inside the metadata.
+    data[30] ^= 0xff;
+    std::fs::write(&file, &data).unwrap();
+    let out = run(&[
+        "report",
+        file.to_str().unwrap(),
+        "-o",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    one_line_error(&out, "metadata block is damaged");
+    assert!(!dir.join("out").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_phase_that_cannot_be_written_never_loses_the_main_outputs() {
+    let dir = out_dir("phase-outputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = dir.join("capture.bar");
+    let long = "x".repeat(300);
+    craft_capture(
+        &capture,
+        |m| {
+            vec![
+                marker(m, &long, 1_000, false),
+                marker(m, "a\u{0}b", 2_000, false),
+                marker(m, "fine", 3_000, false),
+            ]
+        },
+        Some,
+    );
+    let out = dir.join("out");
+    let o = run(&[
+        "report",
+        capture.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "summary.json",
+        "report.html",
+        "cpu.folded",
+        "phases/fine/cpu.folded",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let names: Vec<String> = read_json(&out.join("summary.json"))["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"a\\u{0}b".to_owned()), "{names:?}");
+    assert!(names.iter().all(|n| n.len() <= 100), "{names:?}");
+    // Where the phases' folder cannot be made, the rest is still written, with a warning.
+    let out = dir.join("blocked");
+    std::fs::DirBuilder::new().mode(0o700).create(&out).unwrap();
+    std::fs::write(out.join("phases"), b"in the way").unwrap();
+    let o = run(&[
+        "report",
+        capture.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: no per-phase outputs"), "{stderr}");
+    for f in ["summary.json", "report.html", "cpu.folded", "cpu.svg"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn diff_windows_are_bounded() {
+    let dir = out_dir("diff-windows");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A capture that claims 1000 s: 10 ms windows would be 100000 of them.
+    let capture = dir.join("long.bar");
+    craft_capture(
+        &capture,
+        |m| {
+            m.start_ns -= 1_000_000_000_000;
+            Vec::new()
+        },
+        Some,
+    );
+    let c = capture.to_str().unwrap();
+    let mut cmd = Command::new(bar_probe());
+    cmd.args(["diff", c, c, "--windows", "10ms", "-o"])
+        .arg(dir.join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    limit_memory(&mut cmd, 2 << 30);
+    let out = wait_at_most(
+        cmd.spawn().unwrap(),
+        Duration::from_secs(60),
+        "diff --windows 10ms",
+    );
+    one_line_error(&out, "more than 10000");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -257,3 +257,61 @@ fn run_times_phases_and_runs_their_commands() {
     // The phase's command was stopped when the phase ended.
     assert!(ours(&cool) <= 2, "{:#?}", cool.stacks);
 }
+
+#[test]
+fn run_starts_its_load_once_attached_and_fails_with_it() {
+    if !root_or_skip("run_starts_its_load_once_attached_and_fails_with_it") {
+        return;
+    }
+    // 300 connects right at the start: all of them are recorded only if the load waited for
+    // the programs to be attached.
+    let dir = out_dir("run-gate");
+    let out = Command::new(bar_probe())
+        .args(["run", "-e", "tcp", "-q", "--phase", "all=30s", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(bar_probe())
+        .args(["workload", "tcp", "--count", "300"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("Bad file descriptor"), "{stderr}");
+    let s = read_json(&dir.join("summary.json"));
+    assert_eq!(s["stop_reason"], "target-exited", "{s}");
+    let attempts = s["kinds"]["tcp"]["events"].as_u64().unwrap();
+    assert!(
+        attempts >= 300,
+        "{attempts} of 300 connects recorded\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    // A load or phase command that cannot run, or fails, fails the run.
+    for (args, needle) in [
+        (
+            &["--phase", "a=1s", "--", "/nonexistent/cmd"][..],
+            "`/nonexistent/cmd` could not be found",
+        ),
+        (
+            &["--phase", "a=1s:exit 3", "--", "sleep", "5"][..],
+            "`exit 3` exited with status 3",
+        ),
+    ] {
+        let dir = out_dir("run-fails");
+        let out = Command::new(bar_probe())
+            .args(["run", "-e", "cpu", "-q", "-o"])
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("bar-probe: ") && last.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        // The recording itself is complete.
+        assert!(dir.join("summary.json").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -157,7 +157,7 @@ pub enum Cmd {
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
     /// Stop after this long (e.g. 10s, 500ms, 2m); default: until Ctrl-C or the target exits.
-    #[arg(long, short, value_parser = parse_duration)]
+    #[arg(long, short, value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
     /// Event families: cpu, offcpu, faults, tcp, numa, or all.
     #[arg(long, short, default_value = "all", value_parser = probe::parse_families)]
@@ -180,9 +180,10 @@ pub struct RecordArgs {
     /// Pages per CPU of each perf ring buffer (a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_pages)]
     pub buffer_pages: usize,
-    /// Stack traces the kernel can hold, user and kernel stacks each; more distinct stacks show
-    /// as `[stack lost]`.
-    #[arg(long, default_value_t = bar_ebpf_common::DEFAULT_STACK_MAP_ENTRIES)]
+    /// Stack traces the kernel can hold, user and kernel stacks each (1 to 262144, about 1 KiB
+    /// of kernel memory each); more distinct stacks show as `[stack lost]`.
+    #[arg(long, default_value_t = bar_ebpf_common::DEFAULT_STACK_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..=262_144))]
     pub stack_map_size: u32,
     /// Attach methods to pass over even where the kernel has them (e.g. tp_btf,kprobe).
     #[arg(long, value_delimiter = ',', value_parser = Method::from_str_arg)]
@@ -244,7 +245,7 @@ fn parse_planned_phase(s: &str) -> Result<record::PlannedPhase, String> {
     phases::check_name(name).map_err(|e| e.to_string())?;
     Ok(record::PlannedPhase {
         name: name.to_owned(),
-        duration: parse_duration(dur)?,
+        duration: parse_positive_duration(dur)?,
         command: command.filter(|c| !c.trim().is_empty()),
     })
 }
@@ -280,26 +281,26 @@ pub struct DiffArgs {
     /// Time range of the candidate captures, as --base-range.
     #[arg(long)]
     pub cand_range: Option<TimeRange>,
-    /// Cut each side's time into windows of this length; each window is one measurement for
-    /// the significance tests.
-    #[arg(long, value_parser = parse_duration)]
+    /// Cut each side's time into windows of this length (10ms or more); each window is one
+    /// measurement for the significance tests.
+    #[arg(long, value_parser = parse_diff_window)]
     pub windows: Option<Duration>,
     /// Compare weight per second instead of share of the total weight.
     #[arg(long)]
     pub per_second: bool,
     /// Exit with status 3 when a significant frame grows by more than PCT points of share
     /// (percent of its base rate with --per-second).
-    #[arg(long, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub fail_above: Option<f64>,
     /// Gate on latency instead: a significant p99 growth by more than PCT percent (offcpu, tcp).
     #[arg(long, requires = "fail_above")]
     pub latency: bool,
     /// Significance level, for the Benjamini-Hochberg adjusted p-values of frames and the KS
     /// p-values of latencies.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
     pub alpha: f64,
     /// Test only frames with at least this share (in %) of the total on either side.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_percent)]
     pub min_share: f64,
     /// Compare stacks with their process name as the root frame even when the sides' names
     /// differ or each side is one process (by default they are compared below it).
@@ -457,6 +458,45 @@ fn parse_ring(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
+        _ => Err(format!(
+            "'{s}' is not a significance level: give a number between 0 and 1, such as 0.05"
+        )),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a percentage: give a number of 0 or more, such as 5"
+        )),
+    }
+}
+
+fn parse_diff_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!(
+            "a window of {s} is too short: windows under 10ms hold too few events to compare, use 10ms or more"
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration that must be longer than zero (how long to record).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "'{s}' is no time at all: give a duration longer than 0"
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 10s, 500ms or 1us: {e}"))
@@ -479,8 +519,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     num.trim()
         .parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("'{s}' is not a size like 500M or 2G"))
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size like 500M or 2G"))
 }
 
 fn parse_pages(s: &str) -> Result<usize, String> {

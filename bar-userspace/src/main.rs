@@ -37,10 +37,20 @@ fn main() {
                     },
                 );
             }
-            // clap's first line is the error; the rest is usage advice.
+            // clap's first line is the error; the rest is usage advice, except the indented
+            // lines right after a first line ending in ':', which name what is missing.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("bar-probe: {}", first.trim_start_matches("error: "));
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            let mut line = first.trim_start_matches("error: ").to_owned();
+            if line.ends_with(':') {
+                let named: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{} {}", line, named.join(", "));
+            }
+            eprintln!("bar-probe: {line}");
             std::process::exit(2);
         }
     };

@@ -59,8 +59,11 @@ struct JsonPhase {
 pub fn parse_time(s: &str) -> Result<i128, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("'{s}' is not a time"));
+        // Up to the end of the year 9999, as RFC 3339 times go.
+        if !secs.is_finite() || !(0.0..253_402_300_800.0).contains(&secs) {
+            return Err(format!(
+                "'{s}' is not a time (Unix seconds from 0 to the year 9999)"
+            ));
         }
         // Split to keep nanosecond precision for large epoch values.
         let whole = secs.trunc();
@@ -444,6 +447,8 @@ mod tests {
             parse_text("A,x,4\n", "f"),
             Err(PhaseError::Format { .. })
         ));
+        let e = parse_text("A,1,1e30\n", "f").unwrap_err().to_string();
+        assert!(e.contains("'1e30' is not a time"), "{e}");
         assert!(check_name(" lead").is_err() && check_name("in side").is_ok());
         for bad in ["a/b", "..", "x\u{0}y", &"n".repeat(101)] {
             let e = parse_text(&format!("{bad},1,4\n"), "f").unwrap_err();

@@ -31,7 +31,9 @@ pub fn load_with(capture: &Path, phases: Option<&[WallPhase]>) -> anyhow::Result
     let mut reader = Reader::open(capture)?;
     let profile = Profile::load(&mut reader, phases)?;
     if profile.meta.bar_version.is_empty() {
-        return Err(crate::capture::CaptureError::NoMeta(capture.to_owned()).into());
+        return Err(
+            crate::capture::CaptureError::without_meta(capture, profile.damage.as_ref()).into(),
+        );
     }
     Ok(profile)
 }

@@ -20,6 +20,8 @@ pub enum TargetError {
     Myself(u32),
     #[error("{tid} is a thread of process {tgid}; bar traces whole processes: use --pid {tgid}")]
     Thread { tid: u32, tgid: u32 },
+    #[error("PID {0} has exited (its parent has not reaped it yet): there is nothing to record")]
+    Exited(u32),
     #[error("cannot watch PID {pid}: {source}")]
     Watch { pid: u32, source: std::io::Error },
 }
@@ -50,13 +52,20 @@ pub fn open(pid: u32) -> Result<OwnedFd, TargetError> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| TargetError::NoSuchProcess(pid))?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let flags = stat
+    let fields: Vec<&str> = stat
         .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let flags = fields
+        .get(6)
         .and_then(|f| f.parse::<u64>().ok())
         .unwrap_or(0);
     if flags & PF_KTHREAD != 0 {
         return Err(TargetError::KernelThread(pid));
+    }
+    // A zombie (or one being torn down) runs nothing any more, and its pidfd says so at once.
+    if matches!(fields.first(), Some(&("Z" | "X" | "x"))) {
+        return Err(TargetError::Exited(pid));
     }
     // SAFETY: pidfd_open takes a pid and flags.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

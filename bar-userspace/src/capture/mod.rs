@@ -45,6 +45,21 @@ pub enum CaptureError {
     TooNew { path: PathBuf, version: u32 },
     #[error("{0} has no metadata block: the recording never got started")]
     NoMeta(PathBuf),
+    #[error("{path} cannot be read: its metadata block is damaged ({reason})")]
+    MetaDamaged { path: PathBuf, reason: String },
+}
+
+impl CaptureError {
+    /// A capture without readable metadata: damaged at its first block, or never started.
+    pub fn without_meta(path: &Path, damage: Option<&Damage>) -> Self {
+        match damage {
+            Some(d) if d.block == 0 => Self::MetaDamaged {
+                path: path.to_owned(),
+                reason: d.reason.clone(),
+            },
+            _ => Self::NoMeta(path.to_owned()),
+        }
+    }
 }
 
 /// Writes a capture incrementally.

@@ -229,7 +229,7 @@ fn outline(data: &[u8], path: &Path) -> Result<Outline, DiffError> {
     }
     let meta = meta
         .filter(|m| !m.bar_version.is_empty())
-        .ok_or_else(|| capture::CaptureError::NoMeta(path.to_owned()))?;
+        .ok_or_else(|| capture::CaptureError::without_meta(path, reader.damage.as_ref()))?;
     kinds.extend(
         meta.families
             .iter()
@@ -374,6 +374,10 @@ fn ranges(
     }
 }
 
+/// The most windows one side is cut into: each is a slice every event is checked against, and
+/// a significance test has nothing to gain from more.
+pub const MAX_WINDOWS: u64 = 10_000;
+
 /// Windows of `len` over a range; a last window shorter than half of `len` is left out, as
 /// too short to say much next to the others.
 fn windows(range: (u64, u64), len: Duration) -> Vec<(u64, u64)> {
@@ -461,7 +465,7 @@ pub fn read_side(
                 path,
                 data,
                 outline,
-            } => read_run(data, outline, path, select, opts)?,
+            } => read_run(name, data, outline, path, select, opts)?,
         };
         merge(&mut pooled, &run.whole);
         for (name, h) in &run.latency {
@@ -490,6 +494,7 @@ pub fn read_side(
 
 /// One capture as one run: the selected ranges merged, their windows, their latencies.
 fn read_run(
+    side: &str,
     data: &[u8],
     outline: &Outline,
     path: &Path,
@@ -499,7 +504,17 @@ fn read_run(
     let ranges = ranges(outline, select, path, opts.phases)?;
     let mut slices: Vec<Slice> = ranges.iter().map(|r| Slice::new(r.0, r.1)).collect();
     let window_ranges: Vec<(u64, u64)> = match opts.windows {
-        Some(len) => ranges.iter().flat_map(|r| windows(*r, len)).collect(),
+        Some(len) => {
+            let ns = (len.as_nanos() as u64).max(1);
+            let count: u64 = ranges.iter().map(|r| (r.1 - r.0).div_ceil(ns)).sum();
+            if count > MAX_WINDOWS {
+                return Err(DiffError::TooManyWindows {
+                    side: side.to_owned(),
+                    count,
+                });
+            }
+            ranges.iter().flat_map(|r| windows(*r, len)).collect()
+        }
         None => Vec::new(),
     };
     slices.extend(window_ranges.iter().map(|r| Slice::new(r.0, r.1)));

@@ -90,6 +90,11 @@ pub enum DiffError {
     LatencyNeedsKind,
     #[error("the {0} side has fewer than 2 windows: make --windows shorter than its time range")]
     TooFewWindows(&'static str),
+    #[error(
+        "--windows would cut the {side} side into {count} windows, more than {max}: use longer windows",
+        max = input::MAX_WINDOWS
+    )]
+    TooManyWindows { side: String, count: u64 },
     #[error("{0}")]
     Baseline(String),
 }
