@@ -1,9 +1,14 @@
 //! `bar-probe attach` against workloads of bar's own, on the running kernel: the functions
 //! that burn CPU and fault pages must show up by name, with the weights the workloads report.
 
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
 use bar_tests::{
-    Folded, Recording, Workload, assert_blocked_matches_sleeps, attach_through, emulated, metric,
-    out_dir, root_or_skip, run,
+    Folded, Recording, Workload, assert_blocked_matches_sleeps, attach_through, bar_probe,
+    emulated, metric, out_dir, read_json, root_or_skip, run,
 };
 
 #[test]
@@ -364,4 +369,51 @@ fn faults_tell_major_from_minor_where_the_kernel_says() {
         "{faults}"
     );
     assert!(major >= major_cold, "{faults}");
+}
+
+#[test]
+fn duration_holds_against_a_load_of_many_cpu_bound_threads() {
+    if !root_or_skip("duration_holds_against_a_load_of_many_cpu_bound_threads") {
+        return;
+    }
+    // 400 threads burning CPU at normal priority: to the fair scheduler each is worth as much
+    // as one of bar's, so a bar that competes as their equal waits minutes for a CPU.
+    let mut w = Workload::start(&["cpu", "--threads", "400", "--seconds", "60"]);
+    w.go();
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = out_dir("crowded");
+    let started = Instant::now();
+    let child = Command::new(bar_probe())
+        .args([
+            "attach",
+            "--pid",
+            &w.pid().to_string(),
+            "-e",
+            "cpu,offcpu",
+            "-d",
+            "3s",
+        ])
+        .arg("-o")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = bar_tests::wait_at_most(child, Duration::from_secs(50), "a 3 s recording");
+    let took = started.elapsed();
+    let _ = w.child.kill();
+    let _ = w.child.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s = read_json(&dir.join("summary.json"));
+    assert_eq!(s["stop_reason"], "duration", "{s}");
+    // The recording ends once the programs are detached, which waits for the kernel's RCU
+    // threads: under this load they run late too, by a second or two.
+    let recorded = s["duration_s"].as_f64().unwrap();
+    assert!((2.9..6.0).contains(&recorded), "recorded {recorded} s");
+    // Loading, stopping and rendering under that load took seconds, not minutes.
+    assert!(took < Duration::from_secs(25), "took {took:?}\n{stderr}");
+    assert!(s["kinds"]["cpu"]["events"].as_u64() > Some(0), "{s}");
+    metric("crowded_recording_wall_s", took.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
 }

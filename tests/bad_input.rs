@@ -399,3 +399,105 @@ fn diff_windows_are_bounded() {
     one_line_error(&out, "more than 10000");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_huge_frame_name_is_cut_not_copied() {
+    let dir = out_dir("huge-name");
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = dir.join("capture.bar");
+    // One frame named with 10 MB: every stack that holds it would copy it.
+    let mut first = true;
+    craft_capture(
+        &capture,
+        |_| Vec::new(),
+        |b| match b {
+            bar::capture::Body::Frames(mut f) if first => {
+                first = false;
+                for fr in &mut f.frames {
+                    fr.name = "f".repeat(10 << 20);
+                }
+                Some(bar::capture::Body::Frames(f))
+            }
+            b => Some(b),
+        },
+    );
+    assert!(!first, "the capture has frames");
+    let mut cmd = Command::new(bar_probe());
+    cmd.args(["report", capture.to_str().unwrap(), "-o"])
+        .arg(dir.join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    limit_memory(&mut cmd, 1 << 30);
+    let out = wait_at_most(cmd.spawn().unwrap(), Duration::from_secs(120), "report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folded: String = ["cpu", "offcpu"]
+        .iter()
+        .map(|k| std::fs::read_to_string(dir.join(format!("out/{k}.folded"))).unwrap())
+        .collect();
+    assert!(
+        folded.contains("…[cut]"),
+        "no cut name in the folded stacks"
+    );
+    // At most 4 KiB a frame, whatever the capture says.
+    assert!(folded.lines().all(|l| l.len() < 130 * 4096));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_at_once() {
+    if !root_or_skip("a_full_disk_stops_the_recording_at_once") {
+        return;
+    }
+    // A file system of 1 MiB, filled in well under a second by a fault storm.
+    let mnt = out_dir("full-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "bar-test-full",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a small tmpfs");
+    let mut w = bar_tests::Workload::start(&["faults", "--rate", "100000", "--seconds", "40"]);
+    w.go();
+    let out = mnt.join("out");
+    let started = std::time::Instant::now();
+    let o = run(&[
+        "attach",
+        "--pid",
+        &w.pid().to_string(),
+        "-e",
+        "faults",
+        "-d",
+        "30s",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    let _ = w.child.kill();
+    let _ = w.child.wait();
+    let stopped = || {
+        one_line_error(&o, "No space left on device");
+        assert!(took < Duration::from_secs(20), "stopped after {took:?}");
+        // What was written before the error reads back.
+        let info = run(&["info", out.join("capture.bar").to_str().unwrap()]);
+        assert!(info.status.success(), "{info:?}");
+        assert!(String::from_utf8_lossy(&info.stdout).contains("faults"));
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(stopped));
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = std::fs::remove_dir_all(&mnt);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -16,7 +16,7 @@ pub use self::times::StackTimes;
 
 use crate::{
     capture::{
-        Body, Damage, Reader,
+        self, Body, Damage, Reader,
         proto::{self, event::Detail},
     },
     phases::{self, Phase, PhaseError, WallPhase},
@@ -453,7 +453,12 @@ impl Profile {
                     self.add_process(pr);
                 }
             }
-            Body::Frames(f) => self.frames.extend(f.frames),
+            // Names are bounded as they are read: a capture may come from anyone.
+            Body::Frames(f) => self.frames.extend(f.frames.into_iter().map(|mut f| {
+                f.name = capture::bounded_name(f.name);
+                f.module = capture::bounded_name(f.module);
+                f
+            })),
             Body::Stacks(s) => {
                 for st in &s.stacks {
                     let lost = st.frames.iter().any(|&f| {
@@ -533,7 +538,7 @@ impl Profile {
     /// A name a process has from a time on; or, at its end, the name it had, for the time it
     /// had none known (it was gone before it could be looked up).
     fn add_process(&mut self, pr: proto::Process) {
-        let id = self.intern_name(pr.comm);
+        let id = self.intern_name(capture::bounded_name(pr.comm));
         let names = &self.names;
         let gens = self.processes.entry(pr.pid).or_default();
         if !pr.exited {

@@ -303,6 +303,10 @@ pub struct Interner {
 
 impl Interner {
     pub fn frame(&mut self, kernel: bool, name: String, module: String) -> u32 {
+        let (name, module) = (
+            crate::capture::bounded_name(name),
+            crate::capture::bounded_name(module),
+        );
         let next = self.frame_ids.len() as u32;
         *self
             .frame_ids

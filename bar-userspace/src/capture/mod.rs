@@ -29,6 +29,25 @@ const FILE_HEADER_LEN: usize = 16;
 const BLOCK_HEADER_LEN: usize = 8;
 /// No block is larger than this; a larger length means a corrupt header.
 const MAX_BLOCK: usize = 256 << 20;
+/// The longest name (of a frame, a module, a process) a capture holds or a reader keeps.
+/// Symbol tables and crafted files can hold longer ones; one name of 10 MB once cost `report`
+/// 2 GB, copied into the folded line of every stack that held it.
+pub const MAX_NAME: usize = 4096;
+/// What ends a name cut to [`MAX_NAME`] bytes.
+pub const CUT_MARK: &str = "…[cut]";
+
+/// `name`, or its first bytes and [`CUT_MARK`] when it is longer than [`MAX_NAME`].
+pub fn bounded_name(mut name: String) -> String {
+    if name.len() > MAX_NAME {
+        let mut at = MAX_NAME - CUT_MARK.len();
+        while !name.is_char_boundary(at) {
+            at -= 1;
+        }
+        name.truncate(at);
+        name.push_str(CUT_MARK);
+    }
+    name
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -407,6 +426,18 @@ mod tests {
         let mut r = Reader::from_bytes(data, Path::new("x")).unwrap();
         let _ = r.by_ref().count();
         assert!(r.damage.unwrap().reason.contains("checksum"));
+    }
+
+    #[test]
+    fn long_names_are_cut_on_a_character_boundary_with_a_mark() {
+        assert_eq!(bounded_name("short".into()), "short");
+        let cut = bounded_name("é".repeat(MAX_NAME));
+        assert!(
+            cut.len() <= MAX_NAME && cut.ends_with(CUT_MARK),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(bounded_name("x".repeat(MAX_NAME)).len(), MAX_NAME);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::{
     symbolize::Symbolizer,
     sys::{
         files::{self, Dir},
-        user,
+        sched, user,
     },
     system, target,
 };
@@ -324,6 +324,7 @@ fn record_into(
         let agg_thread = std::thread::Builder::new()
             .name("bar-aggregate".into())
             .spawn(move || {
+                let _ = sched::run_ahead();
                 let mut agg = Aggregator::new(
                     sink,
                     dumper,
@@ -397,7 +398,11 @@ fn record_into(
         // for every family here) and the target goes on meanwhile: on another thread, so that
         // the readers keep draining, rather than let the buffers fill and count as lost what
         // the target did in that time.
-        let _ = tokio::task::spawn_blocking(move || drop(loaded)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = sched::run_ahead();
+            drop(loaded);
+        })
+        .await;
         let _ = stop_tx.send(true);
         for r in readers {
             let _ = r.await;
@@ -413,7 +418,12 @@ fn record_into(
     let (events, lost, push) = agg_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the aggregator thread failed"))?
-        .map_err(|e| anyhow::anyhow!("writing {} failed: {e}", capture_path.display()))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {}: {e}; the recording stopped there, and what was written reads with `bar-probe report`",
+                capture_path.display()
+            )
+        })
         .and_then(|(summary, sink, pusher)| {
             let now = system::monotonic_ns();
             // The last interval goes out too; the senders get a while to deliver what they
@@ -758,18 +768,16 @@ async fn wait_for_stop(
             None => std::future::pending().await,
         }
     };
-    let full = async {
-        // A dropped sender (aggregator gone) is not a size stop: wait for another reason.
-        if full.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    // The aggregator says when the capture is full; it is gone before the end only when it
+    // could not write (a full disk...): then there is no point in recording on, and its error
+    // is what the recording ends with.
+    let full = async { full.await.is_ok() };
     Ok(tokio::select! {
         () = sleep => "duration",
         _ = int.recv() => "signal",
         _ = term.recv() => "signal",
         r = exited => { r?; "target-exited" }
-        () = full => "max-size",
+        ok = full => if ok { "max-size" } else { "write-error" },
     }
     .to_owned())
 }

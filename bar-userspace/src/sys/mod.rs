@@ -2,6 +2,8 @@
 //! it. [`files`] creates what bar writes (relative to folders it checked, never through a link)
 //! and reads what other users control (owner, type and size checked on the open descriptor).
 //! [`user`] says on whose behalf bar runs, and drops to that user for commands it starts.
+//! [`sched`] keeps bar's recording threads ahead of the load they record.
 
 pub mod files;
+pub mod sched;
 pub mod user;

@@ -84,8 +84,9 @@ pub struct WorkloadArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Threads sharing the work and the rate (faults): one thread faults only as fast as one
-    /// CPU handles its faults.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// CPU handles its faults. cpu with --seconds: threads burning CPU side by side, a load
+    /// that outnumbers the tracer's threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub threads: u64,
     /// Wait for a line on stdin before starting, so a tracer can attach first.
     #[arg(long)]
@@ -542,7 +543,17 @@ pub fn run(args: &WorkloadArgs) -> anyhow::Result<()> {
         }
         Workload::Cpu => {
             let n = if args.seconds.is_some() {
-                burn_until(until(0.0))
+                let end = until(0.0);
+                let others: Vec<_> = (1..args.threads)
+                    .map(|_| {
+                        std::thread::Builder::new()
+                            .stack_size(64 << 10)
+                            .spawn(move || burn_until(end))
+                    })
+                    .collect::<Result<_, _>>()?;
+                others
+                    .into_iter()
+                    .fold(burn_until(end), |n, t| n ^ t.join().unwrap_or(0))
             } else {
                 // A fixed amount of work, so that a slowdown shows as a longer run.
                 (0..args.count).fold(0u64, |n, _| n.wrapping_add(burn_cpu_hot_loop(1_000_000)))
