@@ -202,7 +202,9 @@ pub struct RecordArgs {
     /// times as RFC 3339 or Unix seconds.
     #[arg(long, value_parser = parse_phase_file)]
     pub phases: Option<PhaseFile>,
-    /// Also read live markers (lines `NAME` or `NAME --end`) from this FIFO (created if missing).
+    /// Also read live markers (lines `NAME` or `NAME --end`) from this FIFO: created (0600,
+    /// yours under sudo) if missing; an existing one must be root's or yours, and writable by
+    /// no one else.
     #[arg(long)]
     pub marker_fifo: Option<PathBuf>,
     /// Flight recorder: keep only the last DUR of events, in memory, until stopped;
