@@ -747,7 +747,8 @@ fn run_phases(
     let mut gate = None;
     let mut child = None;
     if let Some((program, args)) = load.split_first() {
-        let (c, writer) = start_gated(program, args)?;
+        let (c, writer) = crate::sys::command::start_gated(program, args)
+            .with_context(|| format!("cannot start {program}"))?;
         gate = Some(writer);
         child = Some(c);
     }
@@ -787,7 +788,7 @@ fn run_phases(
             format!(
                 "the load command `{}` {}",
                 load.join(" "),
-                record::exit_text(s)
+                crate::sys::command::exit_text(s)
             )
         })
     });
@@ -796,54 +797,6 @@ fn run_phases(
         Some(f) => bail!("{f}"),
         None => Ok(()),
     }
-}
-
-/// Starts a load command that waits on a pipe (its fd 3) until the recording runs, then
-/// execs: its whole life is recorded, and the exec is followed like any other. Under sudo it
-/// runs as the user who ran sudo. Returns the child and the pipe's end that lets it go.
-fn start_gated(
-    program: &str,
-    args: &[String],
-) -> anyhow::Result<(std::process::Child, std::io::PipeWriter)> {
-    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
-    let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("read _ <&3 || exit 125; exec 3<&-; exec \"$@\"")
-        .arg("sh")
-        .arg(program)
-        .args(args)
-        .process_group(0);
-    let identity = crate::sys::user::Identity::of_sudo_user();
-    if let Some(id) = &identity {
-        cmd.envs(id.env());
-    }
-    let raw = reader.as_raw_fd();
-    // SAFETY: between fork and exec the closure only makes system calls, on a descriptor we
-    // keep open until the child is spawned.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The pipe is close-on-exec: dup2 makes a copy without that flag, but a dup2 onto
-            // itself does nothing, so when it already is fd 3 the flag is cleared instead.
-            let ok = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(raw, 3) == 3
-            };
-            if !ok {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(id) = &identity {
-                id.become_it()?;
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
-    drop(reader);
-    Ok((child, writer))
 }
 
 /// Starts the built-in workload as a child, records it, stops it.

@@ -148,7 +148,7 @@ struct ProcessInfo {
 #[derive(Debug, Default)]
 struct PerfMap {
     entries: Vec<(u64, u64, String)>,
-    stamp: Option<crate::sys::files::Stamp>,
+    stamp: Option<crate::sys::foreign::Stamp>,
     /// A map that was refused is said once per process.
     warned: bool,
 }
@@ -164,7 +164,7 @@ impl PerfMap {
     /// not through a link, without blocking, and no larger than [`MAX_PERF_MAP`]; otherwise
     /// its JIT frames stay unnamed, with one warning.
     fn refresh(&mut self, pid: u32) {
-        use crate::sys::files::{ForeignError, read_foreign};
+        use crate::sys::foreign::{ForeignError, read_foreign};
         let Some((uid, nspid)) = perf_map_ids(pid) else {
             return;
         };

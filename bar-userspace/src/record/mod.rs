@@ -40,10 +40,7 @@ use crate::{
     probe::{self, FamilyStatus, Method, ProbeOptions},
     push::{PushOptions, Pusher},
     symbolize::Symbolizer,
-    sys::{
-        files::{self, Dir},
-        sched, user,
-    },
+    sys::{command, files::Dir, foreign, sched, user},
     system, target,
 };
 
@@ -153,7 +150,7 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
         _ => (String::new(), 0),
     };
     let fifo = match &opts.marker_fifo {
-        Some(path) => Some(files::open_fifo(path)?),
+        Some(path) => Some(foreign::open_fifo(path)?),
         None => None,
     };
     let dir = prepare_out_dir(&opts.out_dir)?;
@@ -541,7 +538,7 @@ async fn run_plan(
                     fail(format!(
                         "phase {}: `{command}` {}",
                         phase.name,
-                        exit_text(s)
+                        command::exit_text(s)
                     ));
                 }
                 sleep.await;
@@ -551,19 +548,6 @@ async fn run_plan(
     }
     if let Some(name) = last {
         let _ = tx.send(marker(&name, true)).await;
-    }
-}
-
-/// How a command ended, for a message: "exited with status N" or "was killed by signal N".
-pub fn exit_text(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
-        // sh's status for a command it cannot find or run.
-        (Some(127), _) => "could not be found (status 127)".into(),
-        (Some(126), _) => "could not be run (status 126)".into(),
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        (None, None) => "ended".into(),
     }
 }
 

@@ -1,9 +1,13 @@
 //! The lowest layer, under every stage: how bar touches the system where other users can reach
-//! it. [`files`] creates what bar writes (relative to folders it checked, never through a link)
-//! and reads what other users control (owner, type and size checked on the open descriptor).
+//! it. [`files`] creates what bar writes (relative to folders it checked, never through a
+//! link); [`foreign`] reads what other users control (owner, type and size checked on the open
+//! descriptor).
 //! [`user`] says on whose behalf bar runs, and drops to that user for commands it starts.
-//! [`sched`] keeps bar's recording threads ahead of the load they record.
+//! [`sched`] keeps bar's recording threads ahead of the load they record; [`command`] starts
+//! the commands bar runs for the user, as that user.
 
+pub mod command;
 pub mod files;
+pub mod foreign;
 pub mod sched;
 pub mod user;
