@@ -409,10 +409,15 @@ fn duration_holds_against_a_load_of_many_cpu_bound_threads() {
     assert_eq!(s["stop_reason"], "duration", "{s}");
     // The recording ends once the programs are detached, which waits for the kernel's RCU
     // threads: under this load they run late too, by a second or two.
+    // Under emulation, loading and stopping take seconds even on an idle guest.
+    let slack = if emulated() { 4.0 } else { 1.0 };
     let recorded = s["duration_s"].as_f64().unwrap();
-    assert!((2.9..6.0).contains(&recorded), "recorded {recorded} s");
+    assert!(
+        (2.9..5.0 + slack).contains(&recorded),
+        "recorded {recorded} s"
+    );
     // Loading, stopping and rendering under that load took seconds, not minutes.
-    assert!(took < Duration::from_secs(25), "took {took:?}\n{stderr}");
+    assert!(took.as_secs_f64() < 25.0 * slack, "took {took:?}\n{stderr}");
     assert!(s["kinds"]["cpu"]["events"].as_u64() > Some(0), "{s}");
     metric("crowded_recording_wall_s", took.as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);

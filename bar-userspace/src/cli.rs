@@ -589,15 +589,6 @@ fn record_and_report_then(
     opts: &RecordOptions,
     on_start: impl FnOnce(),
 ) -> anyhow::Result<Vec<String>> {
-    // Ahead of the recorded load from here on: loading, recording, rendering and exiting, so
-    // that a busy machine cannot stretch --duration (the recording's own threads do the same).
-    if let Err(e) = crate::sys::sched::run_ahead()
-        && !opts.quiet
-    {
-        eprintln!(
-            "bar-probe: warning: cannot run ahead of the recorded load ({e}): on a busy machine the recording may start and stop late"
-        );
-    }
     let recorded = record::record(opts, on_start)?;
     let files = report::deliver(&recorded.dir, record::CAPTURE)?;
     if !opts.quiet {

@@ -135,6 +135,16 @@ pub fn record(opts: &RecordOptions, on_start: impl FnOnce()) -> anyhow::Result<R
             missing.join(" and ")
         );
     }
+    // Ahead of the recorded load from here on: loading, recording, and then rendering and
+    // exiting, so that a busy machine cannot stretch --duration (the recording's other
+    // threads do the same).
+    if let Err(e) = sched::run_ahead()
+        && !opts.quiet
+    {
+        eprintln!(
+            "bar-probe: warning: cannot run ahead of the recorded load ({e}): on a busy machine the recording may start and stop late"
+        );
+    }
     let (target_tgid, pidfd, target_meta) = match &opts.scope {
         Scope::Pid(pid) => {
             let fd = target::open(*pid)?;
