@@ -407,17 +407,17 @@ fn duration_holds_against_a_load_of_many_cpu_bound_threads() {
     assert!(out.status.success(), "{stderr}");
     let s = read_json(&dir.join("summary.json"));
     assert_eq!(s["stop_reason"], "duration", "{s}");
-    // The recording ends once the programs are detached, which waits for the kernel's RCU
-    // threads: under this load they run late too, by a second or two.
-    // Under emulation, loading and stopping take seconds even on an idle guest.
-    let slack = if emulated() { 4.0 } else { 1.0 };
+    // Stopping waits for the kernel to retire the programs, and its RCU threads run late under
+    // this load too (3 to 7 s recorded here while other work shared the machine); before, the
+    // load stretched -d 3s to half a minute and its return to over a minute. Under emulation,
+    // loading and stopping take seconds even on an idle guest.
+    let slack = if emulated() { 3.0 } else { 1.0 };
     let recorded = s["duration_s"].as_f64().unwrap();
     assert!(
-        (2.9..5.0 + slack).contains(&recorded),
+        (2.9..10.0 * slack).contains(&recorded),
         "recorded {recorded} s"
     );
-    // Loading, stopping and rendering under that load took seconds, not minutes.
-    assert!(took.as_secs_f64() < 25.0 * slack, "took {took:?}\n{stderr}");
+    assert!(took.as_secs_f64() < 30.0 * slack, "took {took:?}\n{stderr}");
     assert!(s["kinds"]["cpu"]["events"].as_u64() > Some(0), "{s}");
     metric("crowded_recording_wall_s", took.as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
