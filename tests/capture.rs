@@ -8,9 +8,11 @@ use bar_tests::{
 };
 
 fn files(dir: &Path) -> Vec<String> {
+    // Files only: markers other recordings' users send to every recording may add phases/.
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
