@@ -66,10 +66,11 @@ impl Outcome {
     }
 }
 
-/// The integration suites that exercise the kernel. The others (diff, export, report_html) only
-/// read files bar already wrote and need tools (go, chromium) the VMs do not carry: the host
-/// run covers them.
-const KERNEL_SUITES: [&str; 8] = [
+/// The integration suites that exercise the kernel (security: root against another user, with
+/// the guest's own /tmp, setpriv and no user database). The others (diff, export, report_html)
+/// only read files bar already wrote and need tools (go, chromium) the VMs do not carry: the
+/// host run covers them.
+const KERNEL_SUITES: [&str; 9] = [
     "attach",
     "bad_input",
     "capture",
@@ -78,6 +79,7 @@ const KERNEL_SUITES: [&str; 8] = [
     "methods",
     "numa_vm",
     "phases",
+    "security",
 ];
 
 /// The test binaries of the kernel suites, built in release mode.

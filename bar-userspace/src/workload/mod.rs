@@ -473,9 +473,15 @@ fn run_jitted_code(until: Instant) -> anyhow::Result<u64> {
         );
     }
     let map = format!("/tmp/perf-{}.map", std::process::id());
-    std::fs::write(
-        &map,
-        format!("{:x} {:x} bar_jit_hot_loop\n", page as usize, code.len()),
+    // /tmp is everyone's: whatever has the name goes (the link itself, not what it points
+    // to), and the map is created new, never written through a link another user planted.
+    let _ = std::fs::remove_file(&map);
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&map)?,
+        format!("{:x} {:x} bar_jit_hot_loop\n", page as usize, code.len()).as_bytes(),
     )?;
     // SAFETY: the page holds a complete function with the C ABI and no arguments.
     let f: extern "C" fn() = unsafe { std::mem::transmute(page) };
