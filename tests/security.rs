@@ -500,3 +500,59 @@ fn a_marker_fifo_another_user_can_write_is_refused() {
     let _ = std::fs::remove_dir_all(&ground);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_dump_of_the_flight_recorder_is_refused_a_folder_another_user_controls() {
+    if !root_or_skip("a_dump_of_the_flight_recorder_is_refused_a_folder_another_user_controls") {
+        return;
+    }
+    let ground = nobody_dir("dump");
+    let safe = out_dir("dump-victims");
+    std::fs::create_dir_all(&safe).unwrap();
+    let precious = victim(&safe, "precious");
+    let target = Sleeper::start();
+    let rec_dir = out_dir("dump-ring");
+    let rec = bar_tests::Recording::start(
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "-e",
+            "cpu",
+            "--ring",
+            "2s",
+        ],
+        &rec_dir,
+    );
+    let me = rec.child.id();
+    // The other user's folder, with links where the dump puts its files (the temporary names
+    // of the checksum and the summary, as bar had them and has them).
+    let theirs = ground.join("evidence");
+    nobody_sh(&format!(
+        "mkdir {o} && for f in capture.bar.sha256.tmp .capture.bar.sha256.tmp summary.json.tmp .summary.json.tmp; do ln -s {p} {o}/$f; done",
+        o = theirs.display(),
+        p = precious.display()
+    ));
+    let o = run(&["dump", "-o", theirs.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    // Other recordings with a ring, running meanwhile, get folders of their own inside, one
+    // per pid, which bar creates; ours is then `<pid>/`, new and private, and the links in the
+    // folder stay unused.
+    let several = stderr.contains(&format!("recording {me}: "));
+    if several {
+        let mine = theirs.join(me.to_string());
+        let meta = std::fs::symlink_metadata(&mine).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700), "{stderr}");
+    } else {
+        one_line_error(&o, "refusing to write into");
+        assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    }
+    assert_untouched(&precious);
+    // The recorder goes on, and its Ctrl-C ring is written where it was asked to.
+    let rec = rec.interrupt();
+    assert_eq!(rec.summary()["stop_reason"], "signal");
+    assert_untouched(&precious);
+    let _ = std::fs::remove_dir_all(&ground);
+    let _ = std::fs::remove_dir_all(&safe);
+    let _ = std::fs::remove_dir_all(&rec_dir);
+}
