@@ -50,8 +50,20 @@ fn the_last_few_faults_and_sleeps_are_kept() {
     // still in the kernel's batch when the recording ends, and must be taken from there.
     let dir = out_dir("last-few");
     let (_, rec) = attach_through(&["faults", "--count", "3"], &["--events", "faults"], &dir);
-    let faults = rec.folded("faults").weight_with("touch_fresh_pages");
-    assert_eq!(faults, 3, "faults in touch_fresh_pages");
+    // The three pages' faults are those of touch_fresh_pages's own writes: its last user frame.
+    // The thread may also fault in a page of its own stack under it (in Region::new), which is
+    // no page of the three (seen on a busy machine and in the VMs, one run in two).
+    let folded = rec.folded("faults");
+    let faults = folded.weight_where(|s| {
+        s.split(';')
+            .rfind(|f| !f.ends_with("_[k]"))
+            .is_some_and(|f| f.ends_with("touch_fresh_pages"))
+    });
+    assert_eq!(
+        faults, 3,
+        "faults in touch_fresh_pages\n{:#?}",
+        folded.stacks
+    );
 
     let dir = out_dir("last-few-sleeps");
     let (report, rec) = attach_through(
