@@ -6,6 +6,8 @@
 //! `#[repr(C)]`, plain old data, with explicit padding so both sides agree byte for byte.
 #![no_std]
 
+pub mod unwind;
+
 /// Names of maps, as both sides spell them.
 pub mod maps {
     /// Per-CPU perf event array every record goes through.

@@ -3,7 +3,13 @@
 //! (`.eh_frame`, `.debug_frame`, Go's `.gopclntab`), compacted and handed to the kernel
 //! programs, which walk user stacks with them where frame pointers are missing or wrong.
 //!
-//! [`Row`] is the form every source produces and the compaction consumes.
+//! [`Row`] is the form every source produces and the compaction consumes: [`cfi`] makes
+//! rows of `.eh_frame` and `.debug_frame` (with [`elf`] finding them in the file),
+//! [`compact`] the kernel's 8-byte rows of any source's.
+
+pub mod cfi;
+pub mod compact;
+pub mod elf;
 
 pub mod gopclntab;
 
@@ -47,4 +53,19 @@ pub struct Row {
     pub pc: u64,
     pub cfa: Cfa,
     pub rbp: Rbp,
+}
+
+/// Why an object has no table: it then falls back to frame pointers.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("cannot read it: {0}")]
+    Io(std::io::Error),
+    #[error("not an ELF object bar unwinds: {0}")]
+    NotElf(String),
+    #[error("it has no .eh_frame or .debug_frame")]
+    NoUnwindInfo,
+    #[error("its unwind tables are malformed: {0}")]
+    Malformed(String),
+    #[error("it is too big to unwind: {0}")]
+    TooBig(String),
 }

@@ -1,0 +1,357 @@
+//! Call frame information (`.eh_frame`, `.debug_frame`) to [`Row`]s: the tables compilers
+//! emit for exception handling and debuggers, parsed with gimli, reduced to the few rules the
+//! kernel walker follows. Anything else becomes `Unsupported`, never a guess.
+
+use gimli::{
+    BaseAddresses, CfaRule, DebugFrame, EhFrame, EndianSlice, LittleEndian, Register, RegisterRule,
+    UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow,
+};
+
+use super::{Cfa, Rbp, Row, TableError};
+
+/// DWARF numbers of the x86-64 registers the walker knows.
+const RBP: Register = Register(6);
+const RSP: Register = Register(7);
+/// The return address column.
+const RA: Register = Register(16);
+
+/// The CFA expression GNU ld and gcc emit for a whole `.plt`: `rsp + 8`, plus 8 once the
+/// stub's push has run, which is at byte 11 of each 16-byte entry:
+/// `DW_OP_breg7 8; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit11; DW_OP_ge;
+/// DW_OP_lit3; DW_OP_shl; DW_OP_plus`.
+const PLT_EXPRESSION: [u8; 11] = [
+    0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22,
+];
+
+/// Rows an object may have: far beyond the largest seen (a browser's few million), so that
+/// a hostile table cannot make bar allocate without bound.
+pub const MAX_ROWS: usize = 1 << 24;
+
+type Slice<'a> = EndianSlice<'a, LittleEndian>;
+
+/// The sections of an object that hold call frame information, as found in the file.
+pub struct Sections<'a> {
+    /// `.eh_frame` and its address (pc-relative pointers are relative to it).
+    pub eh_frame: Option<(&'a [u8], u64)>,
+    /// The address of `.text` (for text-relative pointers, which x86-64 does not use).
+    pub text: u64,
+    /// `.debug_frame`, uncompressed.
+    pub debug_frame: Option<&'a [u8]>,
+}
+
+/// An FDE: the functions' address range, and where it is in which section.
+#[derive(Clone, Copy)]
+struct Fde {
+    start: u64,
+    end: u64,
+    offset: usize,
+    eh: bool,
+}
+
+/// Every row of the object's call frame information, sorted by address, with a `Missing` row
+/// at the end of each covered range that no other range continues. Functions `.eh_frame`
+/// describes come from it; `.debug_frame` fills in the ones it lacks.
+pub fn rows(sections: &Sections<'_>) -> Result<Vec<Row>, TableError> {
+    let bases = BaseAddresses::default()
+        .set_eh_frame(sections.eh_frame.map_or(0, |(_, a)| a))
+        .set_text(sections.text);
+    let eh = sections
+        .eh_frame
+        .map(|(data, _)| EhFrame::new(data, LittleEndian));
+    let debug = sections.debug_frame.map(|data| {
+        let mut d = DebugFrame::new(data, LittleEndian);
+        d.set_address_size(8);
+        d
+    });
+    let mut fdes = Vec::new();
+    if let Some(eh) = &eh {
+        list_fdes(eh, &bases, true, &mut fdes)?;
+    }
+    if let Some(debug) = &debug {
+        list_fdes(debug, &bases, false, &mut fdes)?;
+    }
+    if fdes.is_empty() {
+        return Err(TableError::NoUnwindInfo);
+    }
+    // By address; at the same address `.eh_frame` first, so that it wins the overlap below.
+    fdes.sort_by_key(|f| (f.start, !f.eh));
+    let mut out = Vec::new();
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut covered_to = 0u64;
+    for fde in fdes {
+        // An FDE that overlaps the one before (a function described twice, in both sections
+        // or by a broken table) is left out: the first description stands.
+        if fde.start < covered_to || fde.start >= fde.end {
+            continue;
+        }
+        if covered_to != 0 && fde.start > covered_to {
+            out.push(Row {
+                pc: covered_to,
+                cfa: Cfa::Missing,
+                rbp: Rbp::Unchanged,
+            });
+        }
+        match (fde.eh, &eh, &debug) {
+            (true, Some(s), _) => fde_rows(s, &bases, fde, &mut ctx, &mut out)?,
+            (false, _, Some(s)) => fde_rows(s, &bases, fde, &mut ctx, &mut out)?,
+            _ => {}
+        }
+        covered_to = fde.end;
+        if out.len() > MAX_ROWS {
+            return Err(TableError::TooBig(format!(
+                "more than {MAX_ROWS} unwind rows"
+            )));
+        }
+    }
+    out.push(Row {
+        pc: covered_to,
+        cfa: Cfa::Missing,
+        rbp: Rbp::Unchanged,
+    });
+    Ok(out)
+}
+
+/// Appends the address range and offset of every FDE of `section` to `out`.
+fn list_fdes<'a, S>(
+    section: &S,
+    bases: &BaseAddresses,
+    eh: bool,
+    out: &mut Vec<Fde>,
+) -> Result<(), TableError>
+where
+    S: UnwindSection<Slice<'a>>,
+{
+    let mut entries = section.entries(bases);
+    // The CIE most FDEs share: parsed once rather than once per FDE.
+    let mut last_cie = None;
+    while let Some(entry) = entries.next().map_err(malformed)? {
+        let gimli::CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial
+            .parse(|section, bases, offset| {
+                if let Some((o, cie)) = &last_cie
+                    && *o == offset
+                {
+                    return Ok(Clone::clone(cie));
+                }
+                let cie = section.cie_from_offset(bases, offset)?;
+                last_cie = Some((offset, cie.clone()));
+                Ok(cie)
+            })
+            .map_err(malformed)?;
+        let start = fde.initial_address();
+        out.push(Fde {
+            start,
+            end: start.saturating_add(fde.len()),
+            offset: fde.offset(),
+            eh,
+        });
+        if out.len() > MAX_ROWS {
+            return Err(TableError::TooBig(format!(
+                "more than {MAX_ROWS} functions in the unwind tables"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn malformed(e: gimli::Error) -> TableError {
+    TableError::Malformed(e.to_string())
+}
+
+/// Appends the rows of one FDE, each clipped to the FDE's range.
+fn fde_rows<'a, S>(
+    section: &S,
+    bases: &BaseAddresses,
+    fde: Fde,
+    ctx: &mut UnwindContext<usize>,
+    out: &mut Vec<Row>,
+) -> Result<(), TableError>
+where
+    S: UnwindSection<Slice<'a>>,
+    S::Offset: UnwindOffset<usize>,
+{
+    let parsed = section
+        .fde_from_offset(bases, S::Offset::from(fde.offset), S::cie_from_offset)
+        .map_err(malformed)?;
+    let mut table = parsed.rows(section, bases, ctx).map_err(malformed)?;
+    while let Some(row) = table.next_row().map_err(malformed)? {
+        if row.start_address() >= fde.end {
+            break;
+        }
+        let (cfa, rbp) = rules(row, section);
+        out.push(Row {
+            pc: row.start_address(),
+            cfa,
+            rbp,
+        });
+    }
+    Ok(())
+}
+
+/// The walker's rules for one row of a table.
+fn rules<'a, S>(row: &UnwindTableRow<usize>, section: &S) -> (Cfa, Rbp)
+where
+    S: UnwindSection<Slice<'a>>,
+{
+    // The return address must be where calls leave it, just below the CFA; undefined marks
+    // the outermost frame (`_start`, a thread's first function).
+    match row.register(RA) {
+        Some(RegisterRule::Undefined) => return (Cfa::End, Rbp::Unchanged),
+        Some(RegisterRule::Offset(-8)) => {}
+        _ => return (Cfa::Unsupported, Rbp::Unsupported),
+    }
+    let cfa = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            match (i32::try_from(*offset), *register) {
+                (Ok(off), RSP) => Cfa::Rsp(off),
+                (Ok(off), RBP) => Cfa::Rbp(off),
+                _ => Cfa::Unsupported,
+            }
+        }
+        CfaRule::Expression(e) => match e.get(section) {
+            Ok(expr) if expr.0.slice() == PLT_EXPRESSION => Cfa::Plt,
+            _ => Cfa::Unsupported,
+        },
+    };
+    let rbp = match row.register(RBP) {
+        // Undefined: the caller's rbp is not preserved here (seen at entry points, which
+        // clear it); the walker keeps the current value, as for same-value.
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => Rbp::Unchanged,
+        Some(RegisterRule::Offset(off)) => i32::try_from(off).map_or(Rbp::Unsupported, Rbp::AtCfa),
+        Some(_) => Rbp::Unsupported,
+    };
+    (cfa, rbp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CIE for x86-64 (code alignment 1, data alignment -8, return address column 16) whose
+    /// initial instructions are `def_cfa rsp+8; offset ra at cfa-8`, followed by an FDE with
+    /// absolute addresses and `instructions`.
+    fn eh_frame(start: u64, len: u64, instructions: &[u8]) -> Vec<u8> {
+        let mut cie = vec![];
+        cie.extend_from_slice(&0u32.to_le_bytes()); // CIE id
+        cie.push(1); // version
+        cie.extend_from_slice(b"zR\0");
+        cie.push(1); // code alignment
+        cie.push(0x78); // data alignment -8 (sleb)
+        cie.push(16); // return address register
+        cie.push(1); // augmentation length
+        cie.push(0x00); // FDE pointer encoding: absolute
+        cie.extend_from_slice(&[0x0c, 7, 8]); // def_cfa rsp+8
+        cie.extend_from_slice(&[0x90, 1]); // offset r16 at cfa-8
+        while (cie.len() + 4) % 8 != 0 {
+            cie.push(0); // nop
+        }
+        let mut out = vec![];
+        out.extend_from_slice(&(cie.len() as u32).to_le_bytes());
+        out.extend_from_slice(&cie);
+        let fde_at = out.len();
+        let mut fde = vec![];
+        fde.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
+        fde.extend_from_slice(&start.to_le_bytes());
+        fde.extend_from_slice(&len.to_le_bytes());
+        fde.push(0); // augmentation length
+        fde.extend_from_slice(instructions);
+        while (fde.len() + 4) % 8 != 0 {
+            fde.push(0);
+        }
+        out.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+        out.extend_from_slice(&fde);
+        out.extend_from_slice(&0u32.to_le_bytes()); // terminator
+        out
+    }
+
+    fn parse(data: &[u8]) -> Result<Vec<Row>, TableError> {
+        rows(&Sections {
+            eh_frame: Some((data, 0x1000)),
+            text: 0,
+            debug_frame: None,
+        })
+    }
+
+    #[test]
+    fn push_rbp_prologue_gives_rsp_then_rbp_rules() {
+        // advance 1; def_cfa_offset 16; offset rbp at cfa-16; advance 3; def_cfa_register rbp
+        let data = eh_frame(0x4000, 0x40, &[0x41, 0x0e, 16, 0x86, 2, 0x43, 0x0d, 6]);
+        let rows = parse(&data).unwrap();
+        assert_eq!(
+            rows,
+            [
+                Row {
+                    pc: 0x4000,
+                    cfa: Cfa::Rsp(8),
+                    rbp: Rbp::Unchanged
+                },
+                Row {
+                    pc: 0x4001,
+                    cfa: Cfa::Rsp(16),
+                    rbp: Rbp::AtCfa(-16)
+                },
+                Row {
+                    pc: 0x4004,
+                    cfa: Cfa::Rbp(16),
+                    rbp: Rbp::AtCfa(-16)
+                },
+                Row {
+                    pc: 0x4040,
+                    cfa: Cfa::Missing,
+                    rbp: Rbp::Unchanged
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn plt_expression_and_undefined_return_address() {
+        // def_cfa_expression with the PLT expression; advance 16; undefined r16
+        let mut ins = vec![0x0f, PLT_EXPRESSION.len() as u8];
+        ins.extend_from_slice(&PLT_EXPRESSION);
+        ins.extend_from_slice(&[0x50, 0x07, 16]);
+        let rows = parse(&eh_frame(0x2000, 0x20, &ins)).unwrap();
+        assert_eq!(rows[0].cfa, Cfa::Plt);
+        assert_eq!(
+            rows[1],
+            Row {
+                pc: 0x2010,
+                cfa: Cfa::End,
+                rbp: Rbp::Unchanged
+            }
+        );
+    }
+
+    #[test]
+    fn other_registers_and_expressions_are_unsupported() {
+        // def_cfa r10+0 (a stack realignment), then a CFA expression that is not the PLT one
+        let rows = parse(&eh_frame(
+            0x3000,
+            0x10,
+            &[0x0c, 10, 0, 0x41, 0x0f, 2, 0x76, 0x78],
+        ))
+        .unwrap();
+        assert_eq!(rows[0].cfa, Cfa::Unsupported);
+        assert_eq!(rows[1].cfa, Cfa::Unsupported);
+    }
+
+    #[test]
+    fn truncated_or_garbled_sections_are_errors_not_panics() {
+        let data = eh_frame(0x4000, 0x40, &[0x41, 0x0e, 16]);
+        for cut in 1..data.len() {
+            let _ = parse(&data[..cut]);
+        }
+        let mut garbled = data.clone();
+        for i in 0..garbled.len() {
+            garbled[i] ^= 0xa5;
+            let _ = parse(&garbled);
+            garbled[i] ^= 0xa5;
+        }
+        // A length that claims more than the section holds.
+        let mut long = data;
+        long[0..4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        assert!(parse(&long).is_err());
+    }
+}
