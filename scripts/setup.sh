@@ -8,6 +8,8 @@
 #                               the benchmarks (cargo xtask bench)
 #   scripts/setup.sh report     + chromium for the HTML report test
 #   scripts/setup.sh export     + Go, whose `go tool pprof` the export test reads profiles with
+#   scripts/setup.sh stacks     + Debian's python3.11 and perf, which the unwinding test
+#                               compares bar's stacks of a frameless interpreter against
 set -euo pipefail
 
 TOOLS="${BAR_TOOLS_DIR:-$HOME/.cache/bar-tools}"
@@ -86,5 +88,6 @@ case "${1:-build}" in
     report) apt_install chromium ;;
     # Debian's golang-go ships pprof prebuilt (`go tool pprof`), so it runs offline.
     export) apt_install golang-go ;;
-    *) log "unknown group '$1' (build, vm, bench, report, export)"; exit 2 ;;
+    stacks) apt_install python3.11 linux-perf ;;
+    *) log "unknown group '$1' (build, vm, bench, report, export, stacks)"; exit 2 ;;
 esac

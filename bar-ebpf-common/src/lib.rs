@@ -61,7 +61,9 @@ pub const USER_STACK_KEY: u32 = 1 << 30;
 pub struct UserStack {
     /// Frames in `ips`.
     pub nr: u32,
-    pub _pad: u32,
+    /// How the walk went: frames per unwinding method and why it ended
+    /// ([`unwind::facts`]).
+    pub unwind: u32,
     /// 64-bit hash of the frames: the map key is 30 bits of it, so two stacks under one key
     /// are told apart by this without comparing frames.
     pub hash: u64,
@@ -131,8 +133,12 @@ pub mod kind {
     pub const FORK: u32 = 8;
     /// A traced process ended (its main thread exited): [`crate::ProcessRecord`].
     pub const EXIT: u32 = 9;
+    /// A stack walk of a traced process met code outside the mappings the collector loaded
+    /// (dlopen, JIT code): [`crate::Header`] only, at most a few per second per process, so
+    /// that the collector reads its memory map again.
+    pub const UNWIND_MISS: u32 = 10;
     /// One past the largest kind; sizes arrays indexed by kind.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Not a kind of event: a perf sample that is a [`crate::Batch`] of records of one kind.
     pub const BATCH: u32 = 0x100;
 }
@@ -586,7 +592,7 @@ pub struct Layout {
     /// `task:task_newtask`: the new task's id and its clone flags.
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
-    pub _pad: u32,
+    pub pt_regs_sp: u32,
 }
 
 impl Layout {
@@ -668,7 +674,7 @@ impl Layout {
             fault_flag_instruction: u,
             newtask_pid: u,
             newtask_clone_flags: u,
-            _pad: 0,
+            pt_regs_sp: u,
         }
     }
 }
@@ -699,6 +705,10 @@ pub struct Config {
     /// Non-zero: faults and off-CPU intervals are summed in `SUMS` (`--aggregate`) instead of
     /// sent one by one; the collector drains the sums every window.
     pub sum_records: u32,
+    /// Non-zero: user stacks are walked with the unwind tables the collector loads
+    /// ([`unwind`]) where it has them, by frame pointer elsewhere (needs `user_walk`).
+    pub unwind_tables: u32,
+    pub _pad: u32,
     pub layout: Layout,
 }
 
@@ -713,6 +723,8 @@ impl Config {
             user_walk: 0,
             nr_node_ids: 0,
             sum_records: 0,
+            unwind_tables: 0,
+            _pad: 0,
             layout: Layout::unknown(),
         }
     }
@@ -752,7 +764,7 @@ const _: () = {
     assert!(size_of::<SumValue>() == 16);
     // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
     assert!(size_of::<Layout>() == 72 * 4);
-    assert!(size_of::<Config>() == 40 + 72 * 4);
+    assert!(size_of::<Config>() == 48 + 72 * 4);
     assert!(size_of::<ProcessRecord>() == 56);
     assert!(size_of::<UserStack>() == 16 + USER_STACK_FRAMES * 8);
 };

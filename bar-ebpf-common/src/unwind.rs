@@ -15,6 +15,8 @@ pub mod maps {
     pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
     /// Processes whose mappings are loaded, by pid, to the generation of their entries.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    /// Bumped on every change of `UNWIND_PROCESSES` (one u64).
+    pub const UNWIND_EPOCH: &str = "UNWIND_EPOCH";
     /// When each process last asked the collector for its tables, by pid (rate limit).
     pub const UNWIND_ASKED: &str = "UNWIND_ASKED";
 }
@@ -189,6 +191,11 @@ pub const fn unpack_facts(facts: u32) -> (u32, u32, u32, u32) {
         (facts >> 16) & 0xff,
         facts >> 24,
     )
+}
+
+/// `facts` with another stop reason.
+pub const fn with_reason(facts: u32, reason: u32) -> u32 {
+    (facts & 0x00ff_ffff) | (reason << 24)
 }
 
 const _: () = {

@@ -12,6 +12,7 @@ mod offcpu;
 mod process;
 mod shared;
 mod tcp;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

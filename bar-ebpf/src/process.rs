@@ -44,6 +44,7 @@ fn report(ctx: &TracePointContext, kind: u32, pid: u32, parent: u32) {
 pub fn bar_exec_tp(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if traced_current(pid_tgid) {
+        crate::unwind::forget_process((pid_tgid >> 32) as u32);
         report(&ctx, kind::EXEC, (pid_tgid >> 32) as u32, 0);
     }
     0

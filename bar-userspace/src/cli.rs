@@ -151,6 +151,10 @@ pub enum Cmd {
     /// A built-in workload with known behaviour (used by the demo, tests and benchmarks).
     #[command(hide = true)]
     Workload(workload::WorkloadArgs),
+    /// Builds the unwind tables of object files and prints, per file, one JSON line with their
+    /// size and build time (used by the benchmarks).
+    #[command(hide = true)]
+    Tables { files: Vec<PathBuf> },
 }
 
 /// Options shared by every recording command.
@@ -224,6 +228,10 @@ pub struct RecordArgs {
     /// second cross RATE (e.g. faults=50k; may be given again for other families).
     #[arg(long, value_name = "FAMILY=RATE", value_parser = record::parse_trigger)]
     pub ring_trigger: Vec<record::TriggerRule>,
+    /// How user stacks are walked: with the objects' unwind tables (frame pointers where code
+    /// has none), or by frame pointer only.
+    #[arg(long, value_enum, default_value_t = crate::unwind::Mode::Tables)]
+    pub unwind: crate::unwind::Mode,
 }
 
 /// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
@@ -574,6 +582,7 @@ impl RecordArgs {
             }),
             push: self.push.options(),
             ring_triggers: self.ring_trigger.clone(),
+            unwind: self.unwind,
         })
     }
 }
@@ -718,6 +727,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Baseline(args) => crate::baseline::run(args)?,
         Cmd::Workload(args) => workload::run(&args)?,
+        Cmd::Tables { files } => crate::unwind::describe_tables(&files),
     }
     Ok(0)
 }
@@ -825,6 +835,7 @@ fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> anyhow::Res
         ring_size: None,
         push: PushArgs::default(),
         ring_trigger: Vec::new(),
+        unwind: crate::unwind::Mode::Tables,
     }
     .options(Scope::Pid(pid), String::new())?;
     rec.explicit = true;

@@ -38,6 +38,8 @@ pub enum Record {
     NumaPages(NumaPagesRecord),
     /// A process forked, exec'd or exited (the header's kind says which).
     Process(ProcessRecord),
+    /// A walk met code outside the mappings loaded for the process.
+    UnwindMiss(Header),
     /// `count` faults or off-CPU intervals of one window summed in the kernel: same thread,
     /// stacks, `detail` (fault flags, off-CPU reason) and `state`; `total` is their blocked
     /// nanoseconds (off-CPU). The header's time is the middle of the window.
@@ -60,7 +62,7 @@ impl Record {
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
             Self::Process(r) => &r.header,
-            Self::Summed { header: h, .. } => h,
+            Self::UnwindMiss(h) | Self::Summed { header: h, .. } => h,
         }
     }
 
@@ -119,6 +121,7 @@ fn decode_sized(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         kind::NUMA_TASK => body(bytes, header.kind, Record::NumaTask),
         kind::NUMA_PAGES => body(bytes, header.kind, Record::NumaPages),
         kind::EXEC | kind::FORK | kind::EXIT => body(bytes, header.kind, Record::Process),
+        kind::UNWIND_MISS => Ok((Record::UnwindMiss(header), size_of::<Header>())),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

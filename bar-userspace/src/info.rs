@@ -29,10 +29,20 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
             sum_records: false,
             stack_map_entries: 1,
             avoid: Vec::new(),
+            unwind_rows: 1,
         })?;
-        Some(loaded.attach())
+        Some((loaded.attach(), loaded.unwind.clone()))
     } else {
         None
+    };
+    let (status, unwind) = match status {
+        Some((s, u)) => (Some(s), Some(u)),
+        None => (None, None),
+    };
+    // Frame pointers always work (bar's own walk, or the kernel's); tables need more.
+    let unwinders: Vec<&str> = match &unwind {
+        Some(Ok(())) => vec!["tables", "frame-pointers"],
+        _ => vec!["frame-pointers"],
     };
     if as_json {
         let v = json!({
@@ -50,6 +60,8 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
             "numa_balancing": facts.numa_balancing,
             "cpus": facts.cpus,
             "families": status,
+            "unwinders": unwind.as_ref().map(|_| &unwinders),
+            "unwind_tables_error": unwind.as_ref().and_then(|u| u.as_ref().err()),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -111,6 +123,13 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
             ""
         },
     );
+    match &unwind {
+        Some(Ok(())) => println!(
+            "user stacks  unwind tables (.eh_frame, .debug_frame), frame pointers where code has none"
+        ),
+        Some(Err(e)) => println!("user stacks  frame pointers only: {e}"),
+        None => println!("user stacks  not checked (loading programs needs root)"),
+    }
     println!();
     match status {
         None => {

@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use bar_ebpf_common::{USER_STACK_KEY, UserStack};
+use bar_ebpf_common::{USER_STACK_KEY, UserStack, unwind};
 use blazesym::{
     MaybeDefault,
     symbolize::{
@@ -130,6 +130,9 @@ struct Mapping {
     offset: u64,
     /// Path as the process sees it; empty for anonymous memory, `[vdso]` etc. for specials.
     path: String,
+    /// The path does not lead bar to the mapped file (another mount namespace that bar's
+    /// view of the process's root does not show): read it through `/proc/PID/map_files`.
+    hidden: bool,
 }
 
 /// What the symbolizer knows about one process.
@@ -219,7 +222,8 @@ fn perf_map_ids(pid: u32) -> Option<(u32, u32)> {
     Some((uid, nspid))
 }
 
-fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+/// The executable mappings of `pid`, whose files bar sees under `root` (see [`process_root`]).
+fn read_maps(pid: u32, root: &str) -> Option<Vec<Mapping>> {
     let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -231,9 +235,14 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
         if !perms.contains('x') {
             continue;
         }
-        let _dev = parts.next();
-        let _inode = parts.next();
+        let dev = parts.next().and_then(crate::unwind::proc_maps::dev_of);
+        let inode = parts.next().and_then(|i| i.parse::<u64>().ok());
         let path = parts.collect::<Vec<_>>().join(" ");
+        // A file whose path leads elsewhere, or nowhere (not deleted: those say so).
+        let hidden = path.starts_with('/')
+            && !path.ends_with(" (deleted)")
+            && fs::metadata(format!("{root}{path}"))
+                .map_or(true, |m| Some(m.dev()) != dev || Some(m.ino()) != inode);
         let Some((s, e)) = range.split_once('-') else {
             continue;
         };
@@ -249,6 +258,7 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
             end,
             offset,
             path,
+            hidden,
         });
     }
     // A process that has exited but not been reaped (a zombie) still has a maps file, and it
@@ -276,6 +286,9 @@ pub fn process_comm(pid: u32) -> Option<String> {
         .ok()
         .map(|s| s.trim_end().to_owned())
 }
+
+/// A user stack's frames, and how bar's programs walked it ([`unwind::facts`]) if they did.
+type UserFrames = (Vec<u32>, Option<u32>);
 
 /// A stack as the kernel reported it for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -373,7 +386,9 @@ pub struct Symbolizer {
     kernel_frames: FastMap<i32, Vec<u32>>,
     /// Per memory map, its user stacks' frames; per map, its stacks' ids (by user and kernel
     /// stack id). Both go with the map when no process uses it any more.
-    user_frames: FastMap<SpaceId, FastMap<i32, Vec<u32>>>,
+    /// With the frames, how bar's programs walked the stack ([`unwind::facts`], after the cut
+    /// of frames outside every mapping), if they did.
+    user_frames: FastMap<SpaceId, FastMap<i32, UserFrames>>,
     resolved: FastMap<SpaceId, FastMap<(i32, i32), u32>>,
     pub interner: Interner,
     pub stats: SymbolStats,
@@ -437,7 +452,7 @@ impl Symbolizer {
 
     fn snapshot(pid: u32) -> ProcessInfo {
         let root = process_root(pid);
-        let maps = read_maps(pid);
+        let maps = read_maps(pid, &root);
         let mut perf_map = PerfMap::default();
         perf_map.refresh(pid);
         ProcessInfo {
@@ -500,7 +515,10 @@ impl Symbolizer {
                 }
                 let mut frames = Vec::new();
                 self.push_part(&mut frames, r.user, false, |s| {
-                    s.user_frames.get(&r.space).and_then(|m| m.get(&r.user))
+                    s.user_frames
+                        .get(&r.space)
+                        .and_then(|m| m.get(&r.user))
+                        .map(|f| &f.0)
                 });
                 self.push_part(&mut frames, r.kernel, true, |s| {
                     s.kernel_frames.get(&r.kernel)
@@ -513,6 +531,11 @@ impl Symbolizer {
                 id
             })
             .collect()
+    }
+
+    /// How the user stack of `r` was walked, if bar's programs walked it.
+    pub fn unwind_facts(&self, r: &RawStack) -> Option<u32> {
+        self.user_frames.get(&r.space)?.get(&r.user)?.1
     }
 
     fn push_part(
@@ -554,16 +577,25 @@ impl Symbolizer {
     /// Addresses of a stack id, root first, with return addresses moved back into the call
     /// instruction (all but the leaf), as perf does.
     fn read_stack(&self, id: i32) -> Vec<u64> {
+        self.read_walked(id).0
+    }
+
+    /// [`Self::read_stack`], and the facts of the walk when bar's programs walked it.
+    fn read_walked(&self, id: i32) -> (Vec<u64>, Option<u32>) {
         let id = id as u32;
+        let mut facts = None;
         let ips: Vec<u64> = if id & USER_STACK_KEY != 0 {
             match self.user_stacks.get(&id, 0) {
-                Ok(s) => s.ips.iter().take(s.nr as usize).copied().collect(),
-                Err(_) => return Vec::new(),
+                Ok(s) => {
+                    facts = Some(s.unwind);
+                    s.ips.iter().take(s.nr as usize).copied().collect()
+                }
+                Err(_) => return (Vec::new(), None),
             }
         } else {
             match self.stacks.get(&id, 0) {
                 Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
-                Err(_) => return Vec::new(),
+                Err(_) => return (Vec::new(), None),
             }
         };
         let mut addrs: Vec<u64> = ips
@@ -572,7 +604,7 @@ impl Symbolizer {
             .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
             .collect();
         addrs.reverse();
-        addrs
+        (addrs, facts)
     }
 
     fn resolve_kernel(&mut self, ids: HashSet<i32>) {
@@ -656,9 +688,16 @@ impl Symbolizer {
         if keys.is_empty() {
             return HashMap::new();
         }
+        let mut facts: HashMap<i32, u32> = HashMap::new();
         let mut stacks: Vec<((SpaceId, i32), u32, Vec<u64>)> = keys
             .into_iter()
-            .map(|(k, pid)| (k, pid, self.read_stack(k.1)))
+            .map(|(k, pid)| {
+                let (addrs, walk) = self.read_walked(k.1);
+                if let Some(f) = walk {
+                    facts.insert(k.1, f);
+                }
+                (k, pid, addrs)
+            })
             .collect();
         let moved = self.cover(&mut stacks);
         let mut by_space: HashMap<SpaceId, Vec<u64>> = HashMap::new();
@@ -715,62 +754,87 @@ impl Symbolizer {
                 offs = unnamed;
             }
         }
-        for ((space, id), _, addrs) in stacks {
+        for ((space, id), _, mut addrs) in stacks {
             let owner = self.spaces.get(space).map_or(0, |sp| sp.owner);
-            let frames = addrs
+            let mut facts = facts.get(&id).copied();
+            // No garbage frames: a return address in no executable mapping (a frame pointer
+            // walk that went astray in code that uses rbp for data) ends the stack there, and
+            // everything past it, derived from it, goes too.
+            if let Some(cut) = addrs
                 .iter()
-                .map(|a| {
-                    let (name, module) = match places.get(&(space, *a)) {
-                        Some(Place::File(path, off, module)) => {
-                            match names.get(&(path.clone(), *off)) {
-                                Some(n) => (n.clone(), module.clone()),
-                                None => {
-                                    self.stats.frames_unresolved += 1;
-                                    let base = Path::new(module).file_name().map_or_else(
-                                        || module.clone(),
-                                        |b| b.to_string_lossy().into_owned(),
-                                    );
-                                    (format!("[{base}+0x{off:x}]"), module.clone())
-                                }
+                .rposition(|a| matches!(places.get(&(space, *a)), Some(Place::Outside)))
+                .filter(|&i| i + 1 < addrs.len())
+            {
+                addrs.drain(..=cut);
+                facts = Some(unwind::with_reason(
+                    facts.unwrap_or(0),
+                    unwind::stop::OUTSIDE,
+                ));
+            }
+            let mut frames: Vec<u32> = Vec::with_capacity(addrs.len() + 1);
+            if let Some(f) = facts {
+                let reason = unwind::unpack_facts(f).3;
+                if reason != unwind::stop::COMPLETE {
+                    let name = format!("[truncated: {}]", unwind::stop::name(reason));
+                    frames.push(self.interner.frame(false, name, String::new()));
+                }
+            }
+            frames.extend(addrs.iter().map(|a| {
+                let (name, module) = match places.get(&(space, *a)) {
+                    Some(Place::File(path, off, module)) => {
+                        match names.get(&(path.clone(), *off)) {
+                            Some(n) => (n.clone(), module.clone()),
+                            None => {
+                                self.stats.frames_unresolved += 1;
+                                let base = Path::new(module).file_name().map_or_else(
+                                    || module.clone(),
+                                    |b| b.to_string_lossy().into_owned(),
+                                );
+                                (format!("[{base}+0x{off:x}]"), module.clone())
                             }
                         }
-                        Some(Place::Jit(n)) => (n.clone(), format!("[perf-{owner}.map]")),
-                        Some(Place::Unknown(n)) => {
-                            self.stats.frames_unresolved += 1;
-                            (n.clone(), String::new())
-                        }
-                        None => (UNKNOWN_USER.to_owned(), String::new()),
-                    };
-                    self.interner.frame(false, name, module)
-                })
-                .collect();
+                    }
+                    Some(Place::Jit(n)) => (n.clone(), format!("[perf-{owner}.map]")),
+                    Some(Place::Unknown(n)) => {
+                        self.stats.frames_unresolved += 1;
+                        (n.clone(), String::new())
+                    }
+                    // The leaf, which is kept: code being run, though in no mapping bar
+                    // read.
+                    Some(Place::Outside) | None => (UNKNOWN_USER.to_owned(), String::new()),
+                };
+                self.interner.frame(false, name, module)
+            }));
             self.user_frames
                 .entry(space)
                 .or_default()
-                .insert(id, frames);
+                .insert(id, (frames, facts));
         }
         moved
     }
 }
 
 /// What a user address is: in a file (path to open, file offset, path to show), JIT code named
-/// in the perf map, or nothing bar can name.
+/// in the perf map, nothing bar can name, or in no executable mapping of a process whose map
+/// bar has.
 enum Place {
     File(PathBuf, u64, String),
     Jit(String),
     Unknown(String),
+    Outside,
 }
 
 /// Where user address `a` of a process whose map is `info` (read from process `pid`) is.
 fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
-    if let Some(m) = info.mappings.iter().find(|m| m.start <= a && a < m.end) {
+    let mapped = info.mappings.iter().find(|m| m.start <= a && a < m.end);
+    if let Some(m) = mapped {
         let file_offset = a - m.start + m.offset;
         if m.path.starts_with('/') {
             let (path, deleted) = match m.path.strip_suffix(" (deleted)") {
                 Some(p) => (p, true),
                 None => (m.path.as_str(), false),
             };
-            let open = if deleted && info.alive {
+            let open = if (deleted || m.hidden) && info.alive {
                 PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
             } else {
                 PathBuf::from(format!("{}{path}", info.root))
@@ -787,6 +851,9 @@ fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
     }
     if let Some(name) = info.perf_map.lookup(a) {
         return Place::Jit(name.to_owned());
+    }
+    if mapped.is_none() && !info.mappings.is_empty() {
+        return Place::Outside;
     }
     Place::Unknown(UNKNOWN_USER.to_owned())
 }
@@ -824,7 +891,7 @@ mod tests {
     #[test]
     fn reads_own_maps_and_symbolizes_own_function() {
         let pid = std::process::id();
-        let maps = read_maps(pid).unwrap();
+        let maps = read_maps(pid, "").unwrap();
         assert!(maps.iter().any(|m| {
             m.path.ends_with(
                 std::env::current_exe()

@@ -8,8 +8,11 @@
 #   bar-null    the same with --null: the programs attach to the same hooks, filter and return
 #   bar-sum     the same with --aggregate: faults and off-CPU intervals summed in the kernel
 #   bar-before  bar-probe of an earlier revision ($BAR_PROBE_BEFORE), for before/after figures
+#   bar-fp      bar-probe with --unwind frame-pointers: user stacks by frame pointer only
 #   bpftrace    a one-liner counting events by user and kernel stack
 #   perf        perf record -g on the same event (cpu: cpu-clock at the same 99 Hz)
+#   perf-dwarf  perf record --call-graph dwarf: copies 8 KiB of user stack per event, unwound
+#               after the fact with the objects' tables
 #   offcputime  libbpf-tools offcputime (offcpu), user and kernel stacks
 #
 # tracer_setup sets CMD (argv), READY (a line on stderr that says it is attached, or empty) and
@@ -43,12 +46,13 @@ tracer_setup() {
     READY=""
     CONTROL=0
     case "$tracer" in
-        bar | bar-null | bar-sum | bar-before)
+        bar | bar-null | bar-sum | bar-before | bar-fp)
             local bin=${BAR_PROBE:-bar-probe}
             [ "$tracer" = bar-before ] && bin=${BAR_PROBE_BEFORE:-bar-probe-before}
             CMD=("$bin" attach --pid "$pid" -e "$family" -o "$out/bar")
             [ "$tracer" = bar-null ] && CMD+=(--null)
             [ "$tracer" = bar-sum ] && CMD+=(--aggregate)
+            [ "$tracer" = bar-fp ] && CMD+=(--unwind frame-pointers)
             READY="bar-probe: recording"
             ;;
         bpftrace)
@@ -57,10 +61,11 @@ tracer_setup() {
             CMD=(bpftrace -e "$probe /pid == $pid/ { @[ustack, kstack] = count(); }")
             READY="Attaching "
             ;;
-        perf)
-            local ev
+        perf | perf-dwarf)
+            local ev graph=-g
             ev=$(perf_event "$family") || return 1
-            CMD=(perf record -g -e "$ev" -p "$pid" -o "$out/perf.data"
+            [ "$tracer" = perf-dwarf ] && graph=--call-graph=dwarf
+            CMD=(perf record "$graph" -e "$ev" -p "$pid" -o "$out/perf.data"
                 --control "fifo:$out/perf.ctl,$out/perf.ack" -D -1)
             [ "$family" = cpu ] && CMD+=(-F "$FREQ")
             CONTROL=1

@@ -14,7 +14,9 @@
 #   scripts/bench/trial.sh OUT TRACER FAMILY -- WORKLOAD-ARGS...
 #
 # TRACER and FAMILY as in tracers.sh, or TRACER `none` for an untraced run. BAR_PROBE is the
-# bar-probe binary (its `workload` subcommand runs the work).
+# bar-probe binary (its `workload` subcommand runs the work); with WORKLOAD_BIN set, that
+# program runs the work instead, as `WORKLOAD_BIN --wait WORKLOAD-ARGS...` (the frameless C
+# workload of the unwinding benchmarks).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -70,10 +72,15 @@ attached() {
 # The workload opens the FIFO as its stdin and blocks there until we open the other end; it
 # then waits for a line before starting its work.
 mkfifo "$out/go"
-"$BAR_PROBE" workload "$@" --wait < "$out/go" > "$out/workload.json" 2> "$out/workload.err" &
+if [ -n "${WORKLOAD_BIN:-}" ]; then
+    "$WORKLOAD_BIN" --wait "$@" < "$out/go" > "$out/workload.json" 2> "$out/workload.err" &
+    exe=$(readlink -f "$WORKLOAD_BIN")
+else
+    "$BAR_PROBE" workload "$@" --wait < "$out/go" > "$out/workload.json" 2> "$out/workload.err" &
+    exe=$(readlink -f "$BAR_PROBE")
+fi
 wl=$!
 exec 3> "$out/go"
-exe=$(readlink -f "$BAR_PROBE")
 for _ in $(seq 500); do
     [ "$(readlink /proc/$wl/exe 2>/dev/null)" = "$exe" ] && break
     sleep 0.01

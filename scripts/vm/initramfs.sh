@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Builds the initramfs of bar's test VM: busybox, the guest init, bar-probe, the integration
-# test binaries, and the shared libraries they load.
+# test binaries, the C workloads they run (built by the tests' build script), and the shared
+# libraries all of them load.
 #
-#   scripts/vm/initramfs.sh OUT.cpio BAR_PROBE TEST_BINARY...
+#   scripts/vm/initramfs.sh OUT.cpio BAR_PROBE WORKLOADS_DIR TEST_BINARY...
 #
 # Binaries lose their DWARF (objcopy --strip-debug) but keep their symbol tables, which is what
 # the stacks in the tests are named from. The archive is left uncompressed: qemu loads it
 # straight into memory, and decompressing under emulation would cost more than it saves.
 set -euo pipefail
 
-out="${1:?usage: initramfs.sh OUT.cpio BAR_PROBE TEST_BINARY...}"
-probe="${2:?usage: initramfs.sh OUT.cpio BAR_PROBE TEST_BINARY...}"
-shift 2
+usage="usage: initramfs.sh OUT.cpio BAR_PROBE WORKLOADS_DIR TEST_BINARY..."
+out="${1:?$usage}"
+probe="${2:?$usage}"
+workloads="${3:?$usage}"
+shift 3
 here="$(cd "$(dirname "$0")" && pwd)"
 log() { echo "vm-initramfs: $*" >&2; }
 
@@ -25,7 +28,7 @@ stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 # The stage becomes the guest's /, which every user must be able to enter.
 chmod 0755 "$stage"
-mkdir -p "$stage"/{bin,tests,proc,sys,dev,tmp,root,scratch}
+mkdir -p "$stage"/{bin,tests,workloads,proc,sys,dev,tmp,root,scratch}
 cp "$busybox" "$stage/bin/busybox"
 install -m 0755 "$here/init" "$stage/init"
 
@@ -36,12 +39,17 @@ add_binary() { # add_binary SRC DEST
     while read -r lib; do libs+=("$lib"); done < <(ldd "$1" | grep -o '/[^ ]*' || true)
 }
 add_binary "$probe" "$stage/bin/bar-probe"
-# Programs the tests run besides bar-probe (util-linux's setpriv drops privileges).
+# Programs the tests run besides bar-probe (util-linux's setpriv drops privileges, its unshare
+# makes a mount namespace).
 mkdir -p "$stage/usr/bin"
-for tool in setpriv; do
+for tool in setpriv unshare; do
     path="$(command -v "$tool" || true)"
     [ -n "$path" ] || { log "$tool is needed by the tests (scripts/setup.sh vm installs it)"; exit 1; }
     add_binary "$path" "$stage/usr/bin/$tool"
+done
+# The C workloads keep their unwind tables (.eh_frame is not debug information).
+for w in "$workloads"/*; do
+    add_binary "$w" "$stage/workloads/$(basename "$w")"
 done
 for t in "$@"; do
     # cargo names test binaries <name>-<hash>; the VM runs them by name.

@@ -37,6 +37,15 @@ pub fn bar_probe() -> PathBuf {
     p
 }
 
+/// Where the C workloads the tests build are (`frameless`, `libframeless_dl.so`):
+/// `$BAR_WORKLOADS_DIR` where they were moved (the VMs), else where the build left them.
+pub fn workloads_dir() -> PathBuf {
+    std::env::var_os("BAR_WORKLOADS_DIR").map_or_else(
+        || PathBuf::from(env!("BAR_WORKLOADS_BUILD_DIR")),
+        PathBuf::from,
+    )
+}
+
 /// True when the test may load programs; prints the reason and returns false otherwise.
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: no preconditions.
@@ -165,6 +174,7 @@ impl Workload {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start workload {cmd:?}: {e}"));
+
         Self { child }
     }
 

@@ -289,6 +289,8 @@ fn xtask() -> anyhow::Result<()> {
             setup("report")?;
             // The export test reads bar's pprof files with `go tool pprof`.
             setup("export")?;
+            // The unwinding test measures python3.11's stacks against perf's DWARF mode.
+            setup("stacks")?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             // The kernel programs only build for the BPF target, with the nightly toolchain.
             run(cargo().args([

@@ -70,7 +70,7 @@ impl Outcome {
 /// the guest's own /tmp, setpriv and no user database). The others (diff, export, report_html)
 /// only read files bar already wrote and need tools (go, chromium) the VMs do not carry: the
 /// host run covers them.
-const KERNEL_SUITES: [&str; 9] = [
+const KERNEL_SUITES: [&str; 10] = [
     "attach",
     "bad_input",
     "capture",
@@ -80,10 +80,12 @@ const KERNEL_SUITES: [&str; 9] = [
     "numa_vm",
     "phases",
     "security",
+    "unwind",
 ];
 
-/// The test binaries of the kernel suites, built in release mode.
-fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
+/// The test binaries of the kernel suites, built in release mode, and the folder of the C
+/// workloads their build script compiled (the VMs get them too).
+fn test_binaries() -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
     let out = cargo()
         .current_dir(root())
         .args([
@@ -101,10 +103,19 @@ fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
         bail!("building the integration tests failed");
     }
     let mut bins = Vec::new();
+    let mut workloads = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             continue;
         };
+        if msg["reason"] == "build-script-executed"
+            && msg["package_id"]
+                .as_str()
+                .is_some_and(|p| p.contains("bar-tests") || p.contains("/tests#"))
+            && let Some(out_dir) = msg["out_dir"].as_str()
+        {
+            workloads = Some(PathBuf::from(out_dir).join("workloads"));
+        }
         let is_test = msg["target"]["kind"]
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "test"));
@@ -123,7 +134,9 @@ fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
         bail!("cargo built no integration test binaries");
     }
     bins.sort();
-    Ok(bins)
+    let workloads =
+        workloads.context("cargo did not say where the tests' C workloads were built")?;
+    Ok((bins, workloads))
 }
 
 /// Runs a command with its output going to the console (prefixed) and to `log`.
@@ -466,7 +479,7 @@ pub fn vm_test(opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     crate::setup("vm")?;
     run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
-    let bins = test_binaries()?;
+    let (bins, workloads) = test_binaries()?;
     let probe = root().join("target/release/bar-probe");
     let dir = root().join("target/vm");
     std::fs::create_dir_all(&dir)?;
@@ -479,6 +492,7 @@ pub fn vm_test(opts: &Options) -> anyhow::Result<()> {
         run(Command::new(root().join("scripts/vm/initramfs.sh"))
             .arg(&initrd)
             .arg(&probe)
+            .arg(&workloads)
             .args(&bins))?;
         for series in &opts.kernels {
             outcomes.push(vm_run(series, &initrd, opts, &dir));

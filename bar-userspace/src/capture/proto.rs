@@ -93,6 +93,10 @@ pub struct Meta {
     /// Deflated bytes the ring held for the time dumped.
     #[prost(uint64, tag = "23")]
     pub ring_held_bytes: u64,
+    /// How user stacks were walked: "tables" (unwind tables, frame pointers where code has
+    /// none) or "frame-pointers", with the reason after a colon when tables could not be used.
+    #[prost(string, tag = "24")]
+    pub unwind: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -336,6 +340,52 @@ pub struct Counters {
     /// CLOCK_MONOTONIC when these counts were read.
     #[prost(uint64, tag = "7")]
     pub ts: u64,
+    #[prost(message, optional, boxed, tag = "8")]
+    pub unwind: Option<Box<Unwind>>,
+}
+
+/// How the user stacks of the recorded events were walked, and what the unwind tables cost.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Unwind {
+    /// Events whose user stack bar's programs walked.
+    #[prost(uint64, tag = "1")]
+    pub stacks: u64,
+    /// Frames of those stacks found by unwind table, by frame pointer, by Go's table.
+    #[prost(uint64, tag = "2")]
+    pub frames_table: u64,
+    #[prost(uint64, tag = "3")]
+    pub frames_frame_pointer: u64,
+    #[prost(uint64, tag = "4")]
+    pub frames_go: u64,
+    /// Stacks cut short, by reason (`bar_ebpf_common::unwind::stop`; index 0, complete, unused).
+    #[prost(uint64, repeated, tag = "5")]
+    pub cut_short: Vec<u64>,
+    /// Objects with a table in the kernel, their rows and bytes, and the time to build them.
+    #[prost(uint64, tag = "6")]
+    pub objects: u64,
+    #[prost(uint64, tag = "7")]
+    pub rows: u64,
+    #[prost(uint64, tag = "8")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "9")]
+    pub build_ms: u64,
+    /// Rows the kernel's array holds.
+    #[prost(uint64, tag = "10")]
+    pub capacity_rows: u64,
+    /// Tables withdrawn to make room for others.
+    #[prost(uint64, tag = "11")]
+    pub evicted: u64,
+    /// Times a walk met code outside the mappings loaded (the map was read again).
+    #[prost(uint64, tag = "12")]
+    pub misses: u64,
+    /// Processes whose tables were loaded, and those gone before they could be.
+    #[prost(uint64, tag = "13")]
+    pub processes: u64,
+    #[prost(uint64, tag = "14")]
+    pub processes_gone: u64,
+    /// Objects that got no table (walked by frame pointer), and why.
+    #[prost(message, repeated, tag = "15")]
+    pub failed: Vec<Rejected>,
 }
 
 /// A phase marker: `name` starts at `ts` (or ends there when `end`).

@@ -384,6 +384,7 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
     layout.pt_regs_ip = get(&regs, "ip");
     layout.pt_regs_bp = get(&regs, "bp");
     layout.pt_regs_cs = get(&regs, "cs");
+    layout.pt_regs_sp = get(&regs, "sp");
     layout.task_state = get(&task, "__state");
     layout.page_flags = get(&page, "flags");
     layout.page_lru = get(&page, "lru");
@@ -409,6 +410,22 @@ pub fn can_walk_user_stacks(layout: &Layout, btf: &KernelBtf) -> bool {
         && btf.has_helper("BPF_FUNC_get_current_task_btf")
         && btf.has_helper("BPF_FUNC_task_pt_regs")
         && btf.has_helper("BPF_FUNC_loop")
+}
+
+/// Whether the programs can walk user stacks with unwind tables, given the rest of their
+/// configuration, or why not: they need their own walk and the stack pointer's place.
+pub fn can_walk_with_tables(config: &bar_ebpf_common::Config) -> Result<(), String> {
+    if config.user_walk == 0 {
+        return Err(
+            "this kernel lacks what bar's own stack walk needs (bpf_loop, bpf_task_pt_regs or \
+             BTF for struct pt_regs)"
+                .into(),
+        );
+    }
+    if config.layout.pt_regs_sp == Layout::UNKNOWN {
+        return Err("BTF has no pt_regs.sp".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

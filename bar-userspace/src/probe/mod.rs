@@ -19,7 +19,7 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps};
+use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps, unwind::maps as unwind_maps};
 use serde::Serialize;
 
 use self::layout::KernelBtf;
@@ -76,6 +76,8 @@ pub struct ProbeOptions {
     pub stack_map_entries: u32,
     /// Attach methods the user asked to pass over.
     pub avoid: Vec<Method>,
+    /// Rows of unwind tables the kernel holds; 0 walks user stacks by frame pointer only.
+    pub unwind_rows: u32,
 }
 
 /// The outcome for one family.
@@ -313,6 +315,8 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     offer: Offer,
     opts: ProbeOptions,
+    /// Whether user stacks are walked with unwind tables, or why not.
+    pub unwind: Result<(), String>,
 }
 
 /// Loads the object with the configuration. Programs are loaded and attached by
@@ -336,16 +340,25 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
             .as_ref()
             .is_ok_and(|btf| layout::can_walk_user_stacks(&offer.layout, btf)),
     );
+    let unwind = if opts.unwind_rows == 0 {
+        Err("frame pointers were asked for".to_owned())
+    } else {
+        layout::can_walk_with_tables(&config)
+    };
+    config.unwind_tables = u32::from(unwind.is_ok());
+    let rows = if unwind.is_ok() { opts.unwind_rows } else { 1 };
     let ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::STACKS, opts.stack_map_entries)
         .map_max_entries(maps::USER_STACKS, opts.stack_map_entries)
+        .map_max_entries(unwind_maps::UNWIND_ROWS, rows)
         .load(OBJECT)
         .map_err(|e| anyhow::anyhow!("loading bar's eBPF object failed: {e}"))?;
     Ok(Loaded {
         ebpf,
         offer,
         opts: opts.clone(),
+        unwind,
     })
 }
 

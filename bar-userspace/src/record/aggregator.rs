@@ -3,13 +3,17 @@
 //! live status.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::IsTerminal as _,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, PerCpuArray};
-use bar_ebpf_common::{ProcessRecord, counter, kind};
+use bar_ebpf_common::{
+    ProcessRecord, counter, kind,
+    unwind::{self, stop},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{dump, ring::Ring, trigger::Triggers};
@@ -23,6 +27,7 @@ use crate::{
     push::Pusher,
     symbolize::{self, RawStack, Symbolizer},
     system,
+    unwind::service::{Request, Snapshot},
 };
 
 /// What the aggregator thread receives.
@@ -93,6 +98,23 @@ pub(super) struct Aggregator {
     /// Gets every block the capture gets, and cuts intervals for the backends (`--pyroscope`,
     /// `--otlp`).
     push: Option<Pusher>,
+    /// The unwind tables' loader, when user stacks are walked with them.
+    pub(super) unwind: Option<UnwindLink>,
+    /// How the user stacks of the events so far were walked.
+    walks: proto::Unwind,
+}
+
+/// Where the aggregator tells the unwind tables' loader what it sees, and reads its counts.
+pub(super) struct UnwindLink {
+    pub tx: std::sync::mpsc::Sender<Request>,
+    pub stats: Arc<Mutex<Snapshot>>,
+}
+
+impl UnwindLink {
+    fn send(&self, r: Request) {
+        // The loader ends only after the aggregator: a failed send changes nothing.
+        let _ = self.tx.send(r);
+    }
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -138,6 +160,11 @@ impl Aggregator {
             full_tx: Some(full_tx),
             discarded: 0,
             push,
+            unwind: None,
+            walks: proto::Unwind {
+                cut_short: vec![0; stop::COUNT as usize],
+                ..proto::Unwind::default()
+            },
         }
     }
 
@@ -191,6 +218,9 @@ impl Aggregator {
     /// name its fork record gave it.
     pub(super) fn first_sight(&mut self, pid: u32, ts: u64) {
         if self.seen_pids.insert(pid) {
+            if let Some(u) = &self.unwind {
+                u.send(Request::Seen(pid));
+            }
             self.symbolizer.note_process(pid);
             if let Some(p) = &mut self.push {
                 p.note_process(pid);
@@ -238,7 +268,20 @@ impl Aggregator {
         self.malformed += batch.malformed;
         for r in batch.records {
             let h = *r.header();
+            if let Record::UnwindMiss(_) = r {
+                if let Some(u) = &self.unwind {
+                    u.send(Request::Miss(h.pid));
+                }
+                continue;
+            }
             if let Record::Process(p) = r {
+                if let Some(u) = &self.unwind {
+                    match h.kind {
+                        kind::EXEC => u.send(Request::Exec(h.pid)),
+                        kind::EXIT => u.send(Request::Exit(h.pid)),
+                        _ => {}
+                    }
+                }
                 self.lifecycle(&p);
                 continue;
             }
@@ -305,6 +348,7 @@ impl Aggregator {
             })
             .collect();
         let stack_ids = self.symbolizer.resolve(&raws);
+        self.count_walks(&raws);
         // Processes that ended a while ago: every record of theirs is in by now.
         let now = system::monotonic_ns();
         for pid in self.symbolizer.prune(now.saturating_sub(FORGET_AFTER_NS)) {
@@ -371,6 +415,61 @@ impl Aggregator {
         self.sink.write(body)
     }
 
+    /// Adds how the user stacks of a batch of events were walked to the counts, and tells the
+    /// loader which processes were active.
+    fn count_walks(&mut self, raws: &[RawStack]) {
+        let Some(u) = &self.unwind else {
+            return;
+        };
+        let mut active: HashMap<u32, u64> = HashMap::new();
+        for ((_, r), raw) in self.pending.iter().zip(raws) {
+            *active.entry(raw.pid).or_default() += r.count();
+            let Some(facts) = self.symbolizer.unwind_facts(raw) else {
+                continue;
+            };
+            let n = r.count();
+            let (table, fp, go, reason) = unwind::unpack_facts(facts);
+            let w = &mut self.walks;
+            w.stacks += n;
+            w.frames_table += u64::from(table) * n;
+            w.frames_frame_pointer += u64::from(fp) * n;
+            w.frames_go += u64::from(go) * n;
+            if reason != stop::COMPLETE
+                && let Some(c) = w.cut_short.get_mut(reason as usize)
+            {
+                *c += n;
+            }
+        }
+        u.send(Request::Active(active.into_iter().collect()));
+    }
+
+    /// The walk counts with the loader's.
+    fn unwind_counters(&self) -> Option<Box<proto::Unwind>> {
+        let u = self.unwind.as_ref()?;
+        let snap = u.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let t = &snap.stats.tables;
+        Some(Box::new(proto::Unwind {
+            objects: t.objects,
+            rows: t.rows,
+            bytes: t.bytes,
+            build_ms: t.build_ms,
+            capacity_rows: snap.capacity_rows,
+            evicted: t.evicted,
+            misses: snap.stats.misses,
+            processes: snap.stats.processes,
+            processes_gone: snap.stats.gone,
+            failed: t
+                .failed
+                .iter()
+                .map(|(attach, reason)| proto::Rejected {
+                    attach: attach.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            ..self.walks.clone()
+        }))
+    }
+
     fn write_counters(&mut self) -> std::io::Result<()> {
         let mut sums = vec![0u64; counter::COUNT as usize];
         for (i, sum) in sums.iter_mut().enumerate() {
@@ -387,6 +486,7 @@ impl Aggregator {
             tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
             discarded_at_max_size: self.discarded,
             ts: system::monotonic_ns(),
+            unwind: self.unwind_counters(),
         }))
     }
 
@@ -486,7 +586,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             dst_nid: n.dst_nid,
             what: n.what,
         })),
-        Record::Process(_) => None,
+        Record::Process(_) | Record::UnwindMiss(_) => None,
         Record::Summed {
             header,
             detail,

@@ -310,6 +310,20 @@ fn rebase(c: &proto::Counters, base: Option<&proto::Counters>) -> proto::Counter
         tcp_map_full: c.tcp_map_full.saturating_sub(b.tcp_map_full),
         discarded_at_max_size: 0,
         ts: c.ts,
+        // How the stacks of the dumped time were walked; the tables as they are now.
+        unwind: c.unwind.as_ref().map(|u| {
+            let then = b.unwind.as_deref().cloned().unwrap_or_default();
+            Box::new(proto::Unwind {
+                stacks: u.stacks.saturating_sub(then.stacks),
+                frames_table: u.frames_table.saturating_sub(then.frames_table),
+                frames_frame_pointer: u
+                    .frames_frame_pointer
+                    .saturating_sub(then.frames_frame_pointer),
+                frames_go: u.frames_go.saturating_sub(then.frames_go),
+                cut_short: minus(&u.cut_short, &then.cut_short),
+                ..(**u).clone()
+            })
+        }),
     }
 }
 

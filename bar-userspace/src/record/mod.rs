@@ -14,7 +14,7 @@ pub use self::{
     trigger::{Rule as TriggerRule, parse_rule as parse_trigger},
 };
 
-use self::aggregator::{Aggregator, Input, Sink};
+use self::aggregator::{Aggregator, Input, Sink, UnwindLink};
 
 use bar_ebpf_common::Family;
 use std::{
@@ -41,7 +41,7 @@ use crate::{
     push::{PushOptions, Pusher},
     symbolize::Symbolizer,
     sys::{command, files::Dir, foreign, sched, user},
-    system, target,
+    system, target, unwind,
 };
 
 /// What to trace.
@@ -84,6 +84,8 @@ pub struct RecordOptions {
     pub push: Option<PushOptions>,
     /// With a ring: rates of families that make it write itself out.
     pub ring_triggers: Vec<TriggerRule>,
+    /// How user stacks are walked.
+    pub unwind: unwind::Mode,
 }
 
 /// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.
@@ -188,6 +190,16 @@ fn record_into(
     (cgroup, cgroup_id): (String, u64),
     on_start: impl FnOnce(),
 ) -> anyhow::Result<Recorded> {
+    // The target's unwind tables are built first, to size the kernel's array for them.
+    let prebuilt = match (&opts.scope, opts.unwind) {
+        (Scope::Pid(pid), unwind::Mode::Tables) => Some(unwind::loader::prebuild(*pid)),
+        _ => None,
+    };
+    let unwind_rows = match (opts.unwind, &prebuilt) {
+        (unwind::Mode::FramePointers, _) => 0,
+        (unwind::Mode::Tables, Some(p)) => unwind::process_rows(p.rows()),
+        (unwind::Mode::Tables, None) => unwind::SYSTEM_ROWS,
+    };
     let mut loaded = probe::load(&ProbeOptions {
         families: opts.families.clone(),
         explicit: opts.explicit,
@@ -199,7 +211,14 @@ fn record_into(
         sum_records: opts.aggregate.is_some(),
         stack_map_entries: opts.stack_map_entries,
         avoid: opts.avoid.clone(),
+        unwind_rows,
     })?;
+    let unwind_method = match (&loaded.unwind, opts.unwind) {
+        (Ok(()), _) => "tables".to_owned(),
+        (Err(_), unwind::Mode::FramePointers) => "frame-pointers".to_owned(),
+        (Err(why), unwind::Mode::Tables) => format!("frame-pointers: {why}"),
+    };
+    let (unwinder, unwind_warning) = start_unwinder(&mut loaded, opts, prebuilt)?;
     let take = |ebpf: &mut aya::Ebpf, name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from the object"))
@@ -274,8 +293,11 @@ fn record_into(
         }
         loaded.release_kernel_types();
         let attached = check_attached(&status, opts);
+        if let (Ok(()), Some(w)) = (&attached, &unwind_warning) {
+            eprintln!("{w}");
+        }
         let writer = attached.and_then(|()| {
-            let meta = meta(opts, &status, target_meta, cgroup, &cpus);
+            let meta = meta(opts, &status, target_meta, cgroup, &cpus, &unwind_method);
             let offset = meta.monotonic_to_realtime_ns;
             let mut pusher = match &opts.push {
                 Some(p) => Some(Pusher::start(p, &meta).context("cannot start the push threads")?),
@@ -326,6 +348,10 @@ fn record_into(
             .map(|r| {
                 trigger::Triggers::new(opts.ring_triggers.clone(), opts.out_dir.clone(), r.window)
             });
+        let unwind_link = unwinder.as_ref().map(|s| UnwindLink {
+            tx: s.tx.clone(),
+            stats: std::sync::Arc::clone(&s.stats),
+        });
         // blazesym's symbolizer is not Send: it is created on the thread that uses it.
         let (sighted_tx, sighted_rx) = oneshot::channel::<()>();
         let agg_thread = std::thread::Builder::new()
@@ -342,6 +368,7 @@ fn record_into(
                     pusher,
                 );
                 agg.triggers = triggers;
+                agg.unwind = unwind_link;
                 // The target's name and memory map now: a short-lived process may be gone by
                 // the time its first events arrive.
                 if let Some(pid) = target {
@@ -422,6 +449,10 @@ fn record_into(
         anyhow::Ok((reason, status, agg_thread))
     });
     let (reason, status, agg_thread) = outcome?;
+    if let Some(u) = unwinder {
+        // The aggregator, which sends it requests, has ended or ends now.
+        std::thread::spawn(move || u.join());
+    }
     let (events, lost, push) = agg_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the aggregator thread failed"))?
@@ -479,6 +510,35 @@ fn record_into(
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         ),
     })
+}
+
+/// Starts the loader of unwind tables when the programs walk with them, with the target's
+/// tables in place. Says why when they cannot; a target whose tables could not be loaded is
+/// said once the recording is sure to start (the second value).
+fn start_unwinder(
+    loaded: &mut probe::Loaded,
+    opts: &RecordOptions,
+    prebuilt: Option<unwind::loader::Prebuilt>,
+) -> anyhow::Result<(Option<unwind::service::Service>, Option<String>)> {
+    if let Err(why) = &loaded.unwind {
+        if opts.unwind == unwind::Mode::Tables && !opts.quiet {
+            eprintln!("bar-probe: note: user stacks are walked by frame pointer only: {why}");
+        }
+        return Ok((None, None));
+    }
+    let kernel = unwind::kernel::KernelTables::take(&mut loaded.ebpf)?;
+    let capacity = kernel.capacity();
+    let mut loader = unwind::loader::Loader::new(kernel, capacity, prebuilt);
+    let mut warning = None;
+    if let Scope::Pid(pid) = opts.scope
+        && let Err(e) = loader.load(pid)
+    {
+        warning = Some(format!(
+            "bar-probe: warning: {e}; its user stacks are walked by frame pointer"
+        ));
+    }
+    let service = unwind::service::Service::spawn(loader, u64::from(capacity))?;
+    Ok((Some(service), warning))
 }
 
 /// Times the phases of `bar-probe run`: a marker at the start of each, its command (if any) run
@@ -689,6 +749,7 @@ fn meta(
     target: Option<proto::Target>,
     cgroup: String,
     cpus: &[u32],
+    unwind_method: &str,
 ) -> proto::Meta {
     proto::Meta {
         bar_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -734,6 +795,7 @@ fn meta(
         ring_size_bytes: 0,
         ring_cut_by_size: false,
         ring_held_bytes: 0,
+        unwind: unwind_method.to_owned(),
     }
 }
 

@@ -280,6 +280,7 @@ pub fn summary(profile: &Profile) -> Value {
         },
         "processes": process_table(profile),
         "symbols": SymbolSummary { stacks_lost, frames: profile.frames.len(), unresolved_frames: unresolved },
+        "unwind": unwind_summary(profile),
         "kinds": kinds,
         "phases": phase_table(profile),
         "phase_notes": profile.phase_notes,
@@ -350,4 +351,77 @@ fn phase_table(profile: &Profile) -> Value {
         })
         .collect();
     json!(rows)
+}
+
+/// How user stacks were walked (`summary.json`'s `unwind`).
+#[derive(Serialize)]
+struct UnwindSummary {
+    /// "tables" or "frame-pointers" (with the reason tables were not used).
+    method: String,
+    /// Events whose user stack bar's programs walked.
+    stacks: u64,
+    /// Their frames, by how each was found.
+    frames: BTreeMap<&'static str, u64>,
+    /// Those stacks cut short, by reason.
+    cut_short: BTreeMap<&'static str, u64>,
+    tables: UnwindTables,
+}
+
+#[derive(Serialize)]
+struct UnwindTables {
+    objects: u64,
+    rows: u64,
+    bytes: u64,
+    capacity_bytes: u64,
+    build_ms: u64,
+    evicted: u64,
+    misses: u64,
+    processes: u64,
+    processes_gone: u64,
+    failed: Vec<Value>,
+}
+
+fn unwind_summary(profile: &Profile) -> Option<UnwindSummary> {
+    use bar_ebpf_common::unwind::{UnwindRow, stop};
+    let method = profile.meta.unwind.clone();
+    let u = profile.counters.unwind.clone();
+    if method.is_empty() && u.is_none() {
+        // A capture from before unwind tables.
+        return None;
+    }
+    let u = u.map(|u| *u).unwrap_or_default();
+    let cut_short = (1..stop::COUNT)
+        .map(|r| {
+            (
+                stop::name(r),
+                u.cut_short.get(r as usize).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    Some(UnwindSummary {
+        method,
+        stacks: u.stacks,
+        frames: BTreeMap::from([
+            ("table", u.frames_table),
+            ("frame_pointer", u.frames_frame_pointer),
+            ("go", u.frames_go),
+        ]),
+        cut_short,
+        tables: UnwindTables {
+            objects: u.objects,
+            rows: u.rows,
+            bytes: u.bytes,
+            capacity_bytes: u.capacity_rows * size_of::<UnwindRow>() as u64,
+            build_ms: u.build_ms,
+            evicted: u.evicted,
+            misses: u.misses,
+            processes: u.processes,
+            processes_gone: u.processes_gone,
+            failed: u
+                .failed
+                .iter()
+                .map(|f| json!({"object": f.attach, "reason": f.reason}))
+                .collect(),
+        },
+    })
 }

@@ -287,7 +287,7 @@ impl Symbolizer {
             };
             let (pid, info) = (sp.owner, &mut sp.info);
             if info.alive && addrs.iter().any(|&a| !covered(&info.mappings, a)) {
-                match read_maps(pid) {
+                match read_maps(pid, &info.root) {
                     Some(m) => info.mappings = m,
                     None => info.alive = false,
                 }

@@ -5,7 +5,7 @@
 use std::{fs::File, io::Read as _, os::unix::fs::MetadataExt as _};
 
 use object::{
-    CompressionFormat, Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags,
+    CompressionFormat, Object as _, ObjectSection as _, ObjectSegment as _, ReadRef, SegmentFlags,
     elf::PF_X, read::ReadCache,
 };
 
@@ -63,8 +63,16 @@ pub fn read(file: File) -> Result<(ObjectInfo, Vec<Row>), TableError> {
             meta.size()
         )));
     }
-    let cache = ReadCache::new(file);
-    let obj = object::File::parse(&cache).map_err(|e| TableError::NotElf(e.to_string()))?;
+    parse(&ReadCache::new(file))
+}
+
+/// [`read`] of an object in memory (the vDSO).
+pub fn parse_bytes(data: &[u8]) -> Result<(ObjectInfo, Vec<Row>), TableError> {
+    parse(data)
+}
+
+fn parse<'a, R: ReadRef<'a>>(data: R) -> Result<(ObjectInfo, Vec<Row>), TableError> {
+    let obj = object::File::parse(data).map_err(|e| TableError::NotElf(e.to_string()))?;
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(TableError::NotElf(format!(
             "a {:?} object, only x86-64 is unwound",
@@ -119,9 +127,7 @@ pub fn read(file: File) -> Result<(ObjectInfo, Vec<Row>), TableError> {
 }
 
 /// A section's contents, decompressed if the file compresses it (debug sections often are).
-fn section_data<'a>(
-    s: &object::Section<'a, '_, &'a ReadCache<File>>,
-) -> Result<Vec<u8>, TableError> {
+fn section_data<'a, R: ReadRef<'a>>(s: &object::Section<'a, '_, R>) -> Result<Vec<u8>, TableError> {
     let bad = |e: object::Error| TableError::Malformed(e.to_string());
     let c = s.compressed_data().map_err(bad)?;
     if c.uncompressed_size > MAX_SECTION_SIZE {

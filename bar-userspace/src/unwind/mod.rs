@@ -5,11 +5,41 @@
 //!
 //! [`Row`] is the form every source produces and the compaction consumes: [`cfi`] makes
 //! rows of `.eh_frame` and `.debug_frame` (with [`elf`] finding them in the file),
-//! [`compact`] the kernel's 8-byte rows of any source's.
+//! [`compact`] the kernel's 8-byte rows of any source's. [`objects`] shares tables between
+//! processes and places them in the kernel ([`kernel`]); [`loader`] follows the processes
+//! ([`proc_maps`]).
 
 pub mod cfi;
 pub mod compact;
 pub mod elf;
+pub mod kernel;
+pub mod loader;
+pub mod objects;
+pub mod proc_maps;
+pub mod service;
+
+/// How user stacks are walked (`--unwind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// With the unwind tables of the objects (`.eh_frame`, `.debug_frame`), by frame pointer
+    /// where code has none.
+    #[default]
+    Tables,
+    /// By frame pointer only, as `perf record -g` does.
+    FramePointers,
+}
+
+/// Rows the kernel holds for a recording of the whole system or a cgroup: 64 MiB.
+pub const SYSTEM_ROWS: u32 = 8 << 20;
+/// Rows the kernel holds at least for one process: room for the objects it loads later.
+pub const MIN_PROCESS_ROWS: u32 = 1 << 20;
+
+/// Rows for one process whose tables take `rows` now.
+pub fn process_rows(rows: u64) -> u32 {
+    u32::try_from(rows.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .clamp(MIN_PROCESS_ROWS, SYSTEM_ROWS)
+}
 
 pub mod gopclntab;
 
@@ -68,4 +98,32 @@ pub enum TableError {
     Malformed(String),
     #[error("it is too big to unwind: {0}")]
     TooBig(String),
+}
+
+/// Builds the table of each file and prints one JSON line per file: rows before and after
+/// merging, bytes in the kernel, unsupported rows, build time, or why it has none.
+pub fn describe_tables(files: &[std::path::PathBuf]) {
+    for path in files {
+        let t = std::time::Instant::now();
+        let built = std::fs::File::open(path)
+            .map_err(TableError::Io)
+            .and_then(elf::read)
+            .and_then(|(_, rows)| {
+                let raw = rows.len();
+                compact::compact(rows).map(|c| (raw, c))
+            });
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let line = match built {
+            Ok((raw, c)) => serde_json::json!({
+                "file": path,
+                "rows_parsed": raw,
+                "rows": c.rows.len(),
+                "bytes": c.bytes(),
+                "unsupported": c.unsupported,
+                "build_ms": ms,
+            }),
+            Err(e) => serde_json::json!({"file": path, "error": e.to_string()}),
+        };
+        println!("{line}");
+    }
 }

@@ -16,6 +16,7 @@ mod parse;
 mod plan;
 mod run;
 mod stats;
+mod unwind;
 
 use std::{
     ffi::OsString,
@@ -70,6 +71,7 @@ pub struct Results {
     pub memory: Memory,
     pub flight: flight::Flight,
     pub prog_cost: Vec<ProgCost>,
+    pub unwind: unwind::UnwindBench,
     pub commands: Vec<(String, String, String)>,
     pub minutes: f64,
 }
@@ -107,6 +109,8 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     let memory = run_memory(&mut ctx, mem_rate, opts.quick, reps);
     let prog_cost = run_prog_cost(&mut ctx, &cases, reps);
     let flight = flight::run(&mut ctx, opts.quick);
+    let unwind = unwind::run(&mut ctx, opts.quick, reps);
+
     ctx.quiet.load_end = loadavg();
 
     let mut commands = Vec::new();
@@ -134,6 +138,7 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
         memory,
         flight,
         prog_cost,
+        unwind,
         commands,
         minutes: started.elapsed().as_secs_f64() / 60.0,
     };

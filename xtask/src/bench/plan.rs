@@ -105,6 +105,8 @@ pub(super) fn slow_cases(quick: bool, before: bool) -> Vec<SlowCase> {
         c.configs = vec![
             Config::new("untraced", "none", "-"),
             Config::new("bar", "bar", f),
+            // User stacks by frame pointer only: what the walk cost before unwind tables.
+            Config::new("bar fp", "bar-fp", f),
             Config::new("bar all", "bar", "all"),
             Config::new("floor", "bar-null", f),
             Config::new("floor all", "bar-null", "all"),
@@ -140,4 +142,11 @@ pub(super) fn faults_at(rate: f64, seconds: f64) -> Vec<String> {
 }
 
 /// The configurations whose programs' kernel time is measured (where a workload has them).
-pub const PROG_COST_LABELS: [&str; 5] = ["bar", "bar summed", "floor", "bpftrace", "offcputime"];
+pub const PROG_COST_LABELS: [&str; 6] = [
+    "bar",
+    "bar fp",
+    "bar summed",
+    "floor",
+    "bpftrace",
+    "offcputime",
+];

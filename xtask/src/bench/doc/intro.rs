@@ -244,7 +244,10 @@ pub(super) fn method(d: &mut String, r: &Results) {
          the pid and return. `bar all` records every family at once (cpu, offcpu, faults, tcp, \
          numa) on each workload. `bar summed` is bar-probe with `--aggregate`: faults and \
          off-CPU intervals are summed per thread and stack in the kernel and collected once a \
-         second, as the peers count, instead of sent to the collector one by one."
+         second, as the peers count, instead of sent to the collector one by one. `bar fp` is \
+         bar-probe with `--unwind frame-pointers`: user stacks by frame pointer only, as before \
+         unwind tables (`bar` walks with the tables of the objects, frame pointers where code \
+         has none)."
             .into(),
     );
     w(d, String::new());

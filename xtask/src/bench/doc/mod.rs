@@ -111,6 +111,7 @@ pub fn render(r: &Results) -> String {
     costs::memory(&mut d, r);
     d.push_str(&super::flight::render(&r.flight));
     costs::before_after(&mut d, r);
+    d.push_str(&super::unwind::render(&r.unwind));
     d
 }
 

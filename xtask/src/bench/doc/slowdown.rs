@@ -9,7 +9,14 @@ pub(super) fn slowdown(d: &mut String, r: &Results) {
     w(d, "## 1. Workload slowdown".into());
     w(d, String::new());
     let has_before = r.cases.iter().any(|c| c.config("bar before").is_some());
-    let mut cols = vec!["bar", "bar all", "bar summed", "floor", "floor all"];
+    let mut cols = vec![
+        "bar",
+        "bar fp",
+        "bar all",
+        "bar summed",
+        "floor",
+        "floor all",
+    ];
     if has_before {
         cols.push("bar before");
     }

@@ -1,0 +1,627 @@
+//! User stacks, walked by bar's programs themselves: with the unwind tables the collector loads
+//! for a process's objects (`.eh_frame`, Go's tables), and by frame pointer where an object has
+//! none (JIT code, an object not loaded yet, a process bar has not read yet). Frames are
+//! interned in `USER_STACKS` by a hash of their addresses, with what the walk learned on the
+//! way: frames per method and why it stopped.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs},
+    },
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::tracing::StackIdContext,
+};
+use bar_ebpf_common::{
+    DEFAULT_STACK_MAP_ENTRIES, Header, USER_STACK_FRAMES, USER_STACK_KEY, UserStack, kind,
+    unwind::{
+        MAPPING_KEY_BITS, MAX_MAPPING_ENTRIES, MAX_OBJECTS, MAX_PROCESSES, MappingKey, NO_OBJECT,
+        UnwindMapping, UnwindObject, UnwindRow, cfa, facts, mapping_key, method, rbp, stop,
+    },
+};
+
+use crate::shared::{config, emit, now, stack_id};
+
+/// User stacks walked by bar's programs (see [`user_stack`]), by [`USER_STACK_KEY`] id.
+#[map]
+static USER_STACKS: HashMap<u32, UserStack> =
+    HashMap::with_max_entries(DEFAULT_STACK_MAP_ENTRIES, 0);
+
+/// Every loaded object's rows, back to back; sized by the loader, written by the collector
+/// through a mapping of the array's memory (no system call per row).
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Where each object's rows are.
+#[map]
+static UNWIND_OBJECTS: Array<UnwindObject> = Array::with_max_entries(MAX_OBJECTS, 0);
+
+/// Executable mappings of the processes whose tables are loaded, by pid and address.
+#[map]
+static UNWIND_MAPPINGS: LpmTrie<MappingKey, UnwindMapping> =
+    LpmTrie::with_max_entries(MAX_MAPPING_ENTRIES, 0);
+
+/// Processes whose mappings are loaded, to the generation of their entries. A process that
+/// execs is removed (by the exec program) until the collector has read its new map.
+#[map]
+static UNWIND_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Bumped whenever `UNWIND_PROCESSES` changes, so that a walk may trust the generation it
+/// found for the same process the last time: entry 0 by the exec program, 1 by the collector
+/// (each writer its own, so that neither writes over the other's).
+#[map]
+static UNWIND_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
+
+/// When a process last asked the collector to read its map again, by pid.
+#[map]
+static UNWIND_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// A process asks again at most this often: the collector needs one request to read its map.
+const ASK_EVERY_NS: u64 = 200_000_000;
+
+/// Binary search steps: enough for the largest table an object may have (2^24 rows).
+const SEARCH_STEPS: u32 = 25;
+
+/// Words of user stack read at once. A read costs a helper call and a user access window, plus
+/// its copy; callers' frames are mostly close together, so one read usually covers several.
+/// 512 bytes measured best on a page-fault storm (program time per fault: 128 bytes 572 ns,
+/// 256 bytes 465, 512 bytes 370, 1024 bytes 415).
+const WINDOW_WORDS: usize = 64;
+
+/// A user stack being walked: the stack as it will be interned, the piece of user memory read
+/// last, and where the walk is. All of it lives in a map value rather than on the BPF stack:
+/// the verifier tracks no values in map memory, so the state a step starts from looks the same
+/// at every step and bpf_loop's callback is verified in a few passes (with the counters and
+/// lengths on the stack as known constants, it followed every possible count and ran out of
+/// its million instructions).
+#[repr(C)]
+struct UserWalk {
+    stack: UserStack,
+    /// One word more than is read, so that the verifier sees any (masked) word offset inside.
+    window: [u64; WINDOW_WORDS + 1],
+    state: WalkState,
+    search: Search,
+    known: [Known; KNOWN_SLOTS],
+    /// The process of the last walk, its generation, and the epoch they were read in: a hash
+    /// map lookup saved per walk of the same process.
+    last_pid: u32,
+    last_generation: u32,
+    last_epoch: [u64; 2],
+}
+
+/// The rule the walk found for an address of a process, kept for the walks that follow: most
+/// stacks repeat, and a hit here replaces a mapping lookup and a binary search with one compare
+/// (page-fault storm of a Rust program, 8 frames: 2030 ns per fault without it, X with it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Known {
+    addr: u64,
+    pid: u32,
+    /// Entries are for a process's mappings as of one generation; an exec, or a mapping
+    /// removed, makes a new one.
+    generation: u32,
+    row: UnwindRow,
+    method: u32,
+    _pad: u32,
+}
+
+/// Addresses [`Known`] per walk slot of a CPU (direct-mapped by a hash of the address).
+const KNOWN_SLOTS: usize = 512;
+
+/// Where a user stack is built before it is interned: one slot per level of nesting of bar's
+/// programs on a CPU (the count in `IN_STACK_WALK`), so a program that interrupts another
+/// does not write over its walk.
+pub(crate) const WALK_SLOTS: u32 = 4;
+#[map]
+static USER_WALK: PerCpuArray<UserWalk> = PerCpuArray::with_max_entries(WALK_SLOTS, 0);
+
+const EFAULT: i32 = 14;
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+/// `__USER_CS`: the code segment of a 64-bit task in user mode.
+const USER_CS_64: u64 = 0x33;
+/// [`WalkState::reason`] while the walk goes on.
+const WALKING: u32 = u32::MAX;
+
+#[inline(always)]
+fn mix(h: u64, word: u64) -> u64 {
+    // FNV-1a over whole words: cheap, and good enough for keys checked by a second hash.
+    (h ^ word).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The executable mapping the current frame's code lies in, as the walk last looked it up.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Mapped {
+    start: u64,
+    end: u64,
+    bias: u64,
+    /// The object's rows: `first .. first + len`; `len` 0 for code walked by frame pointer.
+    first: u32,
+    len: u32,
+    method: u32,
+    _pad: u32,
+}
+
+/// A user stack walk in progress, between [`user_stack`] and its [`walk_frame`] steps.
+#[repr(C)]
+struct WalkState {
+    /// The frame to push next: its instruction (frame 0) or return address, stack pointer
+    /// and frame pointer.
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    /// The window holds user memory from `base` to `base + len` bytes.
+    base: u64,
+    len: u64,
+    hash: u64,
+    mapped: Mapped,
+    pid: u32,
+    /// Of the process's mapping entries; 0 when its tables are not loaded.
+    generation: u32,
+    /// Frames found by table, by frame pointer, by Go's table.
+    by_table: u32,
+    by_frame_pointer: u32,
+    by_go: u32,
+    /// One of [`stop`], or [`WALKING`].
+    reason: u32,
+    /// Non-zero: the walk met code in no mapping the collector loaded.
+    missed: u32,
+    _pad: u32,
+}
+
+/// The word of user memory at `addr`, through the window: read again (a whole window from
+/// `addr`, or the word alone where the window would run past the stack) when it does not hold
+/// `addr`.
+#[inline(always)]
+fn fetch(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64) -> Option<u64> {
+    let off = addr.wrapping_sub(st.base);
+    if off >= st.len || st.len - off < 8 || !off.is_multiple_of(8) {
+        let whole = (WINDOW_WORDS * 8) as u32;
+        let dst = window.as_mut_ptr().cast::<c_void>();
+        // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the source
+        // and fails on a bad one.
+        if unsafe { bpf_probe_read_user(dst, whole, addr as *const c_void) } == 0 {
+            st.len = u64::from(whole);
+        } else if unsafe { bpf_probe_read_user(dst, 8, addr as *const c_void) } == 0 {
+            st.len = 8;
+        } else {
+            st.len = 0;
+            return None;
+        }
+        st.base = addr;
+    }
+    // Inside the window (checked above); the mask only shows it to the verifier.
+    let at = ((addr - st.base) / 8) as usize & (WINDOW_WORDS - 1);
+    window.get(at).copied()
+}
+
+/// The mapping of `pc` in process `pid`, with its object's rows, if the collector loaded it.
+#[inline(always)]
+fn find_mapping(pid: u32, generation: u32, pc: u64) -> Option<Mapped> {
+    let key = Key::new(MAPPING_KEY_BITS, mapping_key(pid, pc));
+    let m = UNWIND_MAPPINGS.get(&key)?;
+    if m.generation != generation || pc < m.start || pc >= m.end {
+        return None;
+    }
+    let (first, len, method) = match UNWIND_OBJECTS.get(m.object) {
+        Some(o) if m.object != NO_OBJECT => (o.first, o.len, o.method),
+        _ => (0, 0, 0),
+    };
+    Some(Mapped {
+        start: m.start,
+        end: m.end,
+        bias: m.bias,
+        first,
+        len,
+        method,
+        _pad: 0,
+    })
+}
+
+/// A binary search of the rows in progress: the answer lies in `lo .. hi`.
+#[repr(C)]
+struct Search {
+    lo: u32,
+    hi: u32,
+    target: u32,
+    _pad: u32,
+}
+
+/// One step of the binary search; 1 ends it.
+#[inline(never)]
+extern "C" fn search_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `find_row` gave it, to this CPU's walk slot.
+    let s = unsafe { &mut (**ctx.cast::<*mut UserWalk>()).search };
+    if s.hi <= s.lo + 1 {
+        return 1;
+    }
+    let mid = s.lo + (s.hi - s.lo) / 2;
+    match UNWIND_ROWS.get(mid) {
+        Some(r) if r.pc <= s.target => s.lo = mid,
+        Some(_) => s.hi = mid,
+        None => {
+            s.hi = s.lo;
+            return 1;
+        }
+    }
+    0
+}
+
+/// The row of `mapped`'s table that covers `addr`: the last one that starts at or before it.
+#[inline(always)]
+fn find_row(uw: *mut UserWalk, mapped: &Mapped, addr: u64) -> Option<UnwindRow> {
+    let target = u32::try_from(addr.checked_sub(mapped.bias)?).ok()?;
+    if UNWIND_ROWS.get(mapped.first)?.pc > target {
+        return None;
+    }
+    // Invariant: rows[lo].pc <= target, and every row from hi on starts after it. A loop
+    // written here would be verified once per step, for every path that leads to it; bpf_loop's
+    // body is verified once.
+    {
+        // SAFETY: this CPU's walk slot.
+        let s = unsafe { &mut (*uw).search };
+        s.lo = mapped.first;
+        s.hi = mapped.first.checked_add(mapped.len)?;
+        s.target = target;
+    }
+    let mut ctx = uw;
+    // SAFETY: the callback and its context match what bpf_loop passes back to it.
+    unsafe {
+        bpf_loop(
+            SEARCH_STEPS,
+            search_step as *const () as *mut c_void,
+            (&raw mut ctx).cast::<c_void>(),
+            0,
+        )
+    };
+    // SAFETY: as above.
+    let s = unsafe { &(*uw).search };
+    if s.hi <= s.lo {
+        return None;
+    }
+    UNWIND_ROWS.get(s.lo).copied()
+}
+
+/// Steps from the current frame to its caller by frame pointer: the saved frame pointer, then
+/// the return address. Returns the reason to stop, if the walk stops here.
+#[inline(always)]
+fn frame_pointer_step(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1]) -> Option<u32> {
+    let fp = st.fp;
+    if fp == 0 {
+        // The ABI's outermost frame.
+        return Some(stop::COMPLETE);
+    }
+    // A caller's frame lies above the current one; anything else is not a frame chain.
+    if !fp.is_multiple_of(8) || fp < st.sp {
+        return Some(stop::NO_TABLE);
+    }
+    let Some(next) = fetch(st, window, fp) else {
+        return Some(stop::READ);
+    };
+    let Some(ret) = fetch(st, window, fp + 8) else {
+        return Some(stop::READ);
+    };
+    if ret == 0 {
+        return Some(stop::COMPLETE);
+    }
+    st.pc = ret;
+    st.sp = fp + 16;
+    st.fp = next;
+    st.by_frame_pointer += 1;
+    None
+}
+
+/// Steps from the current frame to its caller by a table row of `method`.
+#[inline(always)]
+fn table_step(
+    st: &mut WalkState,
+    window: &mut [u64; WINDOW_WORDS + 1],
+    row: UnwindRow,
+    method: u32,
+) -> Option<u32> {
+    let cfa = match row.cfa() {
+        cfa::RSP => st.sp + u64::from(row.cfa_offset),
+        cfa::RBP => st.fp.wrapping_add(u64::from(row.cfa_offset)),
+        cfa::PLT => st.sp + if st.pc & 15 >= 11 { 16 } else { 8 },
+        cfa::END => return Some(stop::COMPLETE),
+        _ => return Some(stop::UNSUPPORTED),
+    };
+    // The caller's frame lies above this one.
+    if cfa <= st.sp {
+        return Some(stop::READ);
+    }
+    // The saved rbp lies below the return address: read it first, so that one window holds both.
+    let fp = match row.rbp() {
+        rbp::UNCHANGED => st.fp,
+        rbp::AT_CFA => {
+            let at = cfa.wrapping_add((i64::from(row.rbp_offset) * 8) as u64);
+            match fetch(st, window, at) {
+                Some(fp) => fp,
+                None => return Some(stop::READ),
+            }
+        }
+        _ => return Some(stop::UNSUPPORTED),
+    };
+    let Some(ret) = fetch(st, window, cfa - 8) else {
+        return Some(stop::READ);
+    };
+    if ret == 0 {
+        return Some(stop::COMPLETE);
+    }
+    st.pc = ret;
+    st.sp = cfa;
+    st.fp = fp;
+    if method == method::GO {
+        st.by_go += 1;
+    } else {
+        st.by_table += 1;
+    }
+    None
+}
+
+/// One step of a user stack walk: pushes frame `i` and finds its caller. Returns 1 to stop the
+/// walk, as bpf_loop expects.
+#[inline(never)]
+extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `user_stack` gave it, to this CPU's walk slot.
+    let uw = unsafe { *state.cast::<*mut UserWalk>() };
+    // SAFETY: as above; the three parts do not overlap.
+    let (walk, window, st) = unsafe { (&mut (*uw).stack, &mut (*uw).window, &mut (*uw).state) };
+    let pc = st.pc;
+    // A return address is the instruction after a call, which may be the next function's
+    // first: its rule is the call's, one byte before.
+    let addr = if i == 0 { pc } else { pc - 1 };
+    let mut rule = (UnwindRow::default(), method::TABLE);
+    if config!(unwind_tables) != 0 && st.generation != 0 {
+        let h = (addr ^ u64::from(st.pid)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55;
+        // SAFETY: this CPU's walk slot.
+        let known = unsafe { (*uw).known.get_mut(h as usize & (KNOWN_SLOTS - 1)) };
+        match known {
+            Some(k) if k.addr == addr && k.pid == st.pid && k.generation == st.generation => {
+                rule = (k.row, k.method);
+            }
+            _ => {
+                match find_rule(uw, st, pc, addr) {
+                    Some(found) => {
+                        rule = found;
+                        if let Some(k) = known {
+                            *k = Known {
+                                addr,
+                                pid: st.pid,
+                                generation: st.generation,
+                                row: found.0,
+                                method: found.1,
+                                _pad: 0,
+                            };
+                        }
+                    }
+                    // Code of a mapping not loaded yet: by frame pointer, and not kept.
+                    None if i == 0 => {}
+                    // A return address in no executable mapping is not a frame: the stack
+                    // ends here.
+                    None => {
+                        st.reason = stop::OUTSIDE;
+                        return 1;
+                    }
+                }
+            }
+        }
+    }
+    let n = i as usize;
+    let Some(slot) = walk.ips.get_mut(n) else {
+        st.reason = stop::DEPTH;
+        return 1;
+    };
+    *slot = pc;
+    walk.nr = n as u32 + 1;
+    st.hash = mix(st.hash, pc);
+    let stopped = if rule.0.cfa() == cfa::MISSING {
+        frame_pointer_step(st, window)
+    } else {
+        table_step(st, window, rule.0, rule.1)
+    };
+    match stopped {
+        Some(reason) => {
+            st.reason = reason;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// The rule for `addr` (of the instruction at or before `pc`) from the process's mappings and
+/// tables: `None` when `pc` lies in no mapping the collector loaded (which asks it to look
+/// again), a row of `cfa::MISSING` where the code has no table.
+#[inline(always)]
+fn find_rule(
+    uw: *mut UserWalk,
+    st: &mut WalkState,
+    pc: u64,
+    addr: u64,
+) -> Option<(UnwindRow, u32)> {
+    if pc < st.mapped.start || pc >= st.mapped.end {
+        match find_mapping(st.pid, st.generation, pc) {
+            Some(m) => st.mapped = m,
+            None => {
+                st.missed = 1;
+                return None;
+            }
+        }
+    }
+    if st.mapped.len == 0 {
+        return Some((UnwindRow::default(), method::TABLE));
+    }
+    let row = find_row(uw, &st.mapped, addr).unwrap_or_default();
+    Some((row, st.mapped.method))
+}
+
+/// Asks the collector to read the memory map of process `pid` again, at most every
+/// [`ASK_EVERY_NS`].
+#[inline(always)]
+fn ask_for_tables<C: EbpfContext>(ctx: &C, pid_tgid: u64) {
+    let pid = (pid_tgid >> 32) as u32;
+    let t = now();
+    if let Some(last) = UNWIND_ASKED.get_ptr_mut(pid) {
+        // SAFETY: the value lives as long as the entry; a race only sends one more request.
+        if t.wrapping_sub(unsafe { *last }) < ASK_EVERY_NS {
+            return;
+        }
+        unsafe { *last = t };
+    } else if UNWIND_ASKED.insert(pid, t, 0).is_err() {
+        return;
+    }
+    let header = Header {
+        ts_ns: t,
+        kind: kind::UNWIND_MISS,
+        pid,
+        tid: pid_tgid as u32,
+        user_stack: -EFAULT,
+        kernel_stack: -EFAULT,
+        _pad: 0,
+    };
+    emit(ctx, kind::UNWIND_MISS, &header);
+}
+
+/// The user stack of the current task, as an id for the record.
+///
+/// `bpf_get_stackid` walks user frame pointers until a read fails, and the chain of every
+/// program ends with a null frame pointer (the ABI's outermost frame): each walk ends in a
+/// page fault on address 0, which the kernel handles and fixes up. That fault cost more than
+/// the rest of the walk together (about 2 us of the 2.5 us a page-fault storm paid per event
+/// here). This walk reads the same frames from the same registers (`task_pt_regs`, as
+/// `perf_callchain_user`), with the process's unwind tables where the collector loaded them,
+/// stops where it can go no further, and interns the stack in `USER_STACKS` under 30 bits of
+/// a 64-bit hash of its frames (the other bits tell two stacks with the same key apart,
+/// reported as a collision like `-EEXIST` from `bpf_get_stackid`). 32-bit tasks, and kernels
+/// without `bpf_task_pt_regs` or `bpf_loop`, keep the kernel's walk.
+#[inline(always)]
+pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
+    let kernel_walk = u64::from(BPF_F_USER_STACK);
+    if config!(user_walk) == 0 {
+        return stack_id(ctx, kernel_walk);
+    }
+    let Some(uw) = USER_WALK.get_ptr_mut(slot) else {
+        return stack_id(ctx, kernel_walk);
+    };
+    // SAFETY: this CPU's slot for this nesting level, used by no other program meanwhile.
+    let (walk, st) = unsafe { (&mut (*uw).stack, &mut (*uw).state) };
+    // SAFETY: helpers without preconditions; the verifier checks the task pointer's type.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const u8;
+    // `regs` is a BTF pointer to the task's `struct pt_regs`, and the offsets are constants
+    // the verifier checks against BTF: a field is a plain load (its fault, if any, handled by
+    // the kernel), several times cheaper than copying the registers with a helper.
+    // SAFETY: see above; a bad address reads as 0 rather than faulting.
+    let word = |off: u32| unsafe { core::ptr::read_volatile(regs.add(off as usize).cast::<u64>()) };
+    // The low 16 bits: kernels with FRED keep more in the word that holds `cs`.
+    let cs = word(config!(layout.pt_regs_cs)) & 0xffff;
+    if cs & 3 != 3 {
+        // Never in user mode: a kernel thread has no user stack.
+        return -EFAULT;
+    }
+    if cs != USER_CS_64 {
+        return stack_id(ctx, kernel_walk);
+    }
+    st.pc = word(config!(layout.pt_regs_ip));
+    st.fp = word(config!(layout.pt_regs_bp));
+    st.sp = 0;
+    st.base = 0;
+    st.len = 0;
+    st.hash = 0xcbf2_9ce4_8422_2325;
+    st.mapped.start = 0;
+    st.mapped.end = 0;
+    st.mapped.len = 0;
+    st.generation = 0;
+    st.by_table = 0;
+    st.by_frame_pointer = 0;
+    st.by_go = 0;
+    st.reason = WALKING;
+    st.missed = 0;
+    let pid_tgid = if config!(unwind_tables) != 0 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        st.pid = (pid_tgid >> 32) as u32;
+        let epoch = [
+            UNWIND_EPOCH.get(0).copied().unwrap_or(0),
+            UNWIND_EPOCH.get(1).copied().unwrap_or(0),
+        ];
+        // SAFETY: this CPU's walk slot.
+        let w = unsafe { &mut *uw };
+        if w.last_pid == st.pid && w.last_epoch == epoch && epoch[1] != 0 {
+            st.generation = w.last_generation;
+        } else {
+            // SAFETY: the value is copied out at once.
+            st.generation = unsafe { UNWIND_PROCESSES.get(st.pid) }
+                .copied()
+                .unwrap_or(0);
+            w.last_pid = st.pid;
+            w.last_generation = st.generation;
+            w.last_epoch = epoch;
+        }
+        st.sp = word(config!(layout.pt_regs_sp));
+        pid_tgid
+    } else {
+        0
+    };
+    walk.nr = 0;
+    // A loop written here would be verified once per possible frame (the verifier follows
+    // every iteration), which made each program take up to 0.15 s to load natively and many
+    // seconds on slow machines; bpf_loop's body is verified once.
+    let mut state = uw;
+    // SAFETY: the callback and its context match what bpf_loop passes back to it.
+    unsafe {
+        bpf_loop(
+            USER_STACK_FRAMES as u32,
+            walk_frame as *const () as *mut c_void,
+            (&raw mut state).cast::<c_void>(),
+            0,
+        )
+    };
+    if st.missed != 0 {
+        ask_for_tables(ctx, pid_tgid);
+    }
+    let reason = if st.reason == WALKING {
+        stop::DEPTH
+    } else {
+        st.reason
+    };
+    walk.unwind = facts(st.by_table, st.by_frame_pointer, st.by_go, reason);
+    let hash = mix(st.hash, u64::from(reason));
+    walk.hash = hash;
+    let key = ((hash ^ (hash >> 32)) as u32 & (USER_STACK_KEY - 1)) | USER_STACK_KEY;
+    // SAFETY: the value is only compared, not kept.
+    if let Some(known) = unsafe { USER_STACKS.get(key) } {
+        return if known.hash == hash {
+            key as i32
+        } else {
+            -EEXIST
+        };
+    }
+    // By reference: the stack is too big to copy onto the BPF stack.
+    let stack: &UserStack = walk;
+    match USER_STACKS.insert(key, stack, u64::from(BPF_NOEXIST)) {
+        // Another CPU interned it first: the same stack, as near as a 64-bit hash tells.
+        Ok(()) => key as i32,
+        Err(e) if e == -EEXIST => key as i32,
+        Err(_) => -ENOMEM,
+    }
+}
+
+/// Called at exec: the process's mappings are gone, and its entries with them until the
+/// collector has read the new ones (its stacks are walked by frame pointer meanwhile).
+#[inline(always)]
+pub(crate) fn forget_process(pid: u32) {
+    if config!(unwind_tables) != 0
+        && UNWIND_PROCESSES.remove(pid).is_ok()
+        && let Some(epoch) = UNWIND_EPOCH.get_ptr_mut(0)
+    {
+        // The time, rather than a count: any new value will do, and two CPUs that exec at once
+        // cannot both write the same one, as they could increments of a shared count.
+        // SAFETY: a map value; a plain store of a word.
+        unsafe { core::ptr::write_volatile(epoch, now()) };
+    }
+}
