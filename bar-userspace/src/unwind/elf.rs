@@ -9,7 +9,7 @@ use object::{
     elf::PF_X, read::ReadCache,
 };
 
-use super::{Row, TableError, cfi};
+use super::{Row, TableError, cfi, gopclntab};
 
 /// Objects larger than this are not read (the largest shared objects seen are a few hundred
 /// MB, with debug information).
@@ -81,7 +81,6 @@ fn parse<'a, R: ReadRef<'a>>(data: R) -> Result<(ObjectInfo, Vec<Row>), TableErr
     }
     let mut info = ObjectInfo {
         build_id: obj.build_id().ok().flatten().map(<[u8]>::to_vec),
-        go: obj.section_by_name(".gopclntab").is_some(),
         ..ObjectInfo::default()
     };
     for seg in obj.segments() {
@@ -115,14 +114,36 @@ fn parse<'a, R: ReadRef<'a>>(data: R) -> Result<(ObjectInfo, Vec<Row>), TableErr
         None => None,
     };
     let text = obj.section_by_name(".text").map_or(0, |s| s.address());
-    if eh_frame.is_none() && debug_frame.is_none() {
-        return Err(TableError::NoUnwindInfo);
-    }
-    let rows = cfi::rows(&cfi::Sections {
-        eh_frame,
-        text,
-        debug_frame: debug_frame.as_deref(),
-    })?;
+    // Go code from Go's own table, which is right even through assembly that uses RBP for
+    // data; the call frame information (C code linked in through cgo, or a Go binary's
+    // .debug_frame) for what it leaves out.
+    let go = if gopclntab::is_go(&obj) {
+        match gopclntab::rows_of(&obj) {
+            Ok(rows) => Some(rows),
+            Err(e) if eh_frame.is_none() && debug_frame.is_none() => {
+                return Err(TableError::Malformed(e.to_string()));
+            }
+            // The other tables still describe its frames, if less well.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let cfi = if eh_frame.is_none() && debug_frame.is_none() {
+        None
+    } else {
+        Some(cfi::rows(&cfi::Sections {
+            eh_frame,
+            text,
+            debug_frame: debug_frame.as_deref(),
+        })?)
+    };
+    info.go = go.is_some();
+    let rows = match (go, cfi) {
+        (Some(go), Some(cfi)) => super::overlay(&go, &cfi),
+        (Some(rows), None) | (None, Some(rows)) => rows,
+        (None, None) => return Err(TableError::NoUnwindInfo),
+    };
     Ok((info, rows))
 }
 

@@ -17,7 +17,7 @@
 //! with the functions and name offsets relative to the whole table; they are refused
 //! ([`Error::UnsupportedVersion`]): those toolchains have been out of support since 2021.
 
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadRef};
 
 use super::{Cfa, Rbp, Row};
 
@@ -73,7 +73,7 @@ pub enum Error {
 
 /// True when `elf` carries a Go function table (a Go executable, or a C program with Go
 /// linked in through cgo's c-archive/c-shared modes).
-pub fn is_go(elf: &object::File<'_>) -> bool {
+pub fn is_go<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> bool {
     pclntab_location(elf).is_some()
 }
 
@@ -90,7 +90,7 @@ pub fn rows(elf: &[u8]) -> Result<Vec<Row>, Error> {
 }
 
 /// [`rows`] of an ELF file already parsed.
-pub fn rows_of(elf: &object::File<'_>) -> Result<Vec<Row>, Error> {
+pub fn rows_of<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> Result<Vec<Row>, Error> {
     if elf.architecture() != object::Architecture::X86_64 {
         return Err(Error::NotX86_64(elf.architecture()));
     }
@@ -147,7 +147,7 @@ fn push(rows: &mut Vec<Row>, pc: u64, cfa: Cfa, rbp: Rbp) {
 /// position-independent builds, whose table holds relocated addresses), else the range of the
 /// `runtime.pclntab` and `runtime.epclntab` symbols (external linking puts the table inside
 /// `.data.rel.ro`), else, when the binary is also stripped, a header found in the data.
-fn pclntab_location<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
+fn pclntab_location<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<&'data [u8]> {
     for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
         if let Some(data) = elf.section_by_name(name).and_then(|s| s.data().ok())
             && !data.is_empty()
@@ -168,7 +168,7 @@ fn pclntab_location<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
 /// Looks for the table's header in the data segments, at the 8-byte alignment Go gives it
 /// (in fact 32), and takes the first that reads as a table whose functions lie in the
 /// executable segments. One pass over the data, comparing 8 bytes per 8.
-fn find_header<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
+fn find_header<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<&'data [u8]> {
     const PF_X: u32 = 1;
     const AMD64: [u8; 4] = [0, 0, 1, 8];
     let text = Text::of(elf);
@@ -192,7 +192,10 @@ fn find_header<'data>(elf: &object::File<'data>) -> Option<&'data [u8]> {
         })
 }
 
-fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
+fn symbol_address<'data, R: ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    name: &str,
+) -> Option<u64> {
     elf.symbol_by_name(name)
         .map(|s| s.address())
         .filter(|&a| a != 0)
@@ -204,7 +207,7 @@ struct Text<'data> {
 }
 
 impl<'data> Text<'data> {
-    fn of(elf: &object::File<'data>) -> Self {
+    fn of<R: ReadRef<'data>>(elf: &object::File<'data, R>) -> Self {
         const PF_X: u32 = 1;
         let segments = elf
             .segments()

@@ -85,6 +85,34 @@ pub struct Row {
     pub rbp: Rbp,
 }
 
+/// The rows of `primary` (sorted), with the addresses it leaves [`Cfa::Missing`] (and those
+/// before its first row or from its last `Missing` row on) taken from `secondary` (sorted).
+pub fn overlay(primary: &[Row], secondary: &[Row]) -> Vec<Row> {
+    let missing = Row {
+        pc: 0,
+        cfa: Cfa::Missing,
+        rbp: Rbp::Unchanged,
+    };
+    let at = |rows: &[Row], pc: u64| {
+        let i = rows.partition_point(|r| r.pc <= pc);
+        i.checked_sub(1).map_or(missing, |i| rows[i])
+    };
+    let mut pcs: Vec<u64> = primary.iter().chain(secondary).map(|r| r.pc).collect();
+    pcs.sort_unstable();
+    pcs.dedup();
+    pcs.into_iter()
+        .map(|pc| {
+            let p = at(primary, pc);
+            let rule = if p.cfa == Cfa::Missing {
+                at(secondary, pc)
+            } else {
+                p
+            };
+            Row { pc, ..rule }
+        })
+        .collect()
+}
+
 /// Why an object has no table: it then falls back to frame pointers.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -125,5 +153,45 @@ pub fn describe_tables(files: &[std::path::PathBuf]) {
             Err(e) => serde_json::json!({"file": path, "error": e.to_string()}),
         };
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pc: u64, cfa: Cfa) -> Row {
+        Row {
+            pc,
+            cfa,
+            rbp: Rbp::Unchanged,
+        }
+    }
+
+    #[test]
+    fn overlay_fills_what_the_primary_table_leaves_out() {
+        // Go functions at 0x100..0x120 and 0x140..0x150; C functions at 0x80..0x100 and
+        // 0x120..0x140 (between the Go ones), and one the Go table also covers.
+        let go = [
+            row(0x100, Cfa::Rsp(8)),
+            row(0x110, Cfa::Rsp(24)),
+            row(0x120, Cfa::Missing),
+            row(0x140, Cfa::Rsp(16)),
+            row(0x150, Cfa::Missing),
+        ];
+        let c = [
+            row(0x80, Cfa::Rsp(8)),
+            row(0x100, Cfa::Rbp(16)),
+            row(0x120, Cfa::Rsp(32)),
+            row(0x140, Cfa::Missing),
+        ];
+        let rows = overlay(&go, &c);
+        let at = |pc: u64| rows[rows.partition_point(|r| r.pc <= pc) - 1].cfa;
+        assert_eq!(at(0x90), Cfa::Rsp(8));
+        assert_eq!(at(0x105), Cfa::Rsp(8));
+        assert_eq!(at(0x115), Cfa::Rsp(24));
+        assert_eq!(at(0x130), Cfa::Rsp(32));
+        assert_eq!(at(0x145), Cfa::Rsp(16));
+        assert_eq!(at(0x160), Cfa::Missing);
     }
 }
