@@ -7,7 +7,7 @@ use std::{fmt::Write as _, path::PathBuf, process::Command};
 
 use serde_json::Value;
 
-use super::{Config, Ctx, SlowCase, Spread, Trial, output};
+use super::{Ctx, SlowCase, Spread, Trial, output, plan::Config};
 
 /// One object's table, as `bar-probe tables` built it.
 #[derive(Debug, Clone)]
