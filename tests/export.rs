@@ -2,41 +2,11 @@
 //! workload of ours must show the same functions on top, with the same totals, as the folded
 //! files rendered from the same capture.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Command, Output},
+use std::{collections::BTreeMap, path::Path, process::Output};
+
+use bar_tests::{
+    Folded, attach_through, go, one_line_error, out_dir, pprof_or_skip, root_or_skip, run,
 };
-
-use bar_tests::{Folded, attach_through, one_line_error, out_dir, root_or_skip, run};
-
-/// True when `go tool pprof` runs here; `cargo xtask test` installs it, so there a missing Go
-/// is a failure, not a skip.
-fn pprof_or_skip(test: &str) -> bool {
-    let ok = go().args(["tool", "pprof", "-h"]).output().is_ok_and(|o| {
-        String::from_utf8_lossy(&o.stdout).contains("usage")
-            || String::from_utf8_lossy(&o.stderr).contains("usage")
-    });
-    if ok {
-        return true;
-    }
-    assert!(
-        std::env::var_os("BAR_REQUIRE_ROOT").is_none(),
-        "{test}: `go tool pprof` does not run; `scripts/setup.sh export` installs it"
-    );
-    eprintln!("skipped {test}: `go tool pprof` is not installed (scripts/setup.sh export)");
-    false
-}
-
-/// The Go tool, kept off the network: no module proxy, no toolchain download.
-fn go() -> Command {
-    let mut c = Command::new("go");
-    c.env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "")
-        .current_dir(std::env::temp_dir());
-    c
-}
 
 /// `go tool pprof ARGS FILE`, which must succeed; returns its stdout.
 fn pprof(args: &[&str], file: &Path) -> String {

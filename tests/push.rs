@@ -8,15 +8,14 @@
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use bar::export::{pprof, pprof_proto as pb};
 use bar_tests::{
-    Folded, Recording, Value, Workload,
+    Folded, Recording, Value, Workload, go,
     http::{Answer, Receiver, Request, refused_url},
-    one_line_error, out_dir, root_or_skip, run,
+    one_line_error, out_dir, pprof_or_skip, root_or_skip, run,
 };
 use opentelemetry_proto::tonic::{
     collector::profiles::v1development::ExportProfilesServiceRequest,
@@ -27,29 +26,6 @@ use prost::Message as _;
 const SECRET: &str = "s3cret";
 /// The receivers are on loopback: no proxy of the environment in between.
 const NO_PROXY: (&str, &str) = ("NO_PROXY", "127.0.0.1,localhost");
-
-/// True when `go tool pprof` runs here (`cargo xtask test` installs Go, so there it must).
-fn pprof_or_skip(test: &str) -> bool {
-    if go().args(["tool", "pprof", "-h"]).output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("BAR_REQUIRE_ROOT").is_none(),
-        "{test}: `go tool pprof` does not run; `scripts/setup.sh export` installs it"
-    );
-    eprintln!("skipped {test}: `go tool pprof` is not installed (scripts/setup.sh export)");
-    false
-}
-
-/// The Go tool, kept off the network.
-fn go() -> Command {
-    let mut c = Command::new("go");
-    c.env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "")
-        .current_dir(std::env::temp_dir());
-    c
-}
 
 fn pprof_text(args: &[&str], file: &Path) -> String {
     let out = go()

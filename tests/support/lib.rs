@@ -229,21 +229,44 @@ pub fn go_sha_command(exe: &Path, seconds: f64) -> Command {
     cmd
 }
 
+/// The Go tool, kept off the network: no module proxy, no toolchain download.
+pub fn go() -> Command {
+    let mut c = Command::new("go");
+    c.env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .current_dir(std::env::temp_dir());
+    c
+}
+
+/// True when `go tool pprof` runs here; `cargo xtask test` installs it, so there a missing Go
+/// is a failure, not a skip.
+pub fn pprof_or_skip(test: &str) -> bool {
+    let ok = go().args(["tool", "pprof", "-h"]).output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout).contains("usage")
+            || String::from_utf8_lossy(&o.stderr).contains("usage")
+    });
+    if ok {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BAR_REQUIRE_ROOT").is_none(),
+        "{test}: `go tool pprof` does not run; `scripts/setup.sh export` installs it"
+    );
+    eprintln!("skipped {test}: `go tool pprof` is not installed (scripts/setup.sh export)");
+    false
+}
+
 fn build_go_sha() -> Result<PathBuf, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/go-sha/main.go");
     let dir = out_dir("go-sha");
     let exe = dir.join("go-sha");
-    // Kept off the network (no module proxy, no toolchain download) and free of cgo, so
-    // that only Go itself is needed.
-    let out = Command::new("go")
+    // Free of cgo, so that only Go itself is needed.
+    let out = go()
         .args(["build", "-o"])
         .arg(&exe)
         .arg(&src)
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "")
         .env("CGO_ENABLED", "0")
-        .current_dir(std::env::temp_dir())
         .output()
         .map_err(|e| format!("cannot run `go` ({e}); `scripts/setup.sh export` installs it"))?;
     if !out.status.success() {
