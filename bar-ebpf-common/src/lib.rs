@@ -230,8 +230,11 @@ pub mod counter {
     pub const OFFCPU_MAP_FULL: u32 = super::kind::COUNT;
     /// The TCP start map refused an insert.
     pub const TCP_MAP_FULL: u32 = super::kind::COUNT + 1;
+    /// Off-CPU intervals whose end no program saw (the kernel ran no program for the thread's
+    /// return), ended where the thread's own run time since says it came back.
+    pub const OFFCPU_RETURN_UNSEEN: u32 = super::kind::COUNT + 2;
     /// Number of counters.
-    pub const COUNT: u32 = super::kind::COUNT + 2;
+    pub const COUNT: u32 = super::kind::COUNT + 3;
 }
 
 /// Stack id of a record that has no stack to show, rather than one that failed: `-EFAULT`, what
@@ -593,6 +596,10 @@ pub struct Layout {
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
     pub pt_regs_sp: u32,
+    /// `task_struct.se.sum_exec_runtime` and `.prev_sum_exec_runtime` (its value when the task
+    /// was last put on a CPU): how long a running task has run since it came back.
+    pub task_sum_exec: u32,
+    pub task_prev_sum_exec: u32,
 }
 
 impl Layout {
@@ -675,6 +682,8 @@ impl Layout {
             newtask_pid: u,
             newtask_clone_flags: u,
             pt_regs_sp: u,
+            task_sum_exec: u,
+            task_prev_sum_exec: u,
         }
     }
 }
@@ -763,8 +772,8 @@ const _: () = {
     assert!(core::mem::offset_of!(Batch<OffCpuRecord>, records) == BATCH_HEADER);
     assert!(size_of::<SumValue>() == 16);
     // An even number of u32 fields, so Config (8-byte aligned) has no trailing padding.
-    assert!(size_of::<Layout>() == 72 * 4);
-    assert!(size_of::<Config>() == 48 + 72 * 4);
+    assert!(size_of::<Layout>() == 74 * 4);
+    assert!(size_of::<Config>() == 48 + 74 * 4);
     assert!(size_of::<ProcessRecord>() == 56);
     assert!(size_of::<UserStack>() == 16 + USER_STACK_FRAMES * 8);
 };

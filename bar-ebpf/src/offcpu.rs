@@ -6,6 +6,12 @@
 //! removes its entry, so nothing accumulates over a long capture; intervals of threads still
 //! running when the recording ends are read from both maps by the collector.
 //!
+//! A return can pass unseen: the kernel does not run the tracepoint for every switch (on a
+//! 6.18 host, no switch away from some tasks reached ftrace or BPF: one sleep in a few hundred
+//! came back from one of those), and a classic tracepoint or kprobe program is skipped while
+//! a BPF system call holds the CPU. A thread that is switched out again, or exits, came back
+//! all the same; its scheduler's run-time sums say when (`report_unseen`).
+//!
 //! Attach points: `tp_btf/sched_switch` (arguments direct, needs the four-argument form with
 //! `prev_state`, Linux 5.18+); then `finish_task_switch(prev)` by fentry or kprobe, as bcc's
 //! offcputime does, for kernels whose tracepoint lacks `prev_state`; last the classic
@@ -20,7 +26,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::{
@@ -67,7 +73,7 @@ fn switch<C: StackIdContext>(ctx: &C, prev: Prev, next_tid: u32) {
         if let (Some(last), Some(back)) = (entry, slot) {
             // SAFETY: a thread's entry is used by the programs of its own switches and its
             // exit, which happen one after another; the slot is this CPU's.
-            report_back(ctx, tid, unsafe { &*last }, unsafe { &*back });
+            report_back(ctx, ts, tid, unsafe { &*last }, unsafe { &*back });
         }
         let (user_stack, kernel_stack) = stacks(ctx);
         let start = OffCpuStart {
@@ -114,12 +120,46 @@ fn keep(tid: u32, entry: Option<*mut OffCpuStart>, start: OffCpuStart) {
     }
 }
 
-/// Reports the interval that began at `last` if thread `tid`, which runs on this CPU now, came
-/// back since: then `back`, this CPU's last switch-in, is its return.
+/// Reports the interval that began at `last` (not reported yet unless `ts_ns` is 0) of thread
+/// `tid`, the current task at `ts`: running, so it came back since. Its return is `back`, this
+/// CPU's last switch-in, when a program saw it; else it passed unseen.
 #[inline(always)]
-fn report_back<C: StackIdContext>(ctx: &C, tid: u32, last: &OffCpuStart, back: &SwitchIn) {
+fn report_back<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, last: &OffCpuStart, back: &SwitchIn) {
     if last.ended_by(tid, back).is_some() {
         report(ctx, back.ts_ns, tid, last);
+    } else if last.ts_ns != 0 {
+        // SAFETY: the helper has no preconditions.
+        let task = unsafe { bpf_get_current_task() } as *const c_void;
+        report_unseen(ctx, ts, tid, last, task);
+    }
+}
+
+/// Reports the interval that began at `last` of thread `tid` (`task`, on CPU at `ts`), whose
+/// return no program saw. The task's `prev_sum_exec_runtime` is its `sum_exec_runtime` when
+/// it was last put on a CPU, both kept up to date at every switch, so their difference is how
+/// long it has run since it came back. Counted either way; one whose return cannot be placed
+/// after its switch-out is counted as lost.
+#[inline(always)]
+fn report_unseen<C: StackIdContext>(
+    ctx: &C,
+    ts: u64,
+    tid: u32,
+    last: &OffCpuStart,
+    task: *const c_void,
+) {
+    bump(counter::OFFCPU_RETURN_UNSEEN);
+    if last.user_stack == STACKS_AT_RETURN {
+        // finish_task_switch's switch-out, whose stacks were to be taken at the return.
+        bump(counter::DROPPED + kind::OFFCPU);
+        return;
+    }
+    let ran = read::<u64>(task, offset!(task_sum_exec)).and_then(|sum| {
+        read::<u64>(task, offset!(task_prev_sum_exec))
+            .and_then(|at_return| sum.checked_sub(at_return))
+    });
+    match ran.and_then(|ran| ts.checked_sub(ran)) {
+        Some(back) if back > last.ts_ns => report(ctx, back, tid, last),
+        _ => bump(counter::DROPPED + kind::OFFCPU),
     }
 }
 
@@ -163,6 +203,10 @@ fn report<C: StackIdContext>(ctx: &C, ts: u64, tid: u32, start: &OffCpuStart) {
 // Raw `__state` bit of a task that has finished exiting (include/linux/sched.h).
 const TASK_DEAD: u32 = 0x80;
 
+/// The stack ids of a switch-out seen by `finish_task_switch`, whose stacks are taken when the
+/// thread runs again: an errno, should it ever be shown.
+const STACKS_AT_RETURN: i32 = -61;
+
 #[btf_tracepoint(function = "sched_switch")]
 pub fn bar_switch_btf(ctx: BtfTracePointContext) -> u32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -204,11 +248,14 @@ pub fn bar_switch_tp(ctx: TracePointContext) -> u32 {
 /// A thread exits: its last interval is reported if it came back from it, and its entry goes.
 #[inline(always)]
 fn thread_exit<C: StackIdContext>(ctx: &C) {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     if let Some(last) = OFFCPU_START.get_ptr_mut(tid) {
-        if let Some(back) = SWITCHED_IN.get(0) {
+        // finish_task_switch keeps the switch-outs of threads outside the cgroup too (see
+        // `finish_switch`); they are never taken, and are no interval to report.
+        if let (true, Some(back)) = (traced_current(pid_tgid), SWITCHED_IN.get(0)) {
             // SAFETY: as in `switch`.
-            report_back(ctx, tid, unsafe { &*last }, back);
+            report_back(ctx, now(), tid, unsafe { &*last }, back);
         }
         let _ = OFFCPU_START.remove(tid);
     }
@@ -245,6 +292,17 @@ fn finish_switch<C: StackIdContext>(ctx: &C, prev: *const c_void) {
         let state = read::<u32>(prev, offset!(task_state)).unwrap_or(0);
         let tid = read::<u32>(prev, offset!(task_pid)).unwrap_or(0);
         if state & TASK_DEAD == 0 && tid != 0 {
+            let entry = OFFCPU_START.get_ptr_mut(tid);
+            if let Some(last) = entry {
+                // SAFETY: as in `switch`.
+                let last = unsafe { &*last };
+                // Not taken: the thread ran again without this program seeing it (a kprobe
+                // is skipped while a BPF system call holds the CPU). Only known without a
+                // cgroup filter, which switch-outs cannot apply.
+                if last.ts_ns != 0 && config!(cgroup_id) == 0 {
+                    report_unseen(ctx, ts, tid, last, prev);
+                }
+            }
             let start = OffCpuStart {
                 ts_ns: ts,
                 pid: prev_tgid,
@@ -254,12 +312,11 @@ fn finish_switch<C: StackIdContext>(ctx: &C, prev: *const c_void) {
                     offcpu_reason::BLOCKED
                 },
                 state,
-                // Taken when the thread runs again.
-                user_stack: 0,
-                kernel_stack: 0,
+                user_stack: STACKS_AT_RETURN,
+                kernel_stack: STACKS_AT_RETURN,
                 _pad: 0,
             };
-            keep(tid, OFFCPU_START.get_ptr_mut(tid), start);
+            keep(tid, entry, start);
         }
     }
     let pid_tgid = bpf_get_current_pid_tgid();

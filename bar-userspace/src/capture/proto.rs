@@ -342,6 +342,10 @@ pub struct Counters {
     pub ts: u64,
     #[prost(message, optional, boxed, tag = "8")]
     pub unwind: Option<Box<Unwind>>,
+    /// Off-CPU intervals whose end no program saw, ended by the thread's run time since (None
+    /// in captures recorded before bar counted them).
+    #[prost(uint64, optional, tag = "9")]
+    pub offcpu_returns_unseen: Option<u64>,
 }
 
 /// How the user stacks of the recorded events were walked, and what the unwind tables cost.

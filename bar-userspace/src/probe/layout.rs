@@ -386,6 +386,14 @@ pub fn fill_btf(layout: &mut Layout, btf: &KernelBtf) {
     layout.pt_regs_cs = get(&regs, "cs");
     layout.pt_regs_sp = get(&regs, "sp");
     layout.task_state = get(&task, "__state");
+    // The run-time sums sit in the task's scheduling entity, embedded in task_struct.
+    let entity = btf.struct_members("sched_entity").unwrap_or_default();
+    let in_entity = |m: &str| match (btf.offset_in(&task, "se"), btf.offset_in(&entity, m)) {
+        (Some(se), Some(off)) => se + off,
+        _ => Layout::UNKNOWN,
+    };
+    layout.task_sum_exec = in_entity("sum_exec_runtime");
+    layout.task_prev_sum_exec = in_entity("prev_sum_exec_runtime");
     layout.page_flags = get(&page, "flags");
     layout.page_lru = get(&page, "lru");
     layout.migration_target_nid = get(&migration, "nid");
@@ -478,6 +486,9 @@ print fmt: \"prev_comm=%s\"";
         fill_btf(&mut layout, &btf);
         assert_eq!(layout.page_nid_bits, shift);
         assert_ne!(layout.task_state, Layout::UNKNOWN);
+        // Two u64 of struct sched_entity, one after the other, inside task_struct.
+        assert_ne!(layout.task_prev_sum_exec, Layout::UNKNOWN);
+        assert!(layout.task_prev_sum_exec > layout.task_sum_exec);
         assert_ne!(layout.migration_target_nid, Layout::UNKNOWN);
     }
 

@@ -484,6 +484,7 @@ impl Aggregator {
             malformed: self.malformed,
             offcpu_map_full: sums[counter::OFFCPU_MAP_FULL as usize],
             tcp_map_full: sums[counter::TCP_MAP_FULL as usize],
+            offcpu_returns_unseen: Some(sums[counter::OFFCPU_RETURN_UNSEEN as usize]),
             discarded_at_max_size: self.discarded,
             ts: system::monotonic_ns(),
             unwind: self.unwind_counters(),

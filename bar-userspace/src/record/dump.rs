@@ -308,6 +308,9 @@ fn rebase(c: &proto::Counters, base: Option<&proto::Counters>) -> proto::Counter
         malformed: c.malformed.saturating_sub(b.malformed),
         offcpu_map_full: c.offcpu_map_full.saturating_sub(b.offcpu_map_full),
         tcp_map_full: c.tcp_map_full.saturating_sub(b.tcp_map_full),
+        offcpu_returns_unseen: c
+            .offcpu_returns_unseen
+            .map(|n| n.saturating_sub(b.offcpu_returns_unseen.unwrap_or(0))),
         discarded_at_max_size: 0,
         ts: c.ts,
         // How the stacks of the dumped time were walked; the tables as they are now.

@@ -135,6 +135,10 @@ fn view_summary(profile: &Profile, view: Family, agg: Option<&ViewAgg>) -> Value
                 percentiles(&agg.preempted_us, P50_P99),
             );
             obj.insert("map_full".into(), json!(profile.counters.offcpu_map_full));
+            obj.insert(
+                "returns_unseen".into(),
+                json!(profile.counters.offcpu_returns_unseen),
+            );
             let mut top: Vec<_> = agg.per_stack_us.iter().collect();
             top.sort_by(|a, b| b.1.total_us.cmp(&a.1.total_us).then(a.0.cmp(b.0)));
             let top: Vec<Value> = top
