@@ -7,7 +7,7 @@
 use bar_tests::{
     ChainPoint, Recording, Value, Workload, assert_blocked_matches_sleeps,
     assert_compaction_attributed, attach_through, avoid_before, family_chain, machine_info, metric,
-    out_dir, root_or_skip,
+    out_dir, root_or_skip, sleeps_counted,
 };
 
 /// Whether the environment says `family` must be able to attach by `method` here.
@@ -58,6 +58,9 @@ fn record_through(
 fn check_offcpu(report: &Value, rec: &Recording) {
     let folded = rec.folded("offcpu");
     assert_blocked_matches_sleeps(report, &folded);
+    // Each sleep once, the last one too, although the thread runs on after it.
+    let offcpu = &rec.summary()["kinds"]["offcpu"];
+    assert_eq!(sleeps_counted(rec), 40, "{offcpu}");
     assert!(
         folded
             .stacks
@@ -129,7 +132,15 @@ fn every_attach_point_of_every_family_gives_the_same_answers() {
     let families: [(&str, &[&str], Check); 4] = [
         (
             "offcpu",
-            &["sleep", "--count", "40", "--micros", "5000"],
+            &[
+                "sleep",
+                "--count",
+                "40",
+                "--micros",
+                "5000",
+                "--seconds",
+                "0.2",
+            ],
             check_offcpu,
         ),
         ("faults", &["faults", "--count", "4000"], check_faults),

@@ -485,6 +485,22 @@ pub fn assert_blocked_matches_sleeps(report: &Value, folded: &Folded) -> u64 {
     blocked
 }
 
+/// Off-CPU intervals blocked in `sleep_in_named_function`, as summary.json counts them per
+/// stack (each interval once, summed in the kernel or not).
+pub fn sleeps_counted(rec: &Recording) -> u64 {
+    rec.summary()["kinds"]["offcpu"]["top_blocked_stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["stack"]
+                .as_str()
+                .is_some_and(|s| s.contains("sleep_in_named_function"))
+        })
+        .map(|s| s["blocked_us"]["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 /// Asserts a failure with exactly one stderr line, `bar-probe: ...`, containing `needle`.
 pub fn one_line_error(out: &Output, needle: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
