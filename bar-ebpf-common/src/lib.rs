@@ -137,8 +137,15 @@ pub mod kind {
     /// (dlopen, JIT code): [`crate::Header`] only, at most a few per second per process, so
     /// that the collector reads its memory map again.
     pub const UNWIND_MISS: u32 = 10;
+    /// A stack walk of a traced process could not read a word of its stack:
+    /// [`crate::StackPageRecord`], at most one per process every few milliseconds, so that
+    /// the collector faults the page back in. NUMA balancing takes pages away from the
+    /// process's page tables until it touches them again (to learn where it runs), and the
+    /// programs cannot take a page fault: the outer frames of a stack, on pages the process
+    /// seldom touches, would stay unreadable for seconds.
+    pub const STACK_PAGE: u32 = 11;
     /// One past the largest kind; sizes arrays indexed by kind.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Not a kind of event: a perf sample that is a [`crate::Batch`] of records of one kind.
     pub const BATCH: u32 = 0x100;
 }
@@ -258,6 +265,14 @@ pub struct Header {
     /// Id in the stack map of the kernel stack, or a negative errno.
     pub kernel_stack: i32,
     pub _pad: u32,
+}
+
+/// A word of a traced process's stack a walk could not read ([`kind::STACK_PAGE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackPageRecord {
+    pub header: Header,
+    pub address: u64,
 }
 
 /// Length of a task's name (`comm`) in the kernel, with its NUL.

@@ -18,7 +18,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use bar_ebpf_common::{
-    DEFAULT_STACK_MAP_ENTRIES, Header, USER_STACK_FRAMES, USER_STACK_KEY, UserStack, kind,
+    DEFAULT_STACK_MAP_ENTRIES, Header, StackPageRecord, USER_STACK_FRAMES, USER_STACK_KEY,
+    UserStack, kind,
     unwind::{
         MAPPING_KEY_BITS, MAX_MAPPING_ENTRIES, MAX_OBJECTS, MAX_PROCESSES, MappingKey, NO_OBJECT,
         UnwindMapping, UnwindObject, UnwindRow, cfa, facts, mapping_key, method, rbp, stop,
@@ -63,6 +64,17 @@ static UNWIND_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0
 
 /// A process asks again at most this often: the collector needs one request to read its map.
 const ASK_EVERY_NS: u64 = 200_000_000;
+
+/// When a process last asked the collector to fault a page of its stack back in, by pid.
+#[map]
+static PAGE_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// A process asks for a stack page at most this often: each request brings one page back, and
+/// a walk stops at the first it cannot read.
+const ASK_PAGE_EVERY_NS: u64 = 5_000_000;
+
+/// How far above the stack pointer an unreadable word may lie and still be asked for.
+const STACK_REACH: u64 = 64 << 20;
 
 /// Binary search steps: enough for the largest table an object may have (2^24 rows).
 const SEARCH_STEPS: u32 = 25;
@@ -173,6 +185,8 @@ struct WalkState {
     /// Non-zero: the walk met code in no mapping the collector loaded.
     missed: u32,
     _pad: u32,
+    /// The stack word the walk could not read, if it stopped on one (0 otherwise).
+    unread: u64,
 }
 
 /// The word of user memory at `addr`, through the window: read again (a whole window from
@@ -192,6 +206,11 @@ fn fetch(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64) ->
             st.len = 8;
         } else {
             st.len = 0;
+            // A frame's words lie above the stack pointer, and a stack is at most a few
+            // megabytes: anything else is a wrong frame pointer, not a page to bring back.
+            if addr.wrapping_sub(st.sp) < STACK_REACH {
+                st.unread = addr;
+            }
             return None;
         }
         st.base = addr;
@@ -488,6 +507,38 @@ fn ask_for_tables<C: EbpfContext>(ctx: &C, pid_tgid: u64) {
     emit(ctx, kind::UNWIND_MISS, &header);
 }
 
+/// Asks the collector to fault in the page of the current process's stack that holds `address`,
+/// at most every [`ASK_PAGE_EVERY_NS`]: the programs cannot take a page fault, and a page that
+/// NUMA balancing took away comes back only when something touches it.
+#[inline(always)]
+fn ask_for_page<C: EbpfContext>(ctx: &C, address: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let t = now();
+    if let Some(last) = PAGE_ASKED.get_ptr_mut(pid) {
+        // SAFETY: the value lives as long as the entry; a race only sends one more request.
+        if t.wrapping_sub(unsafe { *last }) < ASK_PAGE_EVERY_NS {
+            return;
+        }
+        unsafe { *last = t };
+    } else if PAGE_ASKED.insert(pid, t, 0).is_err() {
+        return;
+    }
+    let record = StackPageRecord {
+        header: Header {
+            ts_ns: t,
+            kind: kind::STACK_PAGE,
+            pid,
+            tid: pid_tgid as u32,
+            user_stack: -EFAULT,
+            kernel_stack: -EFAULT,
+            _pad: 0,
+        },
+        address,
+    };
+    emit(ctx, kind::STACK_PAGE, &record);
+}
+
 /// The user stack of the current task, as an id for the record.
 ///
 /// `bpf_get_stackid` walks user frame pointers until a read fails, and the chain of every
@@ -542,6 +593,7 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     st.by_go = 0;
     st.reason = WALKING;
     st.missed = 0;
+    st.unread = 0;
     let pid_tgid = if config!(unwind_tables) != 0 {
         let pid_tgid = bpf_get_current_pid_tgid();
         st.pid = (pid_tgid >> 32) as u32;
@@ -583,6 +635,9 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     };
     if st.missed != 0 {
         ask_for_tables(ctx, pid_tgid);
+    }
+    if st.reason == stop::READ && st.unread != 0 {
+        ask_for_page(ctx, st.unread);
     }
     let reason = if st.reason == WALKING {
         stop::DEPTH

@@ -19,7 +19,7 @@ use self::ring::{PerfRing, RingEvent};
 use aya::maps::MapData;
 use bar_ebpf_common::{
     BATCH_HEADER, BATCH_RECORDS, FaultRecord, Header, NumaPagesRecord, NumaTaskRecord,
-    OffCpuRecord, ProcessRecord, TcpRecord, kind,
+    OffCpuRecord, ProcessRecord, StackPageRecord, TcpRecord, kind,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -40,6 +40,8 @@ pub enum Record {
     Process(ProcessRecord),
     /// A walk met code outside the mappings loaded for the process.
     UnwindMiss(Header),
+    /// A walk could not read a word of the process's stack.
+    StackPage(StackPageRecord),
     /// `count` faults or off-CPU intervals of one window summed in the kernel: same thread,
     /// stacks, `detail` (fault flags, off-CPU reason) and `state`; `total` is their blocked
     /// nanoseconds (off-CPU). The header's time is the middle of the window.
@@ -62,6 +64,7 @@ impl Record {
             Self::NumaTask(r) => &r.header,
             Self::NumaPages(r) => &r.header,
             Self::Process(r) => &r.header,
+            Self::StackPage(r) => &r.header,
             Self::UnwindMiss(h) | Self::Summed { header: h, .. } => h,
         }
     }
@@ -122,6 +125,7 @@ fn decode_sized(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         kind::NUMA_PAGES => body(bytes, header.kind, Record::NumaPages),
         kind::EXEC | kind::FORK | kind::EXIT => body(bytes, header.kind, Record::Process),
         kind::UNWIND_MISS => Ok((Record::UnwindMiss(header), size_of::<Header>())),
+        kind::STACK_PAGE => body(bytes, header.kind, Record::StackPage),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -390,6 +390,12 @@ pub struct Unwind {
     /// Objects that got no table (walked by frame pointer), and why.
     #[prost(message, repeated, tag = "15")]
     pub failed: Vec<Rejected>,
+    /// Stack pages a walk could not read that the collector was asked to fault in, and those
+    /// it did (the others belonged to processes or mappings gone by then).
+    #[prost(uint64, tag = "16")]
+    pub stack_pages: u64,
+    #[prost(uint64, tag = "17")]
+    pub stack_pages_back: u64,
 }
 
 /// A phase marker: `name` starts at `ts` (or ends there when `end`).

@@ -26,6 +26,7 @@ use crate::{
     collect::{Batch, Record},
     push::Pusher,
     symbolize::{self, RawStack, Symbolizer},
+    sys::foreign,
     system,
     unwind::service::{Request, Snapshot},
 };
@@ -271,6 +272,13 @@ impl Aggregator {
             if let Record::UnwindMiss(_) = r {
                 if let Some(u) = &self.unwind {
                     u.send(Request::Miss(h.pid));
+                }
+                continue;
+            }
+            if let Record::StackPage(p) = r {
+                self.walks.stack_pages += 1;
+                if foreign::fault_in(h.pid, p.address) {
+                    self.walks.stack_pages_back += 1;
                 }
                 continue;
             }
@@ -587,7 +595,7 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
             dst_nid: n.dst_nid,
             what: n.what,
         })),
-        Record::Process(_) | Record::UnwindMiss(_) => None,
+        Record::Process(_) | Record::UnwindMiss(_) | Record::StackPage(_) => None,
         Record::Summed {
             header,
             detail,

@@ -368,7 +368,15 @@ struct UnwindSummary {
     frames: BTreeMap<&'static str, u64>,
     /// Those stacks cut short, by reason.
     cut_short: BTreeMap<&'static str, u64>,
+    /// Stack pages the walks could not read, which the collector faulted back in.
+    stack_pages: StackPages,
     tables: UnwindTables,
+}
+
+#[derive(Serialize)]
+struct StackPages {
+    asked: u64,
+    faulted_in: u64,
 }
 
 #[derive(Serialize)]
@@ -411,6 +419,10 @@ fn unwind_summary(profile: &Profile) -> Option<UnwindSummary> {
             ("go", u.frames_go),
         ]),
         cut_short,
+        stack_pages: StackPages {
+            asked: u.stack_pages,
+            faulted_in: u.stack_pages_back,
+        },
         tables: UnwindTables {
             objects: u.objects,
             rows: u.rows,

@@ -1,6 +1,7 @@
 //! What other users control and bar reads as root: a file (a JIT's perf map) and a FIFO
 //! (live markers). Each is opened without following a link and without blocking, then checked
-//! on the open descriptor (type, owner, who else may write, size) before a byte is read.
+//! on the open descriptor (type, owner, who else may write, size) before a byte is read. And a
+//! traced process's stack, of which bar reads one word to fault its page back in.
 
 use std::{
     fs::File,
@@ -193,6 +194,26 @@ pub fn read_foreign(
             }
         })?;
     Ok(Some((data, stamp)))
+}
+
+/// Reads the word at `address` of process `pid`'s memory, and throws it away: the read faults
+/// the page in as the process's own access would (process_vm_readv takes its pages as
+/// get_user_pages does, which resolves NUMA hinting faults), so that bar's programs, which
+/// cannot take a fault, can read it again. False when the process or the address is gone.
+pub fn fault_in(pid: u32, address: u64) -> bool {
+    let mut word = [0u8; 8];
+    let local = libc::iovec {
+        iov_base: word.as_mut_ptr().cast(),
+        iov_len: word.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as usize as *mut libc::c_void,
+        iov_len: word.len(),
+    };
+    // SAFETY: `local` describes `word`, which outlives the call; the kernel checks `remote`
+    // against the other process's memory and writes only into `local`.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    n == word.len() as isize
 }
 
 #[cfg(test)]
