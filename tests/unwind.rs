@@ -10,45 +10,9 @@ use std::{
 };
 
 use bar_tests::{
-    Folded, Recording, Value, Workload, emulated, metric, out_dir, root_or_skip, workloads_dir,
+    CHAIN, Folded, Recording, Value, Workload, assert_whole, emulated, frameless, metric, out_dir,
+    root_or_skip, workloads_dir,
 };
-
-fn frameless() -> PathBuf {
-    workloads_dir().join("frameless")
-}
-
-/// The chain every cpu, fault and sleep of the workload goes through, root first.
-const CHAIN: &str = "frameless_run;frameless_stage_one;frameless_stage_two;frameless_stage_three;";
-
-/// Weight of the stacks whose user part ends in `leaf` (kernel frames and annotations may
-/// follow), and of those that are whole: from `_start`, through `chain` right above the leaf.
-fn whole(folded: &Folded, chain: &str, leaf: &str) -> (u64, u64) {
-    let mut total = 0;
-    let mut good = 0;
-    for (stack, w) in &folded.stacks {
-        let Some(at) = stack.find(&format!(";{leaf}")) else {
-            continue;
-        };
-        total += w;
-        let (process, rest) = stack.split_once(';').unwrap_or_default();
-        let upto = &stack[..at + 1];
-        if !process.is_empty() && rest.starts_with("_start;") && upto.ends_with(chain) {
-            good += w;
-        }
-    }
-    (total, good)
-}
-
-fn assert_whole(folded: &Folded, chain: &str, leaf: &str, what: &str) -> u64 {
-    let (total, good) = whole(folded, chain, leaf);
-    assert!(
-        total > 0 && good * 100 >= total * 90,
-        "{what}: {good} of {total} of the weight in {leaf} has the whole chain\n{:#?}",
-        folded.stacks
-    );
-    metric(&format!("unwind_{what}_whole_pct"), good * 100 / total);
-    total
-}
 
 /// Runs `cmd` (which waits for a line on stdin) under `bar-probe attach --pid PID ARGS -o DIR`
 /// until it exits.

@@ -13,6 +13,13 @@
 # kernel's live patching of its own text (int3 first, then the new bytes, as when a tracepoint
 # or kprobe is switched on) raced with the other vCPU running stale translated code, which
 # hit the int3 and oopsed, in about one boot of 6.12 in two.
+#
+# NUMA balancing starts off (numa_balancing=disable); the NUMA suite turns it on for each of
+# its tests. It takes pages away from a process's page tables until the process touches them
+# again, and from Linux 6.5 on nothing bar can do brings a page of another process back: a
+# stack walk that meets one (the outer frames of a busy thread's stack) is cut there, which
+# the NUMA suite measures, and which would otherwise cut the stacks of every other suite at
+# random.
 set -euo pipefail
 
 vmlinuz="${1:?usage: run.sh VMLINUZ INITRAMFS DISK LOG TIMEOUT_SECONDS [KERNEL_ARGS...]}"
@@ -31,7 +38,7 @@ args=(
     -numa node,nodeid=0,cpus=0,memdev=m0
     -numa node,nodeid=1,cpus=1,memdev=m1
     -kernel "$vmlinuz" -initrd "$initrd"
-    -append "console=ttyS0 panic=-1 quiet $*"
+    -append "console=ttyS0 panic=-1 quiet numa_balancing=disable $*"
     -drive "file=$disk,if=none,id=scratch,format=raw"
     -device nvme,drive=scratch,serial=bar-scratch
     -nic none -nographic -no-reboot

@@ -5,8 +5,9 @@
  * Every function of the chains is kept out of line (noipa: no inlining, no clones, no tail
  * calls) and does work after the call it makes, so each keeps a frame of its own:
  *
- *   frameless cpu SECONDS       main > frameless_run > frameless_stage_one > _two > _three
- *                               > frameless_burn_leaf
+ *   frameless cpu SECONDS       main > frameless_far > burn_for > frameless_run
+ *                               > frameless_stage_one > _two > _three > frameless_burn_leaf,
+ *                               the burn 16 KB of stack below frameless_far's return address
  *   frameless faults PAGES [DEPTH]   ... > frameless_stage_three > frameless_descend (DEPTH
  *                               times more frames, 0 by default) > frameless_touch_pages
  *   frameless sleep COUNT US    ... > frameless_stage_three > frameless_napper > nanosleep
@@ -211,7 +212,7 @@ static int usage(void) {
 }
 
 /* Burns CPU in the chain until `seconds` have passed. */
-static unsigned long burn_for(work_fn fn, double seconds) {
+KEEP static unsigned long burn_for(work_fn fn, double seconds) {
     struct work w = {fn, 200000};
     double end = now() + seconds;
     unsigned long rounds = 0;
@@ -220,6 +221,16 @@ static unsigned long burn_for(work_fn fn, double seconds) {
         rounds++;
     }
     return rounds;
+}
+
+/* Burns as burn_for does, 16 KB of stack further down: as in real programs, the outer frames
+ * (main, the setup of an event loop) lie on stack pages the work below does not touch, which
+ * NUMA balancing takes away from the page tables until something touches them again. */
+KEEP unsigned long frameless_far(work_fn fn, double seconds) {
+    volatile char pad[16384];
+    pad[0] = 1;
+    pad[sizeof pad - 1] = 1;
+    return burn_for(fn, seconds) + pad[0];
 }
 
 int main(int argc, char **argv) {
@@ -237,7 +248,7 @@ int main(int argc, char **argv) {
     }
     double start = now();
     if (strcmp(args[0], "cpu") == 0 && n == 2) {
-        unsigned long rounds = burn_for(frameless_burn_leaf, atof(args[1]));
+        unsigned long rounds = frameless_far(frameless_burn_leaf, atof(args[1]));
         printf("{\"mode\":\"cpu\",\"rounds\":%lu,\"elapsed_us\":%.0f}\n", rounds,
                (now() - start) * 1e6);
     } else if (strcmp(args[0], "faults") == 0 && (n == 2 || n == 3)) {
