@@ -232,12 +232,18 @@ fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
     batch
 }
 
+/// Called by a reader for each exec record it drains (pid, time), before the batch goes on:
+/// what must be read of a process while it is surely there is read here, not behind every
+/// event queued before the record.
+pub type ExecHook = std::sync::Arc<dyn Fn(u32, u64) + Send + Sync>;
+
 /// Opens a buffer per CPU, puts it in the `EVENTS` perf event array and spawns its reader,
 /// which sends its batches as `T`. Readers drain one last time and end when `stop` turns true.
 pub fn spawn_readers<T: From<Batch> + Send + 'static>(
     events: &MapData,
     cpus: &[u32],
     opts: ReaderOptions,
+    on_exec: Option<ExecHook>,
     tx: mpsc::Sender<T>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
@@ -251,6 +257,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
             .map_err(|e| anyhow::anyhow!("watching the perf buffer of CPU {cpu} failed: {e}"))?;
         let tx = tx.clone();
         let mut stop = stop.clone();
+        let on_exec = on_exec.clone();
         handles.push(tokio::spawn(async move {
             let mut fd = fd;
             let mut wait = opts.interval;
@@ -266,6 +273,15 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                     _ = stop.changed() => true,
                 };
                 let batch = drain(fd.get_mut(), cpu);
+                if let Some(hook) = &on_exec {
+                    for r in &batch.records {
+                        if let Record::Process(p) = r
+                            && p.header.kind == kind::EXEC
+                        {
+                            hook(p.header.pid, p.header.ts_ns);
+                        }
+                    }
+                }
                 if batch.records.is_empty() && batch.lost == 0 && batch.malformed == 0 {
                     wait = (wait * 2).min(opts.idle_interval);
                 } else {

@@ -13,7 +13,7 @@
 mod evict;
 mod spaces;
 
-pub use self::spaces::SpaceId;
+pub use self::spaces::{ExecMaps, SpaceId};
 
 use std::{
     collections::{HashMap, HashSet},

@@ -39,7 +39,7 @@ use crate::{
     phases::{self, WallPhase},
     probe::{self, FamilyStatus, Method, ProbeOptions},
     push::{PushOptions, Pusher},
-    symbolize::Symbolizer,
+    symbolize::{ExecMaps, Symbolizer},
     sys::{command, files::Dir, foreign, sched, user},
     system, target, unwind,
 };
@@ -259,6 +259,8 @@ fn record_into(
     let (tx, rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let exec_maps = std::sync::Arc::new(ExecMaps::default());
+    let read_at_exec = std::sync::Arc::clone(&exec_maps);
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let mut readers = collect::spawn_readers(
@@ -269,6 +271,7 @@ fn record_into(
                 interval: Duration::from_millis(10),
                 idle_interval: Duration::from_millis(250),
             },
+            Some(std::sync::Arc::new(move |pid, ts| read_at_exec.read(pid, ts))),
             tx.clone(),
             stop_rx.clone(),
         )?;
@@ -369,6 +372,7 @@ fn record_into(
                 );
                 agg.triggers = triggers;
                 agg.unwind = unwind_link;
+                agg.symbolizer.use_exec_maps(exec_maps);
                 // The target's name and memory map now: a short-lived process may be gone by
                 // the time its first events arrive.
                 if let Some(pid) = target {

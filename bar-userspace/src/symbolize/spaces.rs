@@ -5,10 +5,42 @@
 //! What is known of a process is forgotten a while after it exits, so that a host that starts
 //! thousands of processes a minute does not make the collector grow with them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Mutex,
+};
 
 use super::{FastMap, Mapping, ProcessInfo, Symbolizer, read_maps};
 use crate::system;
+
+/// Memory maps read the moment a reader of the kernel's buffers meets an exec record, for the
+/// symbolizer to take when it gets to that record. It gets there behind every event before it,
+/// which under a storm of events took longer than a short-lived program lived: its map was
+/// gone, and all 30,000 faults of one were `[unknown]`.
+#[derive(Default)]
+pub struct ExecMaps(Mutex<HashMap<(u32, u64), (ProcessInfo, u64)>>);
+
+/// Maps read ahead and not yet taken, at most (an exec storm reads no more until the
+/// symbolizer catches up).
+const EXEC_MAPS_HELD: usize = 4096;
+
+impl ExecMaps {
+    /// Reads the map of process `pid`, which exec'd at `ts`.
+    pub fn read(&self, pid: u32, ts: u64) {
+        if self.0.lock().map_or(true, |m| m.len() >= EXEC_MAPS_HELD) {
+            return;
+        }
+        let info = Symbolizer::snapshot(pid);
+        let taken = system::monotonic_ns();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((pid, ts), (info, taken));
+        }
+    }
+
+    fn take(&self, pid: u32, ts: u64) -> Option<(ProcessInfo, u64)> {
+        self.0.lock().ok()?.remove(&(pid, ts))
+    }
+}
 
 /// A snapshot of one process's memory map, which stacks of one or more processes resolve
 /// against (caches are keyed by it).
@@ -26,6 +58,8 @@ pub(super) struct Space {
 
 #[derive(Default)]
 pub(super) struct Spaces {
+    /// Maps read at exec, ahead of the records.
+    pub(super) exec_maps: std::sync::Arc<ExecMaps>,
     /// Per pid, the space it resolves against from a time on (sorted by that time): one per
     /// program it ran, one per process that had the pid.
     processes: FastMap<u32, Vec<(u64, SpaceId)>>,
@@ -37,14 +71,19 @@ pub(super) struct Spaces {
 
 impl Spaces {
     fn add(&mut self, owner: u32) -> SpaceId {
+        let info = Symbolizer::snapshot(owner);
+        self.add_read(owner, info, system::monotonic_ns())
+    }
+
+    fn add_read(&mut self, owner: u32, info: ProcessInfo, taken_ns: u64) -> SpaceId {
         self.next += 1;
         self.spaces.insert(
             self.next,
             Space {
-                info: Symbolizer::snapshot(owner),
+                info,
                 owner,
                 users: 1,
-                taken_ns: system::monotonic_ns(),
+                taken_ns,
             },
         );
         self.next
@@ -74,7 +113,10 @@ impl Spaces {
         {
             s.info.alive = false;
         }
-        let id = self.add(pid);
+        let id = match self.exec_maps.take(pid, ts) {
+            Some((info, taken)) => self.add_read(pid, info, taken),
+            None => self.add(pid),
+        };
         self.insert(pid, ts, id);
     }
 
@@ -212,9 +254,14 @@ impl Symbolizer {
     }
 
     /// The process replaced its program at `ts`: stacks from before keep the old snapshot,
-    /// stacks from then on use a new one.
+    /// stacks from then on use a new one (read by [`ExecMaps::read`] if it was).
     pub fn exec(&mut self, pid: u32, ts: u64) {
         self.spaces.exec(pid, ts);
+    }
+
+    /// Takes the maps that the readers of the kernel's buffers read at exec from `maps`.
+    pub fn use_exec_maps(&mut self, maps: std::sync::Arc<ExecMaps>) {
+        self.spaces.exec_maps = maps;
     }
 
     /// `parent` started process `child` at `ts`: the child has its parent's map.
@@ -342,6 +389,38 @@ mod tests {
         assert_eq!(s.space(GONE, 31), None);
         assert!(s.get(parent).is_some());
         assert_eq!(s.sizes(), (1, 1));
+    }
+
+    #[test]
+    fn a_map_read_at_exec_serves_a_process_gone_before_its_record_is_handled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("run sleep");
+        let pid = child.id();
+        // Until exec has mapped the program, the map is the parent's (or has no program).
+        while !std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.contains(" r-xp ") && l.ends_with("/sleep"))
+        }) {
+            std::thread::yield_now();
+        }
+        let mut s = Spaces::default();
+        s.exec_maps.read(pid, 10);
+        let _ = child.kill();
+        let _ = child.wait();
+        s.exec(pid, 10);
+        let info = &s.get(s.space(pid, 11).unwrap()).unwrap().info;
+        assert!(info.alive, "the map read at exec is the one used");
+        assert!(
+            info.mappings.iter().any(|m| m.path.ends_with("/sleep")),
+            "{:?}",
+            info.mappings
+        );
+        // A record of another exec (or one the readers missed) is read when it is handled:
+        // gone by then, it has no map.
+        s.exec(pid, 20);
+        assert!(!s.get(s.space(pid, 21).unwrap()).unwrap().info.alive);
     }
 
     #[test]
