@@ -283,12 +283,11 @@ impl Aggregator {
                 continue;
             }
             if let Record::Process(p) = r {
-                if let Some(u) = &self.unwind {
-                    match h.kind {
-                        kind::EXEC => u.send(Request::Exec(h.pid)),
-                        kind::EXIT => u.send(Request::Exit(h.pid)),
-                        _ => {}
-                    }
+                // The loader heard of an exec from the reader that met it.
+                if let Some(u) = &self.unwind
+                    && h.kind == kind::EXIT
+                {
+                    u.send(Request::Exit(h.pid));
                 }
                 self.lifecycle(&p);
                 continue;

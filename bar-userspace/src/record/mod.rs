@@ -259,8 +259,19 @@ fn record_into(
     let (tx, rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // At exec, while the program surely runs: the unwind tables' loader is told, and the
+    // symbolizer's map is read.
     let exec_maps = std::sync::Arc::new(ExecMaps::default());
-    let read_at_exec = std::sync::Arc::clone(&exec_maps);
+    let on_exec: collect::ExecHook = {
+        let maps = std::sync::Arc::clone(&exec_maps);
+        let loader = unwinder.as_ref().map(|u| u.tx.clone());
+        std::sync::Arc::new(move |pid, ts| {
+            if let Some(tx) = &loader {
+                let _ = tx.send(unwind::service::Request::Exec(pid));
+            }
+            maps.read(pid, ts);
+        })
+    };
     let outcome = rt.block_on(async {
         // Buffers first, programs second: no event is produced with nowhere to go.
         let mut readers = collect::spawn_readers(
@@ -271,7 +282,7 @@ fn record_into(
                 interval: Duration::from_millis(10),
                 idle_interval: Duration::from_millis(250),
             },
-            Some(std::sync::Arc::new(move |pid, ts| read_at_exec.read(pid, ts))),
+            Some(on_exec),
             tx.clone(),
             stop_rx.clone(),
         )?;
