@@ -425,7 +425,7 @@ fn a_store_another_user_controls_is_refused() {
     // An entry that another user could have written is not read.
     let entry = store.join("run-00000002.json");
     std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
-    one_line_error(&run(&["baseline", "show", s]), "belongs to uid 65534");
+    one_line_error(&run(&["baseline", "show", s]), "is not a file bar wrote");
     std::os::unix::fs::chown(&entry, Some(0), Some(0)).unwrap();
     // Nor a whole store of theirs.
     std::os::unix::fs::chown(&store, Some(65534), Some(65534)).unwrap();

@@ -266,6 +266,80 @@ impl Dir {
         })
     }
 
+    /// An existing folder to read from (a baseline store), checked like the output folder:
+    /// not a symbolic link, owned by root or the invoking user, writable by no one else. Never
+    /// created.
+    pub fn open_existing(path: &Path) -> io::Result<Self> {
+        let fd = rustix::fs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a symbolic link or not a folder", path.display()),
+            ),
+            e => e.into(),
+        })?;
+        if let Some(why) = untrusted_folder(&rustix::fs::fstat(&fd)?) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refusing to read from {}: {why}", path.display()),
+            ));
+        }
+        Ok(Self {
+            fd: Arc::new(fd),
+            path: path.to_owned(),
+            owner: user::sudo_user(),
+            journal: Journal::default(),
+        })
+    }
+
+    /// Names in this folder (not `.` and `..`), sorted: the folder as opened, whatever its path
+    /// names now. Names that are not UTF-8 are left out (bar writes none).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&*self.fd)? {
+            let entry = entry?;
+            match entry.file_name().to_str() {
+                Ok("." | "..") | Err(_) => {}
+                Ok(n) => names.push(n.to_owned()),
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Writes `name` whole, as [`Dir::write_atomic`] does, but only where nothing has that name:
+    /// false, and nothing written, when something does (another writer took the name first).
+    pub fn write_new(&self, name: &str, data: &[u8]) -> io::Result<bool> {
+        check_name(name.as_bytes())?;
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let result = (|| -> io::Result<()> {
+            let mut f = self.create_file(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            rustix::fs::renameat_with(
+                &*self.fd,
+                tmp.as_str(),
+                &*self.fd,
+                name,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.journal.note(&self.fd, name.as_bytes(), false);
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&*self.fd, tmp.as_str(), AtFlags::empty());
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Creates `name` for writing (mode 0600), replacing whatever had that name: never through
     /// a link, never into an existing file.
     pub fn create_file(&self, name: &str) -> io::Result<File> {
