@@ -419,9 +419,17 @@ fn latency_table(o: &Outcome, t: &mut String) {
     }
 }
 
+/// The threshold with its unit, as a sentence says it: 1 point of share, 5 points of share.
+fn threshold_text(threshold: f64, unit: &str) -> String {
+    match unit.strip_prefix("points") {
+        Some(rest) if threshold == 1.0 => format!("1 point{rest}"),
+        _ => format!("{threshold} {unit}"),
+    }
+}
+
 fn verdict_lines(o: &Outcome, t: &mut String) {
     let Some(v) = &o.verdict else { return };
-    let what = threshold_unit(v.on, o.norm);
+    let what = threshold_text(v.threshold, threshold_unit(v.on, o.norm));
     if v.failed() {
         let names: Vec<String> = v
             .offenders
@@ -435,16 +443,11 @@ fn verdict_lines(o: &Outcome, t: &mut String) {
             .collect();
         let _ = writeln!(
             t,
-            "\ngate: FAILED: grew by more than {} {what}: {}",
-            v.threshold,
+            "\ngate: FAILED: grew by more than {what}: {}",
             names.join(", ")
         );
     } else {
-        let _ = writeln!(
-            t,
-            "\ngate: passed: nothing surely grew by more than {} {what}",
-            v.threshold
-        );
+        let _ = writeln!(t, "\ngate: passed: nothing surely grew by more than {what}");
     }
 }
 
@@ -522,4 +525,19 @@ pub fn html_section(o: &Outcome, dir: &Dir) -> String {
         ));
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_said_in_the_singular_and_plural() {
+        assert_eq!(threshold_text(1.0, "points of share"), "1 point of share");
+        assert_eq!(threshold_text(5.0, "points of share"), "5 points of share");
+        assert_eq!(
+            threshold_text(1.0, "percent of the base p99"),
+            "1 percent of the base p99"
+        );
+    }
 }
