@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -41,31 +41,6 @@ const WAIT: Duration = Duration::from_secs(600);
 /// The dump socket of the recording with this pid.
 pub fn socket_path(pid: u32) -> PathBuf {
     Path::new(markers::DIR).join(format!("{pid}.dump"))
-}
-
-/// A listening dump socket, removed when dropped.
-pub struct Listener {
-    pub listener: tokio::net::UnixListener,
-    path: PathBuf,
-}
-
-impl Listener {
-    pub fn bind() -> std::io::Result<Self> {
-        std::fs::create_dir_all(markers::DIR)?;
-        std::fs::set_permissions(markers::DIR, std::fs::Permissions::from_mode(0o755))?;
-        let path = socket_path(std::process::id());
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)?;
-        // A dump writes wherever it is told, as the recording's user: only that user may ask.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Self { listener, path })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// Asks every running flight recorder for a dump into `dir` (`dir/<pid>` each when there are

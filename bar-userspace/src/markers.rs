@@ -39,22 +39,54 @@ pub fn socket_path(pid: u32) -> PathBuf {
     Path::new(DIR).join(format!("{pid}.sock"))
 }
 
-/// A listening marker socket, removed when dropped.
+/// A listening control socket of this recording in [`DIR`] (markers, dumps), owner only,
+/// removed when dropped.
 pub struct Listener {
-    pub listener: tokio::net::UnixListener,
+    listener: tokio::net::UnixListener,
     path: PathBuf,
 }
 
 impl Listener {
-    pub fn bind() -> std::io::Result<Self> {
+    pub fn bind(path: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(DIR)?;
         std::fs::set_permissions(DIR, std::fs::Permissions::from_mode(0o755))?;
-        let path = socket_path(std::process::id());
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
-        // Markers are harmless metadata, but only the recording's owner should set them.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Self { listener, path })
+    }
+
+    /// Takes connections until `stop` changes: each from a peer whose uid `allowed` accepts
+    /// goes to `serve` in a task of its own; any other is closed, and `refused` says so. The
+    /// socket's mode admits only its owner, but only once it is set: the peer is checked too.
+    pub fn serve<F, Fut>(
+        self,
+        allowed: fn(u32) -> bool,
+        refused: fn(u32),
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        serve: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(tokio::net::UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    conn = self.listener.accept() => {
+                        let Ok((stream, _)) = conn else { continue };
+                        match stream.peer_cred() {
+                            Ok(c) if allowed(c.uid()) => {
+                                tokio::spawn(serve(stream));
+                            }
+                            Ok(c) => refused(c.uid()),
+                            Err(_) => {}
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
     }
 }
 

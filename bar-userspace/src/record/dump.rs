@@ -198,33 +198,21 @@ pub(super) fn spawn_sources(
             let _ = write.write_all(text.as_bytes()).await;
         }
     };
-    match dumps::Listener::bind() {
+    match markers::Listener::bind(dumps::socket_path(std::process::id())) {
         Ok(listener) => {
             let tx = tx.clone();
-            let mut stop = stop.subscribe();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        conn = listener.listener.accept() => {
-                            let Ok((stream, _)) = conn else { continue };
-                            // A dump creates folders and files wherever it is told, as the
-                            // recording's user: only that user may ask (the socket's mode says
-                            // so too, but only once it is set).
-                            match stream.peer_cred() {
-                                Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => {
-                                    tokio::spawn(answer(stream, tx.clone()));
-                                }
-                                Ok(c) => eprintln!(
-                                    "bar-probe: warning: ignored a dump request from uid {}: only the recording's user may ask for one",
-                                    c.uid()
-                                ),
-                                Err(_) => {}
-                            }
-                        }
-                        _ = stop.changed() => return,
-                    }
-                }
-            }));
+            // A dump creates folders and files wherever it is told, as the recording's user:
+            // only that user may ask.
+            tasks.push(listener.serve(
+                |uid| uid == rustix::process::geteuid().as_raw(),
+                |uid| {
+                    eprintln!(
+                        "bar-probe: warning: ignored a dump request from uid {uid}: only the recording's user may ask for one"
+                    );
+                },
+                stop.subscribe(),
+                move |stream| answer(stream, tx.clone()),
+            ));
         }
         Err(e) => eprintln!(
             "bar-probe: warning: `bar-probe dump` cannot reach this recording (SIGUSR1 still dumps): cannot listen in {}: {e}",

@@ -663,32 +663,20 @@ fn spawn_marker_sources(
             }
         }
     };
-    match markers::Listener::bind() {
+    match markers::Listener::bind(markers::socket_path(std::process::id())) {
         Ok(listener) => {
             let tx = tx.clone();
-            let mut stop = stop.subscribe();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        conn = listener.listener.accept() => {
-                            let Ok((stream, _)) = conn else { continue };
-                            // Only root and the user the recording is for may set its phases
-                            // (the socket's mode says so too, but only once it is set).
-                            match stream.peer_cred() {
-                                Ok(c) if user::trusted_owner(c.uid()) => {
-                                    tokio::spawn(lines_to_markers(Box::new(stream), tx.clone()));
-                                }
-                                Ok(c) => eprintln!(
-                                    "bar-probe: warning: ignored markers from uid {}: only root and the recording's user may mark it",
-                                    c.uid()
-                                ),
-                                Err(_) => {}
-                            }
-                        }
-                        _ = stop.changed() => return,
-                    }
-                }
-            }));
+            // Only root and the user the recording is for may set its phases.
+            tasks.push(listener.serve(
+                user::trusted_owner,
+                |uid| {
+                    eprintln!(
+                        "bar-probe: warning: ignored markers from uid {uid}: only root and the recording's user may mark it"
+                    );
+                },
+                stop.subscribe(),
+                move |stream| lines_to_markers(Box::new(stream), tx.clone()),
+            ));
         }
         Err(e) if !opts.quiet => {
             eprintln!(
