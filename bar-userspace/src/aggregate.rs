@@ -404,7 +404,7 @@ impl Profile {
         let (phases, notes) = match file_phases {
             Some(fp) => phases::fit_wall(fp, offset, start, end)?,
             None => {
-                let wall = |t: u64| crate::render::rfc3339(i128::from(t) + i128::from(offset));
+                let wall = |t: u64| crate::system::rfc3339(i128::from(t) + i128::from(offset));
                 phases::fit(phases::from_markers(&markers, end), start, end, wall)?
             }
         };

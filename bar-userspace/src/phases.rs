@@ -283,7 +283,7 @@ pub fn fit_wall(
     to: u64,
 ) -> Result<(Vec<Phase>, Vec<String>), PhaseError> {
     let offset = i128::from(monotonic_to_realtime_ns);
-    let wall = |t: i128| crate::render::rfc3339(t);
+    let wall = |t: i128| crate::system::rfc3339(t);
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for p in phases {

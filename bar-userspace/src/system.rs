@@ -264,6 +264,11 @@ pub fn realtime_ns() -> i64 {
     clock_ns(libc::CLOCK_REALTIME) as i64
 }
 
+/// Wall-clock nanoseconds since the epoch as RFC 3339 with nanoseconds, UTC.
+pub fn rfc3339(ns: i128) -> String {
+    jiff::Timestamp::from_nanosecond(ns).map_or_else(|_| ns.to_string(), |t| t.to_string())
+}
+
 /// Offset to add to a CLOCK_MONOTONIC timestamp to get wall-clock nanoseconds since the epoch,
 /// from the tightest of several paired readings.
 pub fn monotonic_to_realtime_offset() -> i64 {

@@ -17,12 +17,7 @@ use serde_json::{Value, json};
 
 use crate::aggregate::{Profile, ViewAgg, format_endpoint, migrate_reason, tcp_result};
 use crate::capture::proto::event::Detail;
-use crate::{phases, sys::files::Dir};
-
-/// RFC 3339 with nanoseconds, UTC.
-pub fn rfc3339(ns: i128) -> String {
-    jiff::Timestamp::from_nanosecond(ns).map_or_else(|_| ns.to_string(), |t| t.to_string())
-}
+use crate::{phases, sys::files::Dir, system::rfc3339};
 
 /// Options of a flame graph for one view.
 fn flame_options(profile: &Profile, view: Family, title: &str) -> flamegraph::Options<'static> {

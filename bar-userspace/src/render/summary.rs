@@ -8,8 +8,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::rfc3339;
 use crate::aggregate::{Profile, ViewAgg};
+use crate::system::rfc3339;
 
 fn percentiles(h: &Histogram<u64>, qs: &[(&str, f64)]) -> Value {
     if h.is_empty() {
