@@ -459,3 +459,97 @@ pub struct Push {
     #[prost(string, tag = "8")]
     pub name: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    /// Per message, its field numbers and their names (None for the members of a oneof, which
+    /// the two sides name differently: a Rust variant, a proto field).
+    type Schema = BTreeMap<String, BTreeMap<u32, Option<String>>>;
+
+    /// The messages of this file, from its `#[prost(...)]` attributes.
+    fn from_rust(text: &str) -> Schema {
+        let mut out = Schema::new();
+        let mut current: Option<String> = None;
+        let mut pending: Vec<(u32, bool)> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                current = rest.split([' ', '{']).next().map(str::to_owned);
+            } else if line.starts_with("pub mod ") || line.starts_with("mod ") {
+                current = None;
+            } else if let Some(attr) = line.strip_prefix("#[prost(") {
+                pending = if let Some(list) = attr.split("tags = \"").nth(1) {
+                    let list = list.split('"').next().unwrap_or_default();
+                    list.split(',')
+                        .filter_map(|t| t.trim().parse().ok())
+                        .map(|t| (t, false))
+                        .collect()
+                } else {
+                    attr.split("tag = \"")
+                        .nth(1)
+                        .and_then(|t| t.split('"').next()?.parse().ok())
+                        .map(|t| vec![(t, true)])
+                        .unwrap_or_default()
+                };
+            } else if let (Some(m), Some(field)) = (&current, line.strip_prefix("pub ")) {
+                let name = field.split(':').next().unwrap_or_default().to_owned();
+                for (tag, named) in pending.drain(..) {
+                    let fields = out.entry(m.clone()).or_default();
+                    fields.insert(tag, named.then(|| name.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The messages of the published schema.
+    fn from_proto(text: &str) -> Schema {
+        let mut out = Schema::new();
+        let mut current: Option<String> = None;
+        let mut in_oneof = false;
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default().trim();
+            if let Some(rest) = code.strip_prefix("message ") {
+                current = rest.split([' ', '{']).next().map(str::to_owned);
+                out.entry(current.clone().unwrap_or_default()).or_default();
+            } else if code.starts_with("oneof ") {
+                in_oneof = true;
+            } else if code == "}" {
+                if in_oneof {
+                    in_oneof = false;
+                } else {
+                    current = None;
+                }
+            } else if let (Some(m), Some((decl, tag))) = (&current, code.split_once('=')) {
+                let name = decl
+                    .split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Ok(tag) = tag.trim().trim_end_matches(';').trim().parse() {
+                    let fields = out.entry(m.clone()).or_default();
+                    fields.insert(tag, (!in_oneof).then_some(name));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_published_schema_is_this_one() {
+        let rust = from_rust(include_str!("proto.rs"));
+        let proto = from_proto(include_str!("../../../docs/capture.proto"));
+        // The parsers found the messages (a parser gone blind would compare two empty sets).
+        assert!(rust.len() >= 20 && rust.contains_key("Event"), "{rust:?}");
+        for (message, fields) in &rust {
+            assert_eq!(
+                Some(fields),
+                proto.get(message),
+                "message {message}: docs/capture.proto differs from capture/proto.rs"
+            );
+        }
+        let extra: Vec<&String> = proto.keys().filter(|m| !rust.contains_key(*m)).collect();
+        assert!(extra.is_empty(), "only in docs/capture.proto: {extra:?}");
+    }
+}
