@@ -95,6 +95,9 @@ pub struct FamilyStatus {
 pub struct Rejected {
     pub attach: String,
     pub reason: String,
+    /// Tried here and refused (false: one preferred to it was attached, and it was not tried).
+    #[serde(skip)]
+    pub tried: bool,
 }
 
 /// What the kernel offers, gathered once before loading.
@@ -379,6 +382,7 @@ impl Loaded {
                     st.rejected.push(Rejected {
                         attach: describe,
                         reason,
+                        tried: false,
                     });
                     continue;
                 }
@@ -403,6 +407,7 @@ impl Loaded {
                     Err(reason) => st.rejected.push(Rejected {
                         attach: describe,
                         reason,
+                        tried: true,
                     }),
                 }
             }

@@ -730,11 +730,7 @@ fn check_attached(status: &[FamilyStatus], opts: &RecordOptions) -> anyhow::Resu
     if !opts.quiet {
         for st in status {
             let Some(m) = &st.method else { continue };
-            match st
-                .rejected
-                .iter()
-                .find(|r| !r.reason.starts_with("not needed"))
-            {
+            match st.rejected.iter().find(|r| r.tried) {
                 Some(r) => eprintln!(
                     "bar-probe: {} via {m} (fell back: {} {})",
                     st.family, r.attach, r.reason
