@@ -452,7 +452,10 @@ impl Aggregator {
 
     /// The walk counts with the loader's.
     fn unwind_counters(&self) -> Option<Box<proto::Unwind>> {
-        let u = self.unwind.as_ref()?;
+        let Some(u) = self.unwind.as_ref() else {
+            // Frame pointers only: no tables to count, but the walks still ask for stack pages.
+            return (self.walks.stack_pages > 0).then(|| Box::new(self.walks.clone()));
+        };
         let snap = u.stats.lock().map(|s| s.clone()).unwrap_or_default();
         let t = &snap.stats.tables;
         Some(Box::new(proto::Unwind {
