@@ -37,8 +37,9 @@ enum Cmd {
     /// Measure what bar costs the workloads it records, next to its peers, and write
     /// docs/benchmarks.md (about 35 minutes; needs root and an otherwise idle machine).
     Bench {
-        /// `gate`: the CI gate's false alarms and detection instead (its own section of the
-        /// report, about 25 minutes).
+        /// One part alone, into its own section of the report: `gate` (the CI gate's false
+        /// alarms and detection, about 25 minutes), `flight` (a whole host under a fork storm,
+        /// about 16 minutes), `unwind` (the unwinding costs).
         #[arg(value_enum)]
         part: Option<BenchPart>,
         /// Same-build pairs and detection trials of `bench gate`.
@@ -100,6 +101,10 @@ enum Cmd {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchPart {
     Gate,
+    /// Only the whole host under a fork storm: `record --all` and the flight recorder.
+    Flight,
+    /// Only the unwinding costs: tables, frameless storms, the cost of a frame.
+    Unwind,
 }
 
 fn root() -> PathBuf {
@@ -198,7 +203,7 @@ fn xtask() -> anyhow::Result<()> {
             )
         }
         Cmd::Bench {
-            part: None,
+            part,
             reps,
             quick,
             before,
@@ -212,17 +217,23 @@ fn xtask() -> anyhow::Result<()> {
             }
             setup("bench")?;
             run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
-            bench::run(
-                &root(),
-                bench::Options {
-                    reps,
-                    quick,
-                    before: (!no_before).then_some(before),
-                    max_busy,
-                    doc,
-                },
-                path_with_tools(),
-            )
+            let opts = bench::Options {
+                reps,
+                quick,
+                before: (!no_before && part.is_none()).then_some(before),
+                max_busy,
+                doc,
+            };
+            match part {
+                None => bench::run(&root(), opts, path_with_tools()),
+                Some(BenchPart::Flight) => {
+                    bench::run_part(&root(), bench::Part::Flight, opts, path_with_tools())
+                }
+                Some(BenchPart::Unwind) => {
+                    bench::run_part(&root(), bench::Part::Unwind, opts, path_with_tools())
+                }
+                Some(BenchPart::Gate) => unreachable!("matched above"),
+            }
         }
         Cmd::Setup => setup("build"),
         Cmd::Demo { args } => {

@@ -20,9 +20,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-const BEGIN: &str = "<!-- bench gate: begin -->";
-const END: &str = "<!-- bench gate: end -->";
-
 /// What `cargo xtask bench gate` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -493,12 +490,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         recorded_min,
         minutes: started.elapsed().as_secs_f64() / 60.0,
     };
-    let doc = root.join(&opts.doc);
-    let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, replace_section(&old, &render(opts, &report)))
-        .with_context(|| format!("cannot write {}", doc.display()))?;
-    eprintln!("bench gate: wrote {}", doc.display());
-    Ok(())
+    super::section::write(&root.join(&opts.doc), "gate", &render(opts, &report))
 }
 
 /// Everything the section reports.
@@ -536,7 +528,6 @@ fn render(opts: &Options, r: &Report) -> String {
         minutes,
     } = r;
     let mut d = String::new();
-    let _ = writeln!(d, "{BEGIN}");
     let _ = writeln!(d, "## The CI gate: false alarms and detection\n");
     let _ = writeln!(
         d,
@@ -608,54 +599,12 @@ fn render(opts: &Options, r: &Report) -> String {
         "\nRates are counts of trials with a Wilson 95 % interval. The store holds 10 runs of the \
          base build recorded among the others."
     );
-    let _ = writeln!(d, "{END}");
     d
-}
-
-/// The document with the gate's section replaced (or added at the end).
-pub fn replace_section(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(a), Some(b)) if b > a => {
-            format!(
-                "{}{}{}",
-                &doc[..a],
-                section,
-                &doc[b + END.len()..].trim_start_matches('\n')
-            )
-        }
-        _ if doc.is_empty() => section.to_owned(),
-        _ => format!(
-            "{}\n{section}",
-            doc.trim_end_matches('\n').to_owned() + "\n"
-        ),
-    }
-}
-
-/// The main benchmark rewrites the whole document: it keeps the gate's section of the old one.
-pub fn keep_section(old: &str, new: String) -> String {
-    match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if b > a => {
-            replace_section(&new, &format!("{}\n", &old[a..b + END.len()]))
-        }
-        _ => new,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_section_is_replaced_added_and_kept() {
-        let s1 = format!("{BEGIN}\nA\n{END}\n");
-        let s2 = format!("{BEGIN}\nB\n{END}\n");
-        let doc = replace_section("# Benchmarks\n\ntext\n", &s1);
-        assert_eq!(doc, format!("# Benchmarks\n\ntext\n\n{s1}"));
-        let doc2 = replace_section(&doc, &s2);
-        assert_eq!(doc2, format!("# Benchmarks\n\ntext\n\n{s2}"));
-        let rewritten = keep_section(&doc2, "# Benchmarks\n\nnew run\n".into());
-        assert_eq!(rewritten, format!("# Benchmarks\n\nnew run\n\n{s2}"));
-    }
 
     #[test]
     fn every_run_is_scheduled_once_and_kinds_are_spread() {

@@ -15,6 +15,7 @@ mod machine;
 mod parse;
 mod plan;
 mod run;
+mod section;
 mod stats;
 mod unwind;
 
@@ -86,16 +87,8 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctx = Ctx {
-        root: root.to_owned(),
-        work,
-        bar: root.join("target/release/bar-probe"),
         before,
-        path,
-        quiet: Quiet {
-            max_busy: opts.max_busy,
-            ..Quiet::default()
-        },
-        trials_run: 0,
+        ..ctx(root, work, path, opts.max_busy)
     };
     let machine = machine(&ctx, opts.before.as_deref());
     ctx.quiet.load_start = loadavg();
@@ -144,9 +137,63 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     };
     let doc_path = root.join(&opts.doc);
     let old = std::fs::read_to_string(&doc_path).unwrap_or_default();
-    let text = gate::keep_section(&old, doc::render(&results));
+    let text = section::keep(&old, doc::render(&results), "gate");
     std::fs::write(&doc_path, text)
         .with_context(|| format!("cannot write {}", doc_path.display()))?;
     eprintln!("bench: wrote {}", doc_path.display());
     Ok(())
+}
+
+fn ctx(root: &Path, work: PathBuf, path: OsString, max_busy: f64) -> Ctx {
+    Ctx {
+        root: root.to_owned(),
+        work,
+        bar: root.join("target/release/bar-probe"),
+        before: None,
+        path,
+        quiet: Quiet {
+            max_busy,
+            ..Quiet::default()
+        },
+        trials_run: 0,
+    }
+}
+
+/// A part of the benchmark that can run alone, into its own section of the report.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    Flight,
+    Unwind,
+}
+
+/// Runs one part and replaces its section of the report, leaving the rest as the last full run
+/// wrote it (a part takes minutes where the whole takes an hour of idle machine).
+pub fn run_part(root: &Path, part: Part, opts: Options, path: OsString) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let work = root.join("target/bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let mut ctx = ctx(root, work, path, opts.max_busy);
+    let machine = machine(&ctx, None);
+    ctx.quiet.load_start = loadavg();
+    let (name, body) = match part {
+        Part::Flight => ("flight", flight::render(&flight::run(&mut ctx, opts.quick))),
+        Part::Unwind => (
+            "unwind",
+            unwind::render(&unwind::run(&mut ctx, opts.quick, opts.reps.max(1))),
+        ),
+    };
+    ctx.quiet.load_end = loadavg();
+    let mut intro = format!(
+        "Written by `cargo xtask bench {name}{}` on {} in {:.0} minutes, from bar at `{}`, on \
+         its own: the rest of this document comes from the run named at its top.\n\n",
+        if opts.quick { " --quick" } else { "" },
+        machine.date,
+        started.elapsed().as_secs_f64() / 60.0,
+        machine.bar_rev,
+    );
+    doc::quiet(&mut intro, &ctx.quiet);
+    // The part's own text opens with its heading: the note goes right under it.
+    let (heading, rest) = body.split_once("\n\n").unwrap_or((&body, ""));
+    let text = format!("{heading}\n\n{intro}\n{rest}");
+    section::write(&root.join(&opts.doc), name, &text)
 }

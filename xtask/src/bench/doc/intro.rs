@@ -149,7 +149,12 @@ pub(super) fn machine(d: &mut String, r: &Results) {
         w(d, format!("| {k} | {v} |"));
     }
     w(d, String::new());
-    let q = &r.quiet;
+    quiet(d, &r.quiet);
+    w(d, String::new());
+}
+
+/// How quiet the machine was when the trials started: the check, its waits, the load.
+pub(in crate::bench) fn quiet(d: &mut String, q: &Quiet) {
     w(
         d,
         format!(
@@ -191,7 +196,6 @@ pub(super) fn machine(d: &mut String, r: &Results) {
             ),
         );
     }
-    w(d, String::new());
 }
 
 /// How a trial measures, the workloads and the tracers' commands.

@@ -8,7 +8,8 @@ mod throughput;
 
 use std::fmt::Write as _;
 
-use super::{Results, SlowCase, Spread, Trial, stats::rate};
+pub(super) use self::intro::quiet;
+use super::{Quiet, Results, SlowCase, Spread, Trial, section, stats::rate};
 
 /// The targets bar sets itself (see the README's benchmarks section).
 const MAX_FLOOR_RATIO: f64 = 1.3;
@@ -109,9 +110,10 @@ pub fn render(r: &Results) -> String {
     throughput::ladder_notes(&mut d, r);
     costs::post_processing(&mut d, r);
     costs::memory(&mut d, r);
-    d.push_str(&super::flight::render(&r.flight));
+    d.push_str(&section::wrap("flight", &super::flight::render(&r.flight)));
+    d.push('\n');
     costs::before_after(&mut d, r);
-    d.push_str(&super::unwind::render(&r.unwind));
+    d.push_str(&section::wrap("unwind", &super::unwind::render(&r.unwind)));
     d
 }
 
