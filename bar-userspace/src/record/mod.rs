@@ -6,10 +6,12 @@
 
 mod aggregator;
 mod dump;
+mod load;
 mod ring;
 mod trigger;
 
 pub use self::{
+    load::Load,
     ring::{DEFAULT_SIZE as DEFAULT_RING_SIZE, RingOptions},
     trigger::{Rule as TriggerRule, parse_rule as parse_trigger},
 };
