@@ -25,12 +25,7 @@ fn report_elsewhere_without_root_is_byte_identical() {
         return;
     }
     let dir = out_dir("identical");
-    let mut w = Workload::start(&["demo", "--seconds", "2"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = Workload::start(&["demo", "--seconds", "2"]).recorded(&[], &dir);
     // Only the capture travels; the report runs as an unprivileged user in another folder.
     let elsewhere = out_dir("identical-elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();

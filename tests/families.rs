@@ -207,12 +207,7 @@ fn every_family_attaches_by_default() {
         return;
     }
     let dir = out_dir("all");
-    let mut w = Workload::start(&["demo", "--seconds", "1"]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = Workload::start(&["demo", "--seconds", "1"]).recorded(&[], &dir);
     let s = rec.summary();
     for kind in ["cpu", "offcpu", "faults", "tcp", "numa"] {
         let k = &s["kinds"][kind];

@@ -4,19 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use bar_tests::{
-    Recording, Value, Workload, bar_probe, one_line_error, out_dir, root_or_skip, run,
-};
+use bar_tests::{Value, Workload, bar_probe, one_line_error, out_dir, root_or_skip, run};
 
 /// Records one 2 s run of the mix workload started from `exe` (its process name), with
 /// `regress` % in `slow_new_path`; returns the capture.
 fn record(exe: &Path, regress: &str, dir: &Path) -> String {
-    let mut w = Workload::start_as(exe, &["mix", "--seconds", "2", "--regress", regress]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "-e", "cpu", "-F", "499"], dir);
-    w.go();
-    w.finish();
-    rec.finish();
+    Workload::start_as(exe, &["mix", "--seconds", "2", "--regress", regress])
+        .recorded(&["-e", "cpu", "-F", "499"], dir);
     dir.join("capture.bar").to_str().unwrap().to_owned()
 }
 

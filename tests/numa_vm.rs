@@ -198,12 +198,7 @@ fn stacks_stay_whole_while_numa_balancing_takes_their_pages() {
     let dir = out_dir("numa-stack-pages");
     let mut cmd = std::process::Command::new(frameless());
     cmd.args(["--wait", "cpu", "5"]);
-    let mut w = Workload::spawn(cmd);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = Workload::spawn(cmd).recorded(&["--events", "cpu"], &dir);
     let folded = rec.folded("cpu");
     let unwind = &rec.summary()["unwind"];
     let pages = &unwind["stack_pages"];

@@ -9,12 +9,9 @@ use bar_tests::{Folded, Recording, Workload, bar_probe, out_dir, read_json, root
 /// recording with the workload's own account of its phase boundaries.
 fn record_phases_workload(name: &str, seconds: &str) -> (Recording, bar_tests::Value) {
     let dir = out_dir(name);
-    let mut w = Workload::start(&["phases", "--seconds", seconds]);
-    let pid = w.pid().to_string();
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
-    w.go();
-    let report = w.finish();
-    (rec.finish(), report)
+    let (report, rec) =
+        Workload::start(&["phases", "--seconds", seconds]).recorded(&["--events", "cpu"], &dir);
+    (rec, report)
 }
 
 fn assert_separated(dir: &std::path::Path) {

@@ -10,28 +10,15 @@ use std::{
 };
 
 use bar_tests::{
-    CHAIN, Folded, Recording, Value, Workload, assert_whole, emulated, frameless, metric, out_dir,
+    CHAIN, Folded, Recording, Workload, assert_whole, emulated, frameless, metric, out_dir,
     root_or_skip, workloads_dir,
 };
 
-/// Runs `cmd` (which waits for a line on stdin) under `bar-probe attach --pid PID ARGS -o DIR`
-/// until it exits.
 /// A command of `program` with `args` (the workloads take it whole).
 fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
     let mut c = Command::new(program);
     c.args(args);
     c
-}
-
-fn record(cmd: Command, args: &[&str], dir: &Path) -> (Value, Recording) {
-    let mut w = Workload::spawn(cmd);
-    let pid = w.pid().to_string();
-    let mut all = vec!["attach", "--pid", &pid];
-    all.extend_from_slice(args);
-    let rec = Recording::start(&all, dir);
-    w.go();
-    let report = w.finish();
-    (report, rec.finish())
 }
 
 #[test]
@@ -40,14 +27,11 @@ fn frameless_code_has_whole_stacks_in_cpu_faults_and_offcpu() {
         return;
     }
     let dir = out_dir("unwind-frameless");
-    let (report, rec) = record(
-        command(
-            frameless(),
-            &["--wait", "mixed", "2", "32000", "100", "2000"],
-        ),
-        &["--events", "cpu,faults,offcpu"],
-        &dir,
-    );
+    let (report, rec) = Workload::spawn(command(
+        frameless(),
+        &["--wait", "mixed", "2", "32000", "100", "2000"],
+    ))
+    .recorded(&["--events", "cpu,faults,offcpu"], &dir);
     assert_whole(&rec.folded("cpu"), CHAIN, "frameless_burn_leaf", "cpu");
     let faults = rec.folded("faults");
     let touched = assert_whole(&faults, CHAIN, "frameless_touch_pages", "faults");
@@ -229,11 +213,8 @@ fn a_frameless_program_run_by_exec_during_the_recording_is_unwound() {
         return;
     }
     let dir = out_dir("unwind-exec");
-    let (_, rec) = record(
-        command(frameless(), &["--wait", "exec", "3"]),
-        &["--events", "cpu"],
-        &dir,
-    );
+    let (_, rec) = Workload::spawn(command(frameless(), &["--wait", "exec", "3"]))
+        .recorded(&["--events", "cpu"], &dir);
     assert_whole(&rec.folded("cpu"), CHAIN, "frameless_burn_leaf", "exec");
 }
 
@@ -285,11 +266,8 @@ fn a_return_address_outside_every_mapping_ends_the_stack_with_one_marker() {
     }
     for mode in ["tables", "frame-pointers"] {
         let dir = out_dir(&format!("unwind-outside-{mode}"));
-        let (_, rec) = record(
-            command(frameless(), &["--wait", "jit", "2"]),
-            &["--events", "cpu", "--unwind", mode],
-            &dir,
-        );
+        let (_, rec) = Workload::spawn(command(frameless(), &["--wait", "jit", "2"]))
+            .recorded(&["--events", "cpu", "--unwind", mode], &dir);
         let folded = rec.folded("cpu");
         let (mut jit, mut cut) = (0, 0);
         for (stack, w) in &folded.stacks {
@@ -388,23 +366,20 @@ fn objects_with_bad_tables_fall_back_to_frame_pointers_with_one_warning_each() {
         },
     );
     let out = out_dir("unwind-bad");
-    let (_, rec) = record(
-        command(
-            "setpriv",
-            &[
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                &huge.to_string_lossy(),
-                "--wait",
-                "dlopen",
-                &bad_lib.to_string_lossy(),
-                "2",
-            ],
-        ),
-        &["--events", "cpu"],
-        &out,
-    );
+    let (_, rec) = Workload::spawn(command(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &huge.to_string_lossy(),
+            "--wait",
+            "dlopen",
+            &bad_lib.to_string_lossy(),
+            "2",
+        ],
+    ))
+    .recorded(&["--events", "cpu"], &out);
     let warnings: Vec<&String> = rec
         .stderr
         .iter()
@@ -478,7 +453,7 @@ fn deleted_replaced_and_hidden_objects_are_unwound_from_the_mapped_file() {
 
 /// Records the cpu samples of a waiting `frameless cpu` workload until it ends, and checks
 /// its stacks are whole. `exe` is part of the path the workload runs from.
-fn check_whole_cpu(mut w: Workload, what: &str, exe: &str) {
+fn check_whole_cpu(w: Workload, what: &str, exe: &str) {
     // A shell that execs the workload may still be running: wait until the pid runs it.
     let link = format!("/proc/{}/exe", w.pid());
     for _ in 0..500 {
@@ -487,12 +462,8 @@ fn check_whole_cpu(mut w: Workload, what: &str, exe: &str) {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let pid = w.pid().to_string();
     let dir = out_dir(&format!("unwind-{what}"));
-    let rec = Recording::start(&["attach", "--pid", &pid, "--events", "cpu"], &dir);
-    w.go();
-    w.finish();
-    let rec = rec.finish();
+    let (_, rec) = w.recorded(&["--events", "cpu"], &dir);
     let warnings: Vec<&String> = rec
         .stderr
         .iter()

@@ -238,6 +238,19 @@ impl Workload {
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.lines().last().expect("a report line")).expect("json report")
     }
+
+    /// Records the whole of the workload's work with `bar-probe attach --pid PID ARGS -o DIR`:
+    /// attaches, lets it go, and stops the recording once it is done. Returns the workload's
+    /// report and the finished recording.
+    pub fn recorded(mut self, args: &[&str], dir: &Path) -> (Value, Recording) {
+        let pid = self.pid().to_string();
+        let mut all = vec!["attach", "--pid", &pid];
+        all.extend_from_slice(args);
+        let rec = Recording::start(&all, dir);
+        self.go();
+        let report = self.finish();
+        (report, rec.finish())
+    }
 }
 
 /// The Go workload `go-sha` (source in `tests/workloads/go-sha`): `main.hashLoop` calls

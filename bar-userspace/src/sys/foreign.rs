@@ -219,12 +219,7 @@ pub fn fault_in(pid: u32, address: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("bar-sys-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
+    use crate::sys::scratch;
 
     #[test]
     fn foreign_files_are_checked_before_reading() {

@@ -11,3 +11,11 @@ pub mod files;
 pub mod foreign;
 pub mod sched;
 pub mod user;
+
+/// A fresh path under the temporary folder for one unit test (nothing there yet).
+#[cfg(test)]
+pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("bar-sys-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
