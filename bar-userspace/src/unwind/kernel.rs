@@ -1,10 +1,10 @@
 //! The kernel's side of the tables: the row array (written through a shared memory mapping of
-//! it, not a system call per row), the objects' places, the processes' mapping entries.
+//! the pages written, not a system call per row), the objects' places, the processes' mapping
+//! entries.
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use aya::{
@@ -47,26 +47,67 @@ pub trait Kernel: Sink {
     fn remove_process(&mut self, pid: u32);
 }
 
-/// The rows, mapped into bar's memory.
+/// The row array. Rows are written through a shared memory mapping of the pages they fall
+/// in, made for the write and undone after it: a mapping of a BPF array maps all of its pages at
+/// once, so keeping the whole array mapped would count its 64 MiB in bar's resident memory for
+/// the whole recording, whatever the tables use of it.
 struct Rows {
-    ptr: NonNull<UnwindRow>,
+    array: Array<MapData, UnwindRow>,
+    /// The array's descriptor, owned by `array`.
+    fd: RawFd,
     len: u32,
-    _map: MapData,
 }
 
-// SAFETY: the mapping belongs to this value alone, which one thread uses at a time.
-unsafe impl Send for Rows {}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `KernelTables::take`, of this size.
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr().cast(),
-                self.len as usize * size_of::<UnwindRow>(),
-            );
+impl Rows {
+    /// Copies `rows` to index `first` through a mapping of their pages, or through one system
+    /// call per row if the mapping cannot be made.
+    fn write(&mut self, first: u32, rows: &[UnwindRow]) {
+        if self.write_mapped(first, rows).is_err() {
+            for (i, r) in rows.iter().enumerate() {
+                let _ = self.array.set(first + i as u32, r, 0);
+            }
         }
     }
+
+    fn write_mapped(&self, first: u32, rows: &[UnwindRow]) -> io::Result<()> {
+        let page = page_size();
+        let start = first as usize * size_of::<UnwindRow>();
+        let end = start + size_of_val(rows);
+        let offset = start / page * page;
+        let len = end.div_ceil(page) * page - offset;
+        // SAFETY: a shared mapping of whole pages of the array map's memory (created
+        // BPF_F_MMAPABLE), inside it (the caller checked `end`); unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `start - offset + size_of_val(rows)` bytes lie inside the `len` just mapped;
+        // programs only read rows of objects published after this write (`set_object` is a
+        // system call, a barrier).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr().cast::<u8>(),
+                p.cast::<u8>().add(start - offset),
+                size_of_val(rows),
+            );
+            libc::munmap(p, len);
+        }
+        Ok(())
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 pub struct KernelTables {
@@ -96,30 +137,16 @@ impl KernelTables {
             anyhow::bail!("map {} is not an array", maps::UNWIND_ROWS);
         };
         let len = rows.info()?.max_entries();
-        let bytes = len as usize * size_of::<UnwindRow>();
-        // SAFETY: a shared mapping of the array map's memory (created BPF_F_MMAPABLE), of its
-        // size; unmapped on drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                rows.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            anyhow::bail!(
-                "cannot map the unwind rows into memory: {}",
-                io::Error::last_os_error()
-            );
-        }
+        let fd = rows.fd().as_fd().as_raw_fd();
         let rows = Rows {
-            ptr: NonNull::new(p.cast()).ok_or_else(|| anyhow::anyhow!("null mapping"))?,
+            array: Array::try_from(Map::Array(rows))?,
+            fd,
             len,
-            _map: rows,
         };
+        // A mapping of the first row says now, rather than at the first table, whether this
+        // kernel maps the array at all.
+        rows.write_mapped(0, &[UnwindRow::default()])
+            .map_err(|e| anyhow::anyhow!("cannot map the unwind rows into memory: {e}"))?;
         Ok(Self {
             rows,
             objects: Array::try_from(take(maps::UNWIND_OBJECTS)?)?,
@@ -142,15 +169,7 @@ impl Sink for KernelTables {
         if end > self.rows.len as usize {
             return;
         }
-        // SAFETY: inside the mapping (checked above); programs only read rows of objects
-        // published after this write (`set_object` is a system call, a barrier).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                rows.as_ptr(),
-                self.rows.ptr.as_ptr().add(first as usize),
-                rows.len(),
-            );
-        }
+        self.rows.write(first, rows);
     }
 
     fn set_object(&mut self, id: u32, object: UnwindObject) {

@@ -125,7 +125,8 @@ fn one(
     )?;
     let mut run = Run {
         label: label.into(),
-        command: format!("bar-probe {}", bar_args.join(" ")),
+        // The report names the output folder as the other sections do, not this machine's path.
+        command: format!("bar-probe {} OUT", bar_args[..bar_args.len() - 1].join(" ")),
         seconds: seconds as f64,
         ..Run::default()
     };

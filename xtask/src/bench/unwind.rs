@@ -119,7 +119,10 @@ pub fn run(ctx: &mut Ctx, quick: bool, reps: usize) -> UnwindBench {
     let text = output(ctx.command(&ctx.bar).arg("tables").args(files));
     for line in text.lines() {
         if let Ok(v) = serde_json::from_str::<Value>(line) {
-            let file = v["file"].as_str().unwrap_or_default().to_owned();
+            let file = match v["file"].as_str().unwrap_or_default() {
+                f if f == bar_bin => "bar-probe".to_owned(),
+                f => f.to_owned(),
+            };
             u.tables.push(TableSize { file, line: v });
         }
     }
