@@ -90,7 +90,7 @@ impl Dumper {
                     // Free the snapshot's segments before saying so, and give back to the
                     // system what rendering took: the allocator would keep it for this thread.
                     drop(snap);
-                    release_free_memory();
+                    crate::sys::memory::give_back();
                     done.store(false, Ordering::Release);
                     req.answer(outcome);
                 }
@@ -115,16 +115,6 @@ impl Dumper {
     pub fn finish(self) {
         drop(self.tx);
         let _ = self.thread.join();
-    }
-}
-
-/// Returns the memory freed by this process to the system (glibc keeps it per thread
-/// otherwise, so a recorder's RSS would stay at its largest dump's).
-pub(super) fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

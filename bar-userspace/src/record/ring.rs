@@ -241,7 +241,7 @@ impl Ring {
             self.book.prune(gone.end_ns);
         }
         if dropped {
-            super::dump::release_free_memory();
+            crate::sys::memory::give_back();
         }
     }
 

@@ -3,12 +3,13 @@
 //! link); [`foreign`] reads what other users control (owner, type and size checked on the open
 //! descriptor).
 //! [`user`] says on whose behalf bar runs, and drops to that user for commands it starts.
-//! [`sched`] keeps bar's recording threads ahead of the load they record; [`command`] starts
+//! [`memory`] gives back to the system what bar freed; [`sched`] keeps bar's recording threads ahead of the load they record; [`command`] starts
 //! the commands bar runs for the user, as that user.
 
 pub mod command;
 pub mod files;
 pub mod foreign;
+pub mod memory;
 pub mod sched;
 pub mod user;
 

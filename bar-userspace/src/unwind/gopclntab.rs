@@ -162,7 +162,13 @@ fn pclntab_location<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> O
         elf.segments()
             .find_map(|s| s.data_range(start, len).ok().flatten())
     };
-    by_symbols().or_else(|| find_header(elf))
+    // The header is searched for only in a Go binary (whose linkers all keep these sections):
+    // the search reads every data segment, hundreds of megabytes of a large C++ library read
+    // and held for nothing (a rustc process's librustc_driver took 213 MB to find no table).
+    let go = [".go.buildinfo", ".note.go.buildid"]
+        .iter()
+        .any(|name| elf.section_by_name(name).is_some());
+    by_symbols().or_else(|| if go { find_header(elf) } else { None })
 }
 
 /// Looks for the table's header in the data segments, at the 8-byte alignment Go gives it

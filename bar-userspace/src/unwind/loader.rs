@@ -20,6 +20,10 @@ use super::{
     proc_maps::{self, Backing, ExecMapping},
 };
 
+/// Tables of more rows than this give back the memory their building took once they are in the
+/// kernel.
+const LARGE_TABLE_ROWS: usize = 100_000;
+
 /// One executable mapping of a loaded process, as the kernel has it.
 #[derive(Debug)]
 struct Loaded {
@@ -410,6 +414,11 @@ impl<K: Kernel> Loader<K> {
         path: &str,
         built: Result<Built, String>,
     ) -> Option<u32> {
+        // A large library's table takes tens of megabytes to build (librustc_driver's 1.2
+        // million rows about 80 MB) that are free again once its rows are in the kernel.
+        let large = built
+            .as_ref()
+            .is_ok_and(|b| b.table.rows.len() > LARGE_TABLE_ROWS);
         let result = built.and_then(|b| {
             if let Some(id) = self.objects.find(&key, b.info.build_id.as_deref()) {
                 return Ok(id);
@@ -425,6 +434,9 @@ impl<K: Kernel> Loader<K> {
                 )
                 .ok_or_else(|| "the unwind table memory is full".to_owned())
         });
+        if large {
+            crate::sys::memory::give_back();
+        }
         match result {
             Ok(id) => Some(id),
             Err(why) => {
