@@ -11,6 +11,7 @@ use super::{
     estimate::{self, Effect, OneRun, RunValue, Spread},
     frames,
     history::{self, Baseline, RunSummary},
+    prior::Prior,
 };
 
 /// Folded stacks: `root;...;leaf` -> weight.
@@ -273,6 +274,17 @@ pub fn compare_frames(
         }
         (None, Base::Runs(_)) => {}
     }
+    // The prior of the spread between runs, from the sides of the code frames big enough to
+    // test (on that side) in this comparison.
+    let big_on = |n: &Normalized<'_>, shares: &Normalized<'_>, f: &str| {
+        (frames::is_code(f) && shares.mean(f).total >= test.min_share).then(|| n.values(f))
+    };
+    let mut sides: Vec<Vec<RunValue>> = names.iter().filter_map(|f| big_on(&c, &cs, f)).collect();
+    if let (Some(b), Some(bs)) = (&b, &bs) {
+        sides.extend(names.iter().filter_map(|f| big_on(b, bs, f)));
+    }
+    let prior = Prior::fit(sides.iter().map(Vec::as_slice));
+    let prior = prior.as_ref();
     let mut changes: Vec<FrameChange> = names
         .into_iter()
         .map(|f| {
@@ -282,7 +294,7 @@ pub fn compare_frames(
                     let bv = b.values(f);
                     (
                         b.mean(f),
-                        estimate::change(&bv, &cand_values, one_run),
+                        estimate::change(&bv, &cand_values, one_run, prior),
                         bs.mean(f).total,
                         estimate::spread(&bv),
                     )
@@ -294,7 +306,12 @@ pub fn compare_frames(
                         between_runs: hist.map(|x| x.spread),
                         within_run: None,
                     };
-                    (w, hist.and_then(|x| x.effect(&cand_values)), share, spread)
+                    (
+                        w,
+                        hist.and_then(|x| x.effect(&cand_values, prior)),
+                        share,
+                        spread,
+                    )
                 }
                 _ => unreachable!("a base of runs is normalized above"),
             };

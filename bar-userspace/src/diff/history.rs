@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     compare::{Norm, Run, frame_weights},
-    estimate::{Effect, RunValue},
+    estimate::{self, Effect, RunValue},
     latency,
+    prior::Prior,
 };
 use crate::stats;
 
@@ -179,21 +180,24 @@ impl Baseline {
 
     /// The change of a candidate's runs from the baseline: their mean against the moving
     /// average, each run varying as the history measured one run to vary (or as the
-    /// candidate's own runs, or its sampling, show when that is more).
-    pub fn effect(&self, runs: &[RunValue]) -> Option<Effect> {
+    /// candidate's own runs, or its sampling, show when that is more). A frame the history
+    /// never had has only the candidate's runs to say how it varies: their spread is moderated
+    /// by `prior`, the law of the comparison's frames (see `estimate::change`).
+    pub fn effect(&self, runs: &[RunValue], prior: Option<&Prior>) -> Option<Effect> {
         if runs.is_empty() {
             return None;
         }
         let values: Vec<f64> = runs.iter().map(|r| r.value).collect();
-        let (mean, own) = stats::mean_var(&values);
+        let mean = stats::mean_var(&values).0;
         let n = values.len() as f64;
         let sampling = runs.iter().map(|r| r.sampling).sum::<f64>() / n;
         if self.spread == 0.0 {
             // The same value in every run of the history, most often none (new code): the
             // base side does not vary, and the candidate's own runs, or its sampling alone
             // (a computed variance, not an estimate), say how sure the change is.
-            let (var, df) = match own {
-                Some(v) if v > sampling => (v, n - 1.0),
+            let prior = prior.filter(|_| self.ewma == 0.0);
+            let (var, df) = match estimate::own_var(runs, prior) {
+                Some((v, df)) if v > sampling => (v, df),
                 _ => (sampling, f64::INFINITY),
             };
             return Some(Effect {
@@ -204,10 +208,10 @@ impl Baseline {
         }
         let hist = self.spread.powi(2).max(sampling);
         let base_var = self.spread.powi(2) * self.weights_sq;
-        let (var, df) = match own {
-            Some(v) if v > hist => (
+        let (var, df) = match estimate::own_var(runs, None) {
+            Some((v, own_df)) if v > hist => (
                 v,
-                stats::satterthwaite(&[(v / n, n - 1.0), (base_var, self.df)]),
+                stats::satterthwaite(&[(v / n, own_df), (base_var, self.df)]),
             ),
             _ => (hist, self.df),
         };
@@ -277,22 +281,25 @@ mod tests {
                 ..RunValue::default()
             }]
         };
-        let same = b.effect(&one(0.105)).unwrap();
+        let same = b.effect(&one(0.105), None).unwrap();
         assert!(same.p() > 0.5, "{same:?}");
-        let up = b.effect(&one(0.20)).unwrap();
+        let up = b.effect(&one(0.20), None).unwrap();
         assert!(up.p_above(0.05) < 0.01, "{up:?}");
         // The sampling floor: runs that agree exactly still have sampling noise.
         let flat = Baseline::new(&[0.1; 5], 0.0004).unwrap();
         assert!((flat.spread - 0.02).abs() < 1e-12);
-        assert!(b.effect(&[]).is_none());
+        assert!(b.effect(&[], None).is_none());
         // A frame no run of the history had: only the candidate's sampling varies.
         let absent = Baseline::new(&[0.0; 4], 0.0).unwrap();
         let new = absent
-            .effect(&[RunValue {
-                value: 0.2,
-                windows: Vec::new(),
-                sampling: 0.0001,
-            }])
+            .effect(
+                &[RunValue {
+                    value: 0.2,
+                    windows: Vec::new(),
+                    sampling: 0.0001,
+                }],
+                None,
+            )
             .unwrap();
         assert_eq!((new.delta, new.se, new.df), (0.2, 0.01, f64::INFINITY));
     }

@@ -136,7 +136,7 @@ pub fn compare_latency(
                     (
                         percentiles(hb),
                         Some(ks),
-                        estimate::change(&b, &cand_runs, OneRun::Unknown),
+                        estimate::change(&b, &cand_runs, OneRun::Unknown, None),
                     )
                 }
                 Base::History(history) => {
@@ -154,7 +154,7 @@ pub fn compare_latency(
                         p50: p50.exp().round() as u64,
                         p99: b.ewma.exp().round() as u64,
                     };
-                    (pb, None, b.effect(&cand_runs))
+                    (pb, None, b.effect(&cand_runs, None))
                 }
             };
             Some(LatencyChange {

@@ -12,8 +12,11 @@ pub mod input;
 pub mod latency;
 pub mod output;
 pub mod paths;
+pub mod prior;
 #[cfg(test)]
 mod simulate;
+#[cfg(test)]
+mod simulate_profile;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -16,7 +16,7 @@ use crate::stats;
 
 /// SplitMix64: a small, fast, well-mixed generator; the simulation needs reproducible streams,
 /// not cryptographic ones.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -31,7 +31,7 @@ impl Rng {
         ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
-    fn normal(&mut self) -> f64 {
+    pub fn normal(&mut self) -> f64 {
         let n = Normal::standard();
         n.inverse_cdf(self.uniform())
     }
@@ -141,13 +141,13 @@ fn judge(
             };
             let e = match m {
                 Method::WelchRuns if base.len() >= 2 && cand.len() >= 2 => {
-                    estimate::change(&strip(base), &strip(cand), OneRun::Unknown)?
+                    estimate::change(&strip(base), &strip(cand), OneRun::Unknown, None)?
                 }
                 Method::WelchRuns => return None,
-                Method::Chosen => estimate::change(base, cand, OneRun::Unknown)?,
+                Method::Chosen => estimate::change(base, cand, OneRun::Unknown, None)?,
                 _ => estimate::effect(
-                    estimate::level(&base[..1], Some(1.0))?,
-                    estimate::level(&cand[..1], Some(1.0))?,
+                    estimate::level(&base[..1], Some(1.0), None)?,
+                    estimate::level(&cand[..1], Some(1.0), None)?,
                 ),
             };
             Some((e.p() < alpha, e.p_above(threshold) < alpha))
