@@ -401,6 +401,44 @@ mod tests {
     }
 
     #[test]
+    fn only_a_frame_one_side_lacks_borrows_the_law() {
+        let prior = Prior {
+            dispersion: 0.0,
+            scale: 2.0,
+            df: 4.0,
+        };
+        let with = |values: &[f64], sampling: f64| -> Vec<RunValue> {
+            values
+                .iter()
+                .map(|&value| RunValue {
+                    value,
+                    windows: Vec::new(),
+                    sampling,
+                })
+                .collect()
+        };
+        // New code: the candidate's runs 0.03, 0.05, 0.04 (variance 1e-4, 2 degrees of
+        // freedom), sampling 5e-5, the law 2 * 5e-5: (4 * 1e-4 + 2 * 1e-4) / 6 = 1e-4 with
+        // 6 degrees of freedom, the base side nothing.
+        let base = with(&[0.0; 3], 0.0);
+        let cand = with(&[0.03, 0.05, 0.04], 5e-5);
+        let e = change(&base, &cand, OneRun::Unknown, Some(&prior)).unwrap();
+        assert!((e.delta - 0.04).abs() < 1e-12);
+        assert!((e.se - (1e-4f64 / 3.0).sqrt()).abs() < 1e-12, "{e:?}");
+        assert!((e.df - 6.0).abs() < 1e-9, "{e:?}");
+        let plain = change(&base, &cand, OneRun::Unknown, None).unwrap();
+        assert!((plain.df - 2.0).abs() < 1e-9, "{plain:?}");
+        // Against one run of the base, the same.
+        let e1 = change(&base[..1], &cand, OneRun::Unknown, Some(&prior)).unwrap();
+        assert_eq!(e1.df, 6.0);
+        // A frame both sides have keeps its own spread, and two runs are not moderated.
+        let both = change(&cand, &cand, OneRun::Unknown, Some(&prior)).unwrap();
+        assert!((both.df - 4.0).abs() < 1e-9, "{both:?}");
+        let two = change(&base[..2], &cand[..2], OneRun::Unknown, Some(&prior)).unwrap();
+        assert_eq!(two.df, 1.0);
+    }
+
+    #[test]
     fn sampling_noise_is_a_floor_for_runs_that_agree_by_chance() {
         let agree = |value: f64| RunValue {
             value,

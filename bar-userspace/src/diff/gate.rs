@@ -246,6 +246,36 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_that_wanders_does_not_take_the_level_from_one_that_is_known() {
+        // 3.7 points over a gate of 1, known to within 0.9 (df 4): conditional p 0.040, under
+        // the level alone. Beside it, a frame that wanders by 10 points and grew by 2 by
+        // chance: with equal weights, the first needs p under 0.025; by precision, under
+        // 0.0496.
+        let known = change("slow", 0.0, 0.037, 0.009);
+        let wanders = change("housekeeping", 0.14, 0.02, 0.10);
+        let p = 2.0 * known.effect.unwrap().p_above(0.01);
+        assert!(p > 0.025 && p < 0.0496, "{p}");
+        let off = frames(1.0, Norm::Share, &[known.clone(), wanders.clone()], 0.05);
+        assert_eq!(off.len(), 1, "{off:?}");
+        assert_eq!(off[0].name, "slow");
+        // Its weight: (1 / 0.009^2) / mean(1 / 0.009^2, 1 / 0.1^2) = 1.984; its bound, at
+        // half of the level BH leaves it (0.05 * 1.984 / 2), lies above the threshold.
+        let w = 2.0 / (1.0 + (0.009f64 / 0.1).powi(2));
+        let lower = known.effect.unwrap().lower(0.05 * w / 2.0 / 2.0) * 100.0;
+        assert!(
+            (off[0].lower - lower).abs() < 1e-9 && lower > 1.0,
+            "{off:?} {lower}"
+        );
+        // Weighed alike (the same standard error), neither offends.
+        let mut alike = wanders;
+        alike.effect = Some(Effect {
+            se: 0.009,
+            ..alike.effect.unwrap()
+        });
+        assert!(frames(1.0, Norm::Share, &[known, alike], 0.05).is_empty());
+    }
+
+    #[test]
     fn frames_far_below_the_threshold_do_not_dilute_the_test() {
         // 5 points known to within 1.25 (df 4): with a hundred unchanged frames counted, a
         // gate of 1 point would need 7.2 standard errors; among the selected it needs 2.8.
