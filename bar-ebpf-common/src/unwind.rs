@@ -3,24 +3,6 @@
 //! collector builds and loads them (`bar-userspace/src/unwind/`); the programs walk user stacks
 //! with them where frame pointers are missing or wrong.
 
-/// Names of the maps of the table walk, as both sides spell them.
-pub mod maps {
-    /// Every object's rows, back to back ([`crate::unwind::UnwindRow`]), written by the
-    /// collector through a memory mapping of the array.
-    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
-    /// Where each object's rows are ([`crate::unwind::UnwindObject`]), by object index.
-    pub const UNWIND_OBJECTS: &str = "UNWIND_OBJECTS";
-    /// Executable mappings of traced processes: an LPM trie keyed by pid and address
-    /// ([`crate::unwind::MappingKey`]) to [`crate::unwind::UnwindMapping`].
-    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
-    /// Processes whose mappings are loaded, by pid, to the generation of their entries.
-    pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
-    /// Bumped on every change of `UNWIND_PROCESSES` (one u64).
-    pub const UNWIND_EPOCH: &str = "UNWIND_EPOCH";
-    /// When each process last asked the collector for its tables, by pid (rate limit).
-    pub const UNWIND_ASKED: &str = "UNWIND_ASKED";
-}
-
 /// How a row finds the canonical frame address (CFA: the stack pointer before the call that
 /// entered the function; the return address is the word below it).
 pub mod cfa {

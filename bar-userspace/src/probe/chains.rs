@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use bar_ebpf_common::{Family, Layout};
+use bar_ebpf_common::{Family, Layout, programs};
 use serde::Serialize;
 
 /// Attach points of a family, best first.
@@ -172,7 +172,9 @@ impl AttachPoint {
 
 const CPU_CHAIN: &[AttachPoint] = &[AttachPoint {
     method: Method::PerfEvent,
-    programs: &[Prog::CpuClock { prog: "bar_cpu" }],
+    programs: &[Prog::CpuClock {
+        prog: programs::CPU_PERF_EVENT,
+    }],
     needs: &[],
 }];
 
@@ -199,7 +201,7 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Fentry,
         programs: &[Prog::Fentry {
-            prog: "bar_fault_fexit",
+            prog: programs::FAULT_FEXIT,
             function: HANDLE_MM_FAULT,
             exit: true,
         }],
@@ -209,12 +211,12 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
         method: Method::Kprobe,
         programs: &[
             Prog::Kprobe {
-                prog: "bar_fault_kprobe",
+                prog: programs::FAULT_KPROBE,
                 function: HANDLE_MM_FAULT,
                 ret: false,
             },
             Prog::Kprobe {
-                prog: "bar_fault_kretprobe",
+                prog: programs::FAULT_KRETPROBE,
                 function: HANDLE_MM_FAULT,
                 ret: true,
             },
@@ -225,12 +227,12 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
         method: Method::TpBtf,
         programs: &[
             Prog::BtfTracepoint {
-                prog: "bar_fault_user_btf",
+                prog: programs::FAULT_USER_BTF,
                 tracepoint: "page_fault_user",
                 args: 3,
             },
             Prog::BtfTracepoint {
-                prog: "bar_fault_kernel_btf",
+                prog: programs::FAULT_KERNEL_BTF,
                 tracepoint: "page_fault_kernel",
                 args: 3,
             },
@@ -240,8 +242,8 @@ const FAULTS_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Tracepoint,
         programs: &[
-            Prog::tracepoint("bar_fault_user_tp", "exceptions", "page_fault_user"),
-            Prog::tracepoint("bar_fault_kernel_tp", "exceptions", "page_fault_kernel"),
+            Prog::tracepoint(programs::FAULT_USER_TP, "exceptions", "page_fault_user"),
+            Prog::tracepoint(programs::FAULT_KERNEL_TP, "exceptions", "page_fault_kernel"),
         ],
         needs: &[],
     },
@@ -253,12 +255,12 @@ const FINISH_TASK_SWITCH: KernelFn = KernelFn {
     params: &[(0, "prev")],
 };
 
-const THREAD_EXIT: Prog = Prog::tracepoint("bar_thread_exit_tp", "sched", "sched_process_exit");
+const THREAD_EXIT: Prog = Prog::tracepoint(programs::THREAD_EXIT_TP, "sched", "sched_process_exit");
 
 /// The exit program of the `tp_btf` chain, whose last intervals wait for it (see bar-ebpf's
 /// offcpu.rs).
 const THREAD_EXIT_BTF: Prog = Prog::BtfTracepoint {
-    prog: "bar_thread_exit_btf",
+    prog: programs::THREAD_EXIT_BTF,
     tracepoint: "sched_process_exit",
     args: 1,
 };
@@ -276,7 +278,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
         method: Method::TpBtf,
         programs: &[
             Prog::BtfTracepoint {
-                prog: "bar_switch_btf",
+                prog: programs::SWITCH_BTF,
                 tracepoint: "sched_switch",
                 args: 4,
             },
@@ -288,7 +290,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
         method: Method::Fentry,
         programs: &[
             Prog::Fentry {
-                prog: "bar_finish_switch_fentry",
+                prog: programs::FINISH_SWITCH_FENTRY,
                 function: FINISH_TASK_SWITCH,
                 exit: false,
             },
@@ -300,7 +302,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
         method: Method::Kprobe,
         programs: &[
             Prog::Kprobe {
-                prog: "bar_finish_switch_kprobe",
+                prog: programs::FINISH_SWITCH_KPROBE,
                 function: FINISH_TASK_SWITCH,
                 ret: false,
             },
@@ -311,7 +313,7 @@ const OFFCPU_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Tracepoint,
         programs: &[
-            Prog::tracepoint("bar_switch_tp", "sched", "sched_switch"),
+            Prog::tracepoint(programs::SWITCH_TP, "sched", "sched_switch"),
             THREAD_EXIT,
         ],
         needs: &[],
@@ -350,17 +352,17 @@ const TCP_CHAIN: &[AttachPoint] = &[
         method: Method::Fentry,
         programs: &[
             Prog::Fentry {
-                prog: "bar_tcp_v4_connect_fentry",
+                prog: programs::TCP_V4_CONNECT_FENTRY,
                 function: TCP_V4_CONNECT,
                 exit: false,
             },
             Prog::Fentry {
-                prog: "bar_tcp_v6_connect_fentry",
+                prog: programs::TCP_V6_CONNECT_FENTRY,
                 function: TCP_V6_CONNECT,
                 exit: false,
             },
             Prog::Fentry {
-                prog: "bar_tcp_set_state_fentry",
+                prog: programs::TCP_SET_STATE_FENTRY,
                 function: TCP_SET_STATE,
                 exit: false,
             },
@@ -371,17 +373,17 @@ const TCP_CHAIN: &[AttachPoint] = &[
         method: Method::Kprobe,
         programs: &[
             Prog::Kprobe {
-                prog: "bar_tcp_connect_kprobe",
+                prog: programs::TCP_CONNECT_KPROBE,
                 function: TCP_V4_CONNECT,
                 ret: false,
             },
             Prog::Kprobe {
-                prog: "bar_tcp_connect_kprobe",
+                prog: programs::TCP_CONNECT_KPROBE,
                 function: TCP_V6_CONNECT,
                 ret: false,
             },
             Prog::Kprobe {
-                prog: "bar_tcp_set_state_kprobe",
+                prog: programs::TCP_SET_STATE_KPROBE,
                 function: TCP_SET_STATE,
                 ret: false,
             },
@@ -391,7 +393,7 @@ const TCP_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::TpBtf,
         programs: &[Prog::BtfTracepoint {
-            prog: "bar_sock_state_btf",
+            prog: programs::SOCK_STATE_BTF,
             tracepoint: "inet_sock_set_state",
             args: 3,
         }],
@@ -400,7 +402,7 @@ const TCP_CHAIN: &[AttachPoint] = &[
     AttachPoint {
         method: Method::Tracepoint,
         programs: &[Prog::tracepoint(
-            "bar_sock_state_tp",
+            programs::SOCK_STATE_TP,
             "sock",
             "inet_sock_set_state",
         )],
@@ -414,13 +416,15 @@ const MIGRATE_PAGES: KernelFn = KernelFn {
     params: &[(0, "from"), (3, "private"), (5, "reason")],
 };
 
-const MOVE_NUMA: Prog = Prog::optional_tracepoint("bar_move_numa_tp", "sched", "sched_move_numa");
-const SWAP_NUMA: Prog = Prog::optional_tracepoint("bar_swap_numa_tp", "sched", "sched_swap_numa");
+const MOVE_NUMA: Prog =
+    Prog::optional_tracepoint(programs::MOVE_NUMA_TP, "sched", "sched_move_numa");
+const SWAP_NUMA: Prog =
+    Prog::optional_tracepoint(programs::SWAP_NUMA_TP, "sched", "sched_swap_numa");
 const STICK_NUMA: Prog =
-    Prog::optional_tracepoint("bar_stick_numa_tp", "sched", "sched_stick_numa");
+    Prog::optional_tracepoint(programs::STICK_NUMA_TP, "sched", "sched_stick_numa");
 /// With a migrate_pages() hook, the batch tracepoint is what reports: it cannot be missing.
 const MIGRATE_PAGES_TP: Prog =
-    Prog::tracepoint("bar_migrate_pages_tp", "migrate", "mm_migrate_pages");
+    Prog::tracepoint(programs::MIGRATE_PAGES_TP, "migrate", "mm_migrate_pages");
 
 const MIGRATE_NODE_NEEDS: &[Need] = &[
     ("page.flags", |l| l.page_flags),
@@ -441,7 +445,7 @@ const NUMA_CHAIN: &[AttachPoint] = &[
         method: Method::Fentry,
         programs: &[
             Prog::Fentry {
-                prog: "bar_migrate_pages_fentry",
+                prog: programs::MIGRATE_PAGES_FENTRY,
                 function: MIGRATE_PAGES,
                 exit: false,
             },
@@ -456,7 +460,7 @@ const NUMA_CHAIN: &[AttachPoint] = &[
         method: Method::Kprobe,
         programs: &[
             Prog::Kprobe {
-                prog: "bar_migrate_pages_kprobe",
+                prog: programs::MIGRATE_PAGES_KPROBE,
                 function: MIGRATE_PAGES,
                 ret: false,
             },
@@ -473,7 +477,7 @@ const NUMA_CHAIN: &[AttachPoint] = &[
             MOVE_NUMA,
             SWAP_NUMA,
             STICK_NUMA,
-            Prog::optional_tracepoint("bar_migrate_pages_tp", "migrate", "mm_migrate_pages"),
+            Prog::optional_tracepoint(programs::MIGRATE_PAGES_TP, "migrate", "mm_migrate_pages"),
         ],
         needs: &[],
     },

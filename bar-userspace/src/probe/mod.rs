@@ -6,6 +6,7 @@
 
 mod chains;
 pub mod layout;
+mod object;
 
 pub use self::chains::{AttachPoint, Method, chain};
 use self::chains::{KernelFn, Prog};
@@ -19,14 +20,11 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps, unwind::maps as unwind_maps};
+use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps, programs};
 use serde::Serialize;
 
-use self::layout::KernelBtf;
+use self::{layout::KernelBtf, object::OBJECT};
 use crate::system::KernelSymbols;
-
-/// The kernel object, built for the BPF target by the build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bar"));
 
 fn parse_family(s: &str) -> Result<Family, String> {
     Family::from_name(s).ok_or_else(|| {
@@ -354,7 +352,7 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::STACKS, opts.stack_map_entries)
         .map_max_entries(maps::USER_STACKS, opts.stack_map_entries)
-        .map_max_entries(unwind_maps::UNWIND_ROWS, rows)
+        .map_max_entries(maps::UNWIND_ROWS, rows)
         .load(OBJECT)
         .map_err(|e| anyhow::anyhow!("loading bar's eBPF object failed: {e}"))?;
     Ok(Loaded {
@@ -447,19 +445,19 @@ impl Loaded {
 /// without it).
 const PROCESS_TRACKING: [(&str, &str, &str, &str); 3] = [
     (
-        "bar_exec_tp",
+        programs::EXEC_TP,
         "sched",
         "sched_process_exec",
         "processes that exec while recorded may get wrong symbols",
     ),
     (
-        "bar_fork_tp",
+        programs::FORK_TP,
         "task",
         "task_newtask",
         "processes that end before bar reads them may be unnamed",
     ),
     (
-        "bar_exit_tp",
+        programs::EXIT_TP,
         "sched",
         "sched_process_exit",
         "what bar knows of ended processes is kept to the end of the recording",

@@ -11,8 +11,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
 };
+use bar_ebpf_common::maps;
 use bar_ebpf_common::unwind::{
-    MAPPING_KEY_BITS, MappingKey, UnwindMapping, UnwindObject, UnwindRow, mapping_key, maps,
+    MAPPING_KEY_BITS, MappingKey, UnwindMapping, UnwindObject, UnwindRow, mapping_key,
 };
 
 use super::objects::Sink;
