@@ -3,11 +3,62 @@
 //! kernel version; every answer comes from what the kernel exposes.
 
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Serialize;
+
+/// What this machine does not offer bar, or what it refused: one sentence each, as `info`
+/// shows them and the probe stage passes them on as reasons.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The bpf() system call refused to create a map.
+    #[error("{0}")]
+    Bpf(Arc<io::Error>),
+    #[error("tracefs is not mounted and only root can mount it")]
+    TracefsNotMounted,
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    TracefsMount(Arc<io::Error>),
+    #[error(
+        "this kernel has no kprobe support (no kprobe PMU, no kprobe_events; CONFIG_KPROBES \
+         is off)"
+    )]
+    NoKprobes,
+    #[error("/proc/kallsyms is not readable: {0}")]
+    Kallsyms(Arc<io::Error>),
+    #[error("the kernel has no function {0}")]
+    NoFunction(String),
+    #[error(
+        "the kernel has several copies of {name} ({}), a kprobe on one would miss the others",
+        .copies.join(", ")
+    )]
+    SeveralCopies { name: String, copies: Vec<String> },
+    #[error("this system has no cgroup v2 hierarchy mounted")]
+    NoCgroup2,
+    #[error("no cgroup at {}: {error}", .path.display())]
+    NoCgroup {
+        path: PathBuf,
+        error: Arc<io::Error>,
+    },
+    /// A cgroup path with a NUL byte in it.
+    #[error("{0}")]
+    CgroupPath(std::ffi::NulError),
+    #[error(
+        "{} is not a cgroup v2 directory (the v2 hierarchy is mounted at {})",
+        .path.display(),
+        .mount.display()
+    )]
+    NotCgroup2 { path: PathBuf, mount: PathBuf },
+}
+
+/// Written as its message, as `info --json` always wrote these reasons.
+impl Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -83,7 +134,7 @@ pub fn missing_capabilities() -> Vec<&'static str> {
 
 /// Whether the bpf() syscall lets this process create a map: the cheapest real test of "may
 /// I use eBPF here".
-pub fn bpf_allowed() -> Result<(), String> {
+pub fn bpf_allowed() -> Result<(), Error> {
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, ...
     let mut attr = [0u32; 32];
     attr[0] = 2; // BPF_MAP_TYPE_ARRAY
@@ -100,7 +151,7 @@ pub fn bpf_allowed() -> Result<(), String> {
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
+        return Err(Error::Bpf(Arc::new(io::Error::last_os_error())));
     }
     // SAFETY: we own the fd just returned.
     unsafe { libc::close(fd as i32) };
@@ -108,14 +159,14 @@ pub fn bpf_allowed() -> Result<(), String> {
 }
 
 /// Where tracefs is mounted, mounting it at /sys/kernel/tracing when it is not and we may.
-pub fn tracefs() -> Result<PathBuf, String> {
+pub fn tracefs() -> Result<PathBuf, Error> {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(dir).join("events").is_dir() {
             return Ok(dir.into());
         }
     }
     if !is_root() {
-        return Err("tracefs is not mounted and only root can mount it".into());
+        return Err(Error::TracefsNotMounted);
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings.
@@ -129,23 +180,20 @@ pub fn tracefs() -> Result<PathBuf, String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(Error::TracefsMount(Arc::new(io::Error::last_os_error())));
     }
     Ok("/sys/kernel/tracing".into())
 }
 
 /// Why kprobes cannot be used here, if they cannot.
-pub fn kprobes_unavailable(tracefs: Option<&Path>) -> Option<String> {
+pub fn kprobes_unavailable(tracefs: Option<&Path>) -> Option<Error> {
     if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         return None;
     }
     if tracefs.is_some_and(|t| t.join("kprobe_events").exists()) {
         return None;
     }
-    Some("this kernel has no kprobe support (no kprobe PMU, no kprobe_events; CONFIG_KPROBES is off)".into())
+    Some(Error::NoKprobes)
 }
 
 /// Text symbols of the running kernel (`/proc/kallsyms`), for kprobe targets.
@@ -154,9 +202,9 @@ pub struct KernelSymbols {
 }
 
 impl KernelSymbols {
-    pub fn read() -> Result<Self, String> {
-        let text = fs::read_to_string("/proc/kallsyms")
-            .map_err(|e| format!("/proc/kallsyms is not readable: {e}"))?;
+    pub fn read() -> Result<Self, Error> {
+        let text =
+            fs::read_to_string("/proc/kallsyms").map_err(|e| Error::Kallsyms(Arc::new(e)))?;
         Ok(Self::parse(&text))
     }
 
@@ -177,7 +225,7 @@ impl KernelSymbols {
     /// The symbol a kprobe on function `name` attaches to: `name` itself, or the compiler's
     /// only clone of it (`name.isra.0`, `name.constprop.0`, ...), which is what a static
     /// function the compiler specialised is called in kallsyms.
-    pub fn resolve(&self, name: &str) -> Result<String, String> {
+    pub fn resolve(&self, name: &str) -> Result<String, Error> {
         if self.names.contains(name) {
             return Ok(name.to_owned());
         }
@@ -191,14 +239,11 @@ impl KernelSymbols {
         clones.sort();
         match clones.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(format!("the kernel has no function {name}")),
-            many => Err(format!(
-                "the kernel has several copies of {name} ({}), a kprobe on one would miss the others",
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            [] => Err(Error::NoFunction(name.to_owned())),
+            many => Err(Error::SeveralCopies {
+                name: name.to_owned(),
+                copies: many.iter().map(|s| (*s).clone()).collect(),
+            }),
         }
     }
 }
@@ -291,11 +336,11 @@ pub fn monotonic_to_realtime_offset() -> i64 {
 pub struct Facts {
     pub kernel_release: String,
     pub btf: bool,
-    pub tracefs: Result<PathBuf, String>,
+    pub tracefs: Result<PathBuf, Error>,
     pub root: bool,
     pub missing_capabilities: Vec<&'static str>,
-    pub bpf: Result<(), String>,
-    pub kprobes: Option<String>,
+    pub bpf: Result<(), Error>,
+    pub kprobes: Option<Error>,
     pub numa_nodes: Vec<u32>,
     pub numa_balancing: Option<u32>,
     pub cpus: usize,
@@ -333,29 +378,28 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 /// Resolves a cgroup given as a path (absolute, or relative to the cgroup v2 mount) to its
 /// directory and its id, which is what `bpf_get_current_cgroup_id()` returns: the inode number
 /// of the directory in the v2 hierarchy.
-pub fn cgroup_id(path: &Path) -> Result<(PathBuf, u64), String> {
+pub fn cgroup_id(path: &Path) -> Result<(PathBuf, u64), Error> {
     use std::os::unix::fs::MetadataExt as _;
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let mount = cgroup2_mount().ok_or("this system has no cgroup v2 hierarchy mounted")?;
+    let mount = cgroup2_mount().ok_or(Error::NoCgroup2)?;
     let full = if path.is_absolute() && path.starts_with(&mount) {
         path.to_owned()
     } else {
         mount.join(path.strip_prefix("/").unwrap_or(path))
     };
-    let meta = fs::metadata(&full).map_err(|e| format!("no cgroup at {}: {e}", full.display()))?;
+    let meta = fs::metadata(&full).map_err(|e| Error::NoCgroup {
+        path: full.clone(),
+        error: Arc::new(e),
+    })?;
     let c =
-        std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).map_err(Error::CgroupPath)?;
     // SAFETY: statfs is plain data filled by the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out pointer.
     let on_cgroup2 =
         unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type == CGROUP2_SUPER_MAGIC;
     if !meta.is_dir() || !on_cgroup2 {
-        return Err(format!(
-            "{} is not a cgroup v2 directory (the v2 hierarchy is mounted at {})",
-            full.display(),
-            mount.display()
-        ));
+        return Err(Error::NotCgroup2 { path: full, mount });
     }
     Ok((full, meta.ino()))
 }
@@ -384,13 +428,14 @@ ffffffffc0001000 t tcp_v6_connect\t[ipv6]
             "finish_task_switch.isra.0"
         );
         assert_eq!(syms.resolve("tcp_v6_connect").unwrap(), "tcp_v6_connect");
-        let two = syms.resolve("two").unwrap_err();
+        let two = syms.resolve("two").unwrap_err().to_string();
         assert!(two.contains("two.constprop.0, two.isra.0"), "{two}");
         // Data symbols are not functions.
         assert!(syms.resolve("migrate_pages_data").is_err());
         assert!(
             syms.resolve("migrate_pages")
                 .unwrap_err()
+                .to_string()
                 .contains("no function")
         );
     }

@@ -36,7 +36,7 @@ pub(super) fn parse_view(s: &str) -> Result<Family, String> {
 
 impl Method {
     pub(super) fn from_str_arg(s: &str) -> Result<Self, String> {
-        s.parse()
+        s.parse().map_err(|e: crate::probe::Error| e.to_string())
     }
 }
 

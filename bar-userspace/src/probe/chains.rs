@@ -42,8 +42,8 @@ impl Method {
 }
 
 impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = super::Error;
+    fn from_str(s: &str) -> Result<Self, super::Error> {
         [
             Self::PerfEvent,
             Self::Kprobe,
@@ -53,9 +53,7 @@ impl FromStr for Method {
         ]
         .into_iter()
         .find(|m| m.name() == s)
-        .ok_or_else(|| {
-            format!("unknown attach method '{s}' (perf_event, kprobe, fentry, tp_btf, tracepoint)")
-        })
+        .ok_or_else(|| super::Error::UnknownMethod(s.to_owned()))
     }
 }
 

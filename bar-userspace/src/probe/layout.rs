@@ -8,6 +8,8 @@ use std::{collections::HashMap, fs, path::Path};
 use bar_ebpf_common::Layout;
 use btf_rs::{Btf, Type};
 
+use super::Error;
+
 /// Fields of one tracepoint: name → (offset, size).
 #[derive(Debug, Default, Clone)]
 pub struct Format {
@@ -16,14 +18,17 @@ pub struct Format {
 
 impl Format {
     /// Reads `events/<category>/<name>/format` under tracefs.
-    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, String> {
+    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, Error> {
         let path = tracefs
             .join("events")
             .join(category)
             .join(name)
             .join("format");
-        let text = fs::read_to_string(&path)
-            .map_err(|e| format!("tracepoint {category}:{name} is not available ({e})"))?;
+        let text = fs::read_to_string(&path).map_err(|e| Error::NoTracepoint {
+            category: category.to_owned(),
+            name: name.to_owned(),
+            why: e.to_string(),
+        })?;
         Ok(Self::parse(&text))
     }
 
@@ -60,11 +65,15 @@ impl Format {
     }
 
     /// Offset of a field that must have the given size.
-    pub fn offset(&self, field: &str, size: u32) -> Result<u32, String> {
+    pub fn offset(&self, field: &str, size: u32) -> Result<u32, Error> {
         match self.fields.get(field) {
             Some(&(o, s)) if s == size => Ok(o),
-            Some(&(_, s)) => Err(format!("field {field} has size {s}, expected {size}")),
-            None => Err(format!("field {field} is missing")),
+            Some(&(_, s)) => Err(Error::FieldSize {
+                field: field.to_owned(),
+                size: s,
+                expected: size,
+            }),
+            None => Err(Error::NoField(field.to_owned())),
         }
     }
 }
@@ -76,9 +85,12 @@ pub fn fill_tracepoint(
     tracefs: &Path,
     category: &str,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let f = Format::read(tracefs, category, name)?;
-    let bad = |e: String| format!("tracepoint {category}:{name}: {e}");
+    let bad = |e: Error| Error::Tracepoint {
+        tracepoint: format!("{category}:{name}"),
+        error: Box::new(e),
+    };
     match (category, name) {
         ("exceptions", "page_fault_user" | "page_fault_kernel") => {
             layout.fault_address = f.offset("address", 8).map_err(bad)?;
@@ -160,7 +172,7 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    pub fn load() -> Result<Self, String> {
+    pub fn load() -> Result<Self, Error> {
         // bar reads a few dozen of the kernel's tens of thousands of types: mapped and looked
         // up on demand, the BTF costs a tenth of the time and memory of parsing it all (which
         // was most of bar-probe's start-up). Kernels that cannot map it get it read whole.
@@ -172,28 +184,29 @@ impl KernelBtf {
                     .and_then(|bytes| Btf::from_bytes(&bytes))
             })
             .map(|btf| Self { btf })
-            .map_err(|e| {
-                format!(
-                    "kernel BTF is not readable at {}: {e}",
-                    crate::system::BTF_PATH
-                )
+            .map_err(|e| Error::BtfUnreadable {
+                path: crate::system::BTF_PATH,
+                why: e.to_string(),
             })
     }
 
     /// The members of `struct name`. Each lookup by name scans every type, so callers look a
     /// structure up once and then find its members with [`Self::offset_in`].
-    pub fn struct_members(&self, name: &str) -> Result<Vec<btf_rs::Member>, String> {
+    pub fn struct_members(&self, name: &str) -> Result<Vec<btf_rs::Member>, Error> {
         let types = self
             .btf
             .resolve_types_by_name(name)
-            .map_err(|e| format!("struct {name} not in BTF: {e}"))?;
+            .map_err(|e| Error::StructLookup {
+                name: name.to_owned(),
+                why: e.to_string(),
+            })?;
         types
             .into_iter()
             .find_map(|t| match t {
                 Type::Struct(s) if !s.members.is_empty() => Some(s.members),
                 _ => None,
             })
-            .ok_or_else(|| format!("struct {name} not in BTF"))
+            .ok_or_else(|| Error::NoStruct(name.to_owned()))
     }
 
     /// Byte offset of `member` among `members`, looking through anonymous unions and structs.
@@ -202,10 +215,13 @@ impl KernelBtf {
     }
 
     /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
-    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, Error> {
         let members = self.struct_members(name)?;
         self.offset_in(&members, member)
-            .ok_or_else(|| format!("struct {name} has no member {member}"))
+            .ok_or_else(|| Error::NoMember {
+                name: name.to_owned(),
+                member: member.to_owned(),
+            })
     }
 
     fn find_member(&self, members: &[btf_rs::Member], wanted: &str, base_bits: u32) -> Option<u32> {
@@ -231,29 +247,29 @@ impl KernelBtf {
 
     /// Number of arguments a BTF-enabled tracepoint passes (from `btf_trace_<name>`, whose
     /// prototype has the context pointer first), or why it has none.
-    pub fn tracepoint_args(&self, tp: &str) -> Result<usize, String> {
+    pub fn tracepoint_args(&self, tp: &str) -> Result<usize, Error> {
         let name = format!("btf_trace_{tp}");
         let types = self
             .btf
             .resolve_types_by_name(&name)
-            .map_err(|_| format!("no BTF tracepoint {tp} in this kernel"))?;
+            .map_err(|_| Error::NoBtfTracepoint(tp.to_owned()))?;
         let Some(Type::Typedef(td)) = types.first() else {
-            return Err(format!("no BTF tracepoint {tp} in this kernel"));
+            return Err(Error::NoBtfTracepoint(tp.to_owned()));
         };
         let mut ty = self
             .btf
             .resolve_chained_type(td)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::Btf(e.to_string()))?;
         loop {
             match ty {
                 Type::Ptr(p) => {
                     ty = self
                         .btf
                         .resolve_chained_type(&p)
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| Error::Btf(e.to_string()))?;
                 }
                 Type::FuncProto(fp) => return Ok(fp.parameters.len().saturating_sub(1)),
-                _ => return Err(format!("unexpected BTF type for {name}")),
+                _ => return Err(Error::UnexpectedBtfType(name)),
             }
         }
     }
@@ -294,60 +310,70 @@ impl KernelBtf {
     }
 
     /// Value of `member` in `enum name`.
-    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32, String> {
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32, Error> {
         let types = self
             .btf
             .resolve_types_by_name(name)
-            .map_err(|_| format!("enum {name} not in BTF"))?;
+            .map_err(|_| Error::NoEnum(name.to_owned()))?;
         let e = types
             .iter()
             .find_map(|t| match t {
                 Type::Enum(e) => Some(e),
                 _ => None,
             })
-            .ok_or_else(|| format!("enum {name} not in BTF"))?;
+            .ok_or_else(|| Error::NoEnum(name.to_owned()))?;
         e.members
             .iter()
             .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == member))
             .map(btf_rs::EnumMember::val)
-            .ok_or_else(|| format!("enum {name} has no {member}"))
+            .ok_or_else(|| Error::NoEnumMember {
+                name: name.to_owned(),
+                member: member.to_owned(),
+            })
     }
 
     /// Number of elements of the array `member` of `struct name`.
-    fn array_len(&self, name: &str, member: &str) -> Result<usize, String> {
+    fn array_len(&self, name: &str, member: &str) -> Result<usize, Error> {
         let types = self
             .btf
             .resolve_types_by_name(name)
-            .map_err(|e| format!("struct {name} not in BTF: {e}"))?;
+            .map_err(|e| Error::StructLookup {
+                name: name.to_owned(),
+                why: e.to_string(),
+            })?;
         let st = types
             .iter()
             .find_map(|t| match t {
                 Type::Struct(s) if !s.members.is_empty() => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| format!("struct {name} not in BTF"))?;
+            .ok_or_else(|| Error::NoStruct(name.to_owned()))?;
         let m = st
             .members
             .iter()
             .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == member))
-            .ok_or_else(|| format!("struct {name} has no member {member}"))?;
+            .ok_or_else(|| Error::NoMember {
+                name: name.to_owned(),
+                member: member.to_owned(),
+            })?;
         match self.btf.resolve_chained_type(m) {
             Ok(Type::Array(a)) => Ok(a.len()),
-            _ => Err(format!("{name}.{member} is not an array")),
+            _ => Err(Error::NotArray {
+                name: name.to_owned(),
+                member: member.to_owned(),
+            }),
         }
     }
 
     /// `NODES_SHIFT`, the width of the node field in `page->flags`. The kernel does not export
     /// it, but sizes `struct zonelist` by it: `_zonerefs[MAX_NUMNODES * MAX_NR_ZONES + 1]`,
     /// with `MAX_NUMNODES = 1 << NODES_SHIFT` and `MAX_NR_ZONES` the last `enum zone_type`.
-    pub fn nodes_shift(&self) -> Result<u32, String> {
+    pub fn nodes_shift(&self) -> Result<u32, Error> {
         let refs = self.array_len("zonelist", "_zonerefs")?;
         let zones = self.enum_value("zone_type", "__MAX_NR_ZONES")? as usize;
         let nodes = refs.saturating_sub(1) / zones.max(1);
         if zones == 0 || !nodes.is_power_of_two() || nodes * zones + 1 != refs {
-            return Err(format!(
-                "zonelist has {refs} zonerefs for {zones} zones: not a power-of-two node count"
-            ));
+            return Err(Error::NodeCount { refs, zones });
         }
         Ok(nodes.trailing_zeros())
     }
@@ -422,16 +448,12 @@ pub fn can_walk_user_stacks(layout: &Layout, btf: &KernelBtf) -> bool {
 
 /// Whether the programs can walk user stacks with unwind tables, given the rest of their
 /// configuration, or why not: they need their own walk and the stack pointer's place.
-pub fn can_walk_with_tables(config: &bar_ebpf_common::Config) -> Result<(), String> {
+pub fn can_walk_with_tables(config: &bar_ebpf_common::Config) -> Result<(), Error> {
     if config.user_walk == 0 {
-        return Err(
-            "this kernel lacks what bar's own stack walk needs (bpf_loop, bpf_task_pt_regs or \
-             BTF for struct pt_regs)"
-                .into(),
-        );
+        return Err(Error::NoOwnWalk);
     }
     if config.layout.pt_regs_sp == Layout::UNKNOWN {
-        return Err("BTF has no pt_regs.sp".into());
+        return Err(Error::BtfLacks("pt_regs.sp"));
     }
     Ok(())
 }
@@ -496,9 +518,16 @@ print fmt: \"prev_comm=%s\"";
     fn parses_fields_with_arrays_and_sizes() {
         let f = Format::parse(SCHED_SWITCH);
         assert_eq!(f.fields["prev_comm"], (8, 16));
-        assert_eq!(f.offset("prev_state", 8), Ok(32));
-        assert_eq!(f.offset("next_pid", 4), Ok(56));
-        assert!(f.offset("next_pid", 8).unwrap_err().contains("size 4"));
-        assert!(f.offset("nope", 4).unwrap_err().contains("missing"));
+        assert_eq!(f.offset("prev_state", 8).ok(), Some(32));
+        assert_eq!(f.offset("next_pid", 4).ok(), Some(56));
+        // The words users read in `info` and summary.json.
+        assert_eq!(
+            f.offset("next_pid", 8).unwrap_err().to_string(),
+            "field next_pid has size 4, expected 8"
+        );
+        assert_eq!(
+            f.offset("nope", 4).unwrap_err().to_string(),
+            "field nope is missing"
+        );
     }
 }

@@ -5,11 +5,15 @@
 //! status and `summary.json`.
 
 mod chains;
+mod error;
 pub mod layout;
 mod object;
 
-pub use self::chains::{AttachPoint, Method, chain};
 use self::chains::{KernelFn, Prog};
+pub use self::{
+    chains::{AttachPoint, Method, chain},
+    error::Error,
+};
 
 use std::cell::OnceCell;
 
@@ -24,12 +28,10 @@ use bar_ebpf_common::{CONFIG_GLOBAL, Config, Family, Layout, maps, programs};
 use serde::Serialize;
 
 use self::{layout::KernelBtf, object::OBJECT};
-use crate::system::KernelSymbols;
+use crate::system::{self, KernelSymbols};
 
-fn parse_family(s: &str) -> Result<Family, String> {
-    Family::from_name(s).ok_or_else(|| {
-        format!("unknown event kind '{s}' (expected cpu, offcpu, faults, tcp, numa or all)")
-    })
+fn parse_family(s: &str) -> Result<Family, Error> {
+    Family::from_name(s).ok_or_else(|| Error::UnknownFamily(s.to_owned()))
 }
 
 fn family_name<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
@@ -41,7 +43,7 @@ fn family_name<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error
 pub struct FamilyList(pub Vec<Family>);
 
 /// Parses `--events`: a comma-separated list of families, or `all`.
-pub fn parse_families(s: &str) -> Result<FamilyList, String> {
+pub fn parse_families(s: &str) -> Result<FamilyList, Error> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if part == "all" {
@@ -51,7 +53,7 @@ pub fn parse_families(s: &str) -> Result<FamilyList, String> {
         }
     }
     if out.is_empty() {
-        return Err("no event kind given".into());
+        return Err(Error::NoFamily);
     }
     out.sort_unstable();
     out.dedup();
@@ -100,27 +102,24 @@ pub struct Rejected {
 
 /// What the kernel offers, gathered once before loading.
 struct Offer {
-    btf: Result<KernelBtf, String>,
+    btf: Result<KernelBtf, Error>,
     aya_btf: Option<Btf>,
     layout: Layout,
     /// Tracepoints whose format could not be read or did not match, with the reason.
-    tracepoint_errors: Vec<(String, String)>,
+    tracepoint_errors: Vec<(String, Error)>,
     /// Why kprobes cannot be used here, if they cannot.
-    kprobes: Option<String>,
+    kprobes: Option<system::Error>,
     /// Kernel text symbols, read the first time a kprobe target is looked up.
-    symbols: OnceCell<Result<KernelSymbols, String>>,
+    symbols: OnceCell<Result<KernelSymbols, system::Error>>,
 }
 
 impl Offer {
     fn gather(families: &[Family]) -> Self {
-        let tracefs = crate::system::tracefs();
-        let btf = if crate::system::btf_present() {
+        let tracefs = system::tracefs();
+        let btf = if system::btf_present() {
             KernelBtf::load()
         } else {
-            Err(format!(
-                "this kernel has no BTF ({} is missing)",
-                crate::system::BTF_PATH
-            ))
+            Err(Error::NoBtf(system::BTF_PATH))
         };
         let mut layout = Layout::unknown();
         let mut tracepoint_errors = Vec::new();
@@ -141,7 +140,7 @@ impl Offer {
             }
             let result = match &tracefs {
                 Ok(dir) => layout::fill_tracepoint(&mut layout, dir, category, name),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(Error::System(e.clone())),
             };
             if let Err(e) = result {
                 tracepoint_errors.push((key, e));
@@ -156,54 +155,56 @@ impl Offer {
             aya_btf,
             layout,
             tracepoint_errors,
-            kprobes: crate::system::kprobes_unavailable(tracefs.as_deref().ok()),
+            kprobes: system::kprobes_unavailable(tracefs.as_deref().ok()),
             symbols: OnceCell::new(),
         }
     }
 
     /// The kallsyms symbol a kprobe on `function` attaches to.
-    fn kprobe_symbol(&self, function: &KernelFn) -> Result<String, String> {
+    fn kprobe_symbol(&self, function: &KernelFn) -> Result<String, Error> {
         if let Some(why) = &self.kprobes {
-            return Err(why.clone());
+            return Err(why.clone().into());
         }
-        self.symbols
+        let symbols = self
+            .symbols
             .get_or_init(KernelSymbols::read)
             .as_ref()
-            .map_err(Clone::clone)?
-            .resolve(function.name)
+            .map_err(Clone::clone)?;
+        Ok(symbols.resolve(function.name)?)
     }
 
     /// Checks that the arguments the program reads are where it reads them. For fentry the
     /// prototype must be in BTF (the program is verified against it); a kprobe target that BTF
     /// does not describe (a compiler clone) is taken as it is.
-    fn check_params(&self, function: &KernelFn, required: bool) -> Result<(), String> {
+    fn check_params(&self, function: &KernelFn, required: bool) -> Result<(), Error> {
         let btf = self.btf.as_ref().map_err(Clone::clone)?;
         let Some(params) = btf.function_params(function.name) else {
             return if required {
-                Err(format!("BTF has no function {}", function.name))
+                Err(Error::NoBtfFunction(function.name))
             } else {
                 Ok(())
             };
         };
-        for &(i, want) in function.params {
-            if params.get(i).map(String::as_str) != Some(want) {
-                return Err(format!(
-                    "{}() takes ({}) here, the program reads argument {i} as `{want}`",
-                    function.name,
-                    params.join(", ")
-                ));
+        for &(index, want) in function.params {
+            if params.get(index).map(String::as_str) != Some(want) {
+                return Err(Error::Params {
+                    function: function.name,
+                    params: params.join(", "),
+                    index,
+                    want,
+                });
             }
         }
         Ok(())
     }
 
     /// Why an attach point cannot work here before even trying, if that can be told.
-    fn precheck(&self, point: &AttachPoint) -> Result<(), String> {
+    fn precheck(&self, point: &AttachPoint) -> Result<(), Error> {
         for (name, get) in point.needs {
             if get(&self.layout) == Layout::UNKNOWN {
                 return Err(match &self.btf {
                     Err(e) => e.clone(),
-                    Ok(_) => format!("BTF has no {name}"),
+                    Ok(_) => Error::BtfLacks(name),
                 });
             }
         }
@@ -223,9 +224,11 @@ impl Offer {
                     let btf = self.btf.as_ref().map_err(Clone::clone)?;
                     let have = btf.tracepoint_args(tracepoint)?;
                     if have < *args {
-                        return Err(format!(
-                            "BTF tracepoint {tracepoint} passes {have} arguments, the program needs {args}"
-                        ));
+                        return Err(Error::TracepointArgs {
+                            tracepoint: (*tracepoint).to_owned(),
+                            have,
+                            needs: *args,
+                        });
                     }
                 }
                 Prog::Tracepoint {
@@ -244,70 +247,9 @@ impl Offer {
             }
         }
         if tracepoints == 0 && !missing.is_empty() {
-            return Err(missing.join("; "));
+            return Err(Error::NoneOf(missing));
         }
         Ok(())
-    }
-}
-
-/// ENOTSUPP, the kernel-internal "not supported" (524) that reaches user space from BPF
-/// attach paths, and that libc cannot name.
-const ENOTSUPP: i32 = 524;
-
-/// A short, one-line reason from a program error (the verifier log can be thousands of lines).
-fn short_error(e: &ProgramError) -> String {
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = src {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.raw_os_error() == Some(ENOTSUPP)
-        {
-            return "the kernel cannot attach it: ENOTSUPP (524), which is what x86 kernels \
-                    before 6.6 answer for fentry on functions with more than six arguments"
-                .to_owned();
-        }
-        src = err.source();
-    }
-    short_error_text(e)
-}
-
-fn short_error_text(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            // The whole log, for whoever has to find out why a kernel refuses a program.
-            if std::env::var_os("BAR_VERIFIER_LOG").is_some() {
-                eprintln!("bar-probe: verifier log:\n{log}");
-            }
-            let last = log
-                .lines()
-                .map(str::trim)
-                .rfind(|l| {
-                    !l.is_empty()
-                        && !l.starts_with("processed ")
-                        && !l.starts_with("verification time")
-                        && !l.starts_with("stack depth")
-                })
-                .unwrap_or_default()
-                .to_owned();
-            if last.is_empty() {
-                format!("the kernel refused to load it: {io_error}")
-            } else {
-                format!("the kernel refused to load it: {io_error} ({last})")
-            }
-        }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
     }
 }
 
@@ -317,7 +259,7 @@ pub struct Loaded {
     offer: Offer,
     opts: ProbeOptions,
     /// Whether user stacks are walked with unwind tables, or why not.
-    pub unwind: Result<(), String>,
+    pub unwind: Result<(), Error>,
 }
 
 /// Loads the object with the configuration. Programs are loaded and attached by
@@ -333,7 +275,7 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
     config.min_block_ns = opts.min_block_ns;
     config.null_mode = u32::from(opts.null_mode);
     config.sum_records = u32::from(opts.sum_records);
-    config.nr_node_ids = crate::system::possible_node_ids();
+    config.nr_node_ids = system::possible_node_ids();
     config.layout = offer.layout;
     config.user_walk = u32::from(
         offer
@@ -342,7 +284,7 @@ pub fn load(opts: &ProbeOptions) -> anyhow::Result<Loaded> {
             .is_ok_and(|btf| layout::can_walk_user_stacks(&offer.layout, btf)),
     );
     let unwind = if opts.unwind_rows == 0 {
-        Err("frame pointers were asked for".to_owned())
+        Err(Error::FramePointersAsked)
     } else {
         layout::can_walk_with_tables(&config)
     };
@@ -385,10 +327,7 @@ impl Loaded {
                     continue;
                 }
                 let result = if self.opts.avoid.contains(&point.method) {
-                    Err(format!(
-                        "{} was turned off with --avoid",
-                        point.method.name()
-                    ))
+                    Err(Error::Avoided(point.method))
                 } else {
                     self.offer.precheck(point).and_then(|()| {
                         try_attach(&mut self.ebpf, &self.offer, point, self.opts.frequency)
@@ -404,7 +343,7 @@ impl Loaded {
                     }
                     Err(reason) => st.rejected.push(Rejected {
                         attach: describe,
-                        reason,
+                        reason: reason.to_string(),
                         tried: true,
                     }),
                 }
@@ -418,7 +357,7 @@ impl Loaded {
     /// choose and load programs, and is otherwise the largest thing bar-probe would hold for
     /// the whole recording (tens of MB).
     pub fn release_kernel_types(&mut self) {
-        self.offer.btf = Err("released after attaching".into());
+        self.offer.btf = Err(Error::BtfReleased);
         self.offer.aya_btf = None;
     }
 
@@ -470,7 +409,7 @@ fn try_attach(
     offer: &Offer,
     point: &AttachPoint,
     frequency: u64,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut loaded: Vec<&'static str> = Vec::new();
     let mut attached_optional = 0;
     let mut result = Ok(());
@@ -522,7 +461,7 @@ fn try_attach(
         .iter()
         .all(|p| matches!(p, Prog::Tracepoint { optional: true, .. }));
     if result.is_ok() && all_optional && attached_optional == 0 {
-        result = Err("none of its tracepoints attached".into());
+        result = Err(Error::NoTracepointAttached);
     }
     if result.is_err() {
         for name in loaded {
@@ -549,27 +488,30 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     };
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Error>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} is missing from the object"))?
+        .ok_or_else(|| Error::NoProgram(name.to_owned()))?
         .try_into()
-        .map_err(|e: ProgramError| short_error(&e))
+        .map_err(|e: ProgramError| Error::from(&e))
 }
 
-fn attach_cpu_clock(ebpf: &mut Ebpf, prog: &str, frequency: u64) -> Result<(), String> {
+fn attach_cpu_clock(ebpf: &mut Ebpf, prog: &str, frequency: u64) -> Result<(), Error> {
     let p: &mut PerfEvent = program(ebpf, prog)?;
-    p.load().map_err(|e| short_error(&e))?;
-    for cpu in crate::system::online_cpus() {
+    p.load()?;
+    for cpu in system::online_cpus() {
         p.attach(
             PerfEventConfig::Software(SoftwareEvent::CpuClock),
             PerfEventScope::AllProcessesOneCpu { cpu },
             SamplePolicy::Frequency(frequency),
             false,
         )
-        .map_err(|e| format!("cpu-clock on CPU {cpu}: {}", short_error(&e)))?;
+        .map_err(|e| Error::CpuClock {
+            cpu,
+            error: Box::new(e.into()),
+        })?;
     }
     Ok(())
 }
@@ -579,14 +521,11 @@ fn attach_btf_tracepoint(
     offer: &Offer,
     prog: &str,
     tracepoint: &str,
-) -> Result<(), String> {
-    let btf = offer
-        .aya_btf
-        .as_ref()
-        .ok_or("this kernel's BTF could not be parsed")?;
+) -> Result<(), Error> {
+    let btf = offer.aya_btf.as_ref().ok_or(Error::BtfUnparsed)?;
     let p: &mut BtfTracePoint = program(ebpf, prog)?;
-    p.load(tracepoint, btf).map_err(|e| short_error(&e))?;
-    p.attach().map_err(|e| short_error(&e))?;
+    p.load(tracepoint, btf)?;
+    p.attach()?;
     Ok(())
 }
 
@@ -596,46 +535,40 @@ fn attach_fentry(
     prog: &str,
     function: &str,
     exit: bool,
-) -> Result<(), String> {
-    let btf = offer
-        .aya_btf
-        .as_ref()
-        .ok_or("this kernel's BTF could not be parsed")?;
+) -> Result<(), Error> {
+    let btf = offer.aya_btf.as_ref().ok_or(Error::BtfUnparsed)?;
     if exit {
         let p: &mut FExit = program(ebpf, prog)?;
-        p.load(function, btf).map_err(|e| short_error(&e))?;
-        p.attach().map_err(|e| short_error(&e))?;
+        p.load(function, btf)?;
+        p.attach()?;
     } else {
         let p: &mut FEntry = program(ebpf, prog)?;
-        p.load(function, btf).map_err(|e| short_error(&e))?;
-        p.attach().map_err(|e| short_error(&e))?;
+        p.load(function, btf)?;
+        p.attach()?;
     }
     Ok(())
 }
 
 /// A kprobe or kretprobe (the object says which); one program may be attached to several
 /// functions, so it is loaded once.
-fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, symbol: &str) -> Result<(), String> {
+fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, symbol: &str) -> Result<(), Error> {
     let p: &mut KProbe = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load().map_err(|e| short_error(&e))?;
+        p.load()?;
     }
-    p.attach(symbol, 0)
-        .map_err(|e| format!("{symbol}: {}", short_error(&e)))?;
+    p.attach(symbol, 0).map_err(|e| Error::Kprobe {
+        symbol: symbol.to_owned(),
+        error: Box::new(e.into()),
+    })?;
     Ok(())
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    category: &str,
-    name: &str,
-) -> Result<(), String> {
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), Error> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load().map_err(|e| short_error(&e))?;
+        p.load()?;
     }
-    p.attach(category, name).map_err(|e| short_error(&e))?;
+    p.attach(category, name)?;
     Ok(())
 }
 
