@@ -13,6 +13,9 @@
 //!
 //! Parts 1 and 2 need `kernel.numa_balancing` on; the caller turns it on (it is a machine-wide
 //! setting), the workload reports what it found.
+//!
+//! The migrate workload is here too: it needs no second node, only the kernel's paths of page
+//! migration (migrate_pages(2) and compaction) run from its own thread.
 
 use std::{
     hint::black_box,
@@ -277,4 +280,42 @@ pub fn run(pages: usize, per_part: Duration) -> anyhow::Result<Value> {
     let c = Region::on_node(pages, home, false).context("placing pages")?;
     out["move_pages_moved"] = json!(move_pages_to_node(&c, away)?);
     Ok(out)
+}
+
+#[inline(never)]
+pub(super) fn migrate_own_pages(pages: usize) -> (usize, bool, u64) {
+    // Touch pages so there is something to migrate, then ask the kernel to move them from
+    // every node to every node (on one node it migrates nothing but exercises the path), and
+    // compact memory, which migrates movable pages in this thread's context.
+    let mut v = vec![0u8; pages * PAGE];
+    for i in (0..v.len()).step_by(PAGE) {
+        v[i] = 1;
+    }
+    let nodes = crate::system::numa_nodes();
+    let mask: u64 = nodes.iter().fold(0, |m, n| m | (1 << n));
+    if nodes.len() > 1 {
+        let from = 1u64 << nodes[0];
+        let to = mask & !from;
+        // SAFETY: valid masks of 64 nodes.
+        unsafe { libc::syscall(libc::SYS_migrate_pages, 0, 64, &from, &to) };
+    }
+    // A compaction right after another can find nothing to move where memory sits idle (a
+    // fresh machine that the previous test compacted a minute ago): the pages the kernel
+    // says it migrated meanwhile (all of the machine's, on a quiet one this compaction's)
+    // tell the test what to expect.
+    let before = pages_migrated();
+    let compacted = std::fs::write("/proc/sys/vm/compact_memory", b"1").is_ok();
+    black_box(&v);
+    (pages, compacted, pages_migrated().saturating_sub(before))
+}
+
+/// Pages the kernel has migrated since boot, for every reason (/proc/vmstat).
+fn pages_migrated() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("pgmigrate_success ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
