@@ -20,6 +20,21 @@ pub struct RunValue {
     pub sampling: f64,
 }
 
+impl RunValue {
+    /// Runs of `values` not cut into windows, each with `sampling` variance (for tests).
+    #[cfg(test)]
+    pub fn runs(values: &[f64], sampling: f64) -> Vec<Self> {
+        values
+            .iter()
+            .map(|&value| Self {
+                value,
+                windows: Vec::new(),
+                sampling,
+            })
+            .collect()
+    }
+}
+
 /// A side's level of a frame: the mean over its runs, the variance of that mean, and the
 /// degrees of freedom of the variance estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -407,21 +422,11 @@ mod tests {
             scale: 2.0,
             df: 4.0,
         };
-        let with = |values: &[f64], sampling: f64| -> Vec<RunValue> {
-            values
-                .iter()
-                .map(|&value| RunValue {
-                    value,
-                    windows: Vec::new(),
-                    sampling,
-                })
-                .collect()
-        };
         // New code: the candidate's runs 0.03, 0.05, 0.04 (variance 1e-4, 2 degrees of
         // freedom), sampling 5e-5, the law 2 * 5e-5: (4 * 1e-4 + 2 * 1e-4) / 6 = 1e-4 with
         // 6 degrees of freedom, the base side nothing.
-        let base = with(&[0.0; 3], 0.0);
-        let cand = with(&[0.03, 0.05, 0.04], 5e-5);
+        let base = RunValue::runs(&[0.0; 3], 0.0);
+        let cand = RunValue::runs(&[0.03, 0.05, 0.04], 5e-5);
         let e = change(&base, &cand, OneRun::Unknown, Some(&prior)).unwrap();
         assert!((e.delta - 0.04).abs() < 1e-12);
         assert!((e.se - (1e-4f64 / 3.0).sqrt()).abs() < 1e-12, "{e:?}");

@@ -175,17 +175,6 @@ pub fn trigamma_inverse(x: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn side(values: &[f64], sampling: f64) -> Vec<RunValue> {
-        values
-            .iter()
-            .map(|&value| RunValue {
-                value,
-                windows: Vec::new(),
-                sampling,
-            })
-            .collect()
-    }
-
     #[test]
     fn trigamma_and_its_inverse_have_known_values() {
         // trigamma(1) = pi^2 / 6, trigamma(1/2) = pi^2 / 2, trigamma(3.7) = 0.310037857670038
@@ -217,7 +206,7 @@ mod tests {
                 let sampling = m * (1.0 - m) / 1000.0;
                 // Three values of mean m and sample variance d * sampling.
                 let h = (d * sampling).sqrt();
-                side(&[m - h, m, m + h], sampling)
+                RunValue::runs(&[m - h, m, m + h], sampling)
             })
             .collect();
         // (m - h, m, m + h) has sample variance h^2: check the construction first.
@@ -251,7 +240,7 @@ mod tests {
             .map(|&k: &f64| {
                 let sampling = 1e-5;
                 let h = (k * sampling).sqrt();
-                side(&[0.2 - h, 0.2, 0.2 + h], sampling)
+                RunValue::runs(&[0.2 - h, 0.2, 0.2 + h], sampling)
             })
             .collect();
         let p = Prior::fit(sides.iter().map(Vec::as_slice)).unwrap();
@@ -261,9 +250,9 @@ mod tests {
         let two: Vec<Vec<RunValue>> = sides.iter().map(|s| s[..2].to_vec()).collect();
         assert!(Prior::fit(two.iter().map(Vec::as_slice)).is_none());
         let flat = [
-            side(&[0.1; 3], 1e-4),
-            side(&[0.0; 3], 0.0),
-            side(&[0.2; 3], 1e-4),
+            RunValue::runs(&[0.1; 3], 1e-4),
+            RunValue::runs(&[0.0; 3], 0.0),
+            RunValue::runs(&[0.2; 3], 1e-4),
         ];
         assert!(Prior::fit(flat.iter().map(Vec::as_slice)).is_none());
     }

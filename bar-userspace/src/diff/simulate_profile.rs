@@ -155,17 +155,20 @@ mod tests {
 
     const TRIALS: usize = 1000;
 
+    /// The runs per side and the baselines a CI user would run.
+    const CONFIGS: [(usize, Against); 5] = [
+        (2, Against::Runs),
+        (3, Against::Runs),
+        (5, Against::Runs),
+        (1, Against::Store(10)),
+        (3, Against::Store(10)),
+    ];
+
     #[test]
     fn the_gate_keeps_its_level_and_catches_five_points_at_three_runs() {
         // False alarms at most the level (plus the noise of 1000 trials, 0.7 %), in every
         // configuration a CI user would run.
-        for (runs, against) in [
-            (2, Against::Runs),
-            (3, Against::Runs),
-            (5, Against::Runs),
-            (1, Against::Store(10)),
-            (3, Against::Store(10)),
-        ] {
+        for (runs, against) in CONFIGS {
             let fa = gate_rate(MIX, runs, against, 0.0, TRIALS, 21);
             assert!(
                 fa <= 0.057,
@@ -195,13 +198,7 @@ mod tests {
             "{:<22} {:>7} {:>7} {:>7} {:>7}",
             "runs", "FA", "+2", "+5", "+10"
         );
-        for (runs, against) in [
-            (2, Against::Runs),
-            (3, Against::Runs),
-            (5, Against::Runs),
-            (1, Against::Store(10)),
-            (3, Against::Store(10)),
-        ] {
+        for (runs, against) in CONFIGS {
             let r: Vec<f64> = [0.0, 0.02, 0.05, 0.10]
                 .iter()
                 .map(|&x| gate_rate(MIX, runs, against, x, 2000, 1) * 100.0)
