@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::{
-    capture::Reader,
+    analyze::Capture,
     probe::{self, ProbeOptions},
     system::Facts,
 };
@@ -163,8 +163,7 @@ pub fn machine(as_json: bool) -> anyhow::Result<()> {
 
 /// Describes a capture: where and how it was recorded, what it holds, whether it is whole.
 pub fn capture(path: &Path, as_json: bool) -> anyhow::Result<()> {
-    let mut reader = Reader::open(path)?;
-    let profile = crate::aggregate::Profile::from_reader(&mut reader);
+    let profile = Capture::open(path)?.whole();
     let summary = crate::render::summary(&profile);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

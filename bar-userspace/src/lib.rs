@@ -6,7 +6,7 @@
 //! [`collect`] (per-CPU perf buffers, tokio) →
 //! [`symbolize`] (blazesym, while the target lives) →
 //! [`capture`] (the `capture.bar` file) →
-//! [`aggregate`] (folded stacks, histograms) →
+//! [`analyze`] (the one reader of a capture; folded stacks, histograms, phases) →
 //! [`render`] (folded, SVG, JSON).
 //! [`record`] runs the first four for a live session, [`report`] the last three for a file.
 //! [`diff`] compares two profiles read from files (captures or folded), with the tests of
@@ -15,7 +15,7 @@
 //! [`export`] writes one kind of a capture for other tools (pprof); [`push`] sends a live
 //! recording's profile to Pyroscope or an OpenTelemetry Collector, interval by interval.
 
-pub mod aggregate;
+pub mod analyze;
 pub mod baseline;
 pub mod capture;
 pub mod cli;
@@ -26,7 +26,6 @@ pub mod evidence;
 pub mod export;
 pub mod info;
 pub mod markers;
-pub mod phases;
 pub mod probe;
 pub mod push;
 pub mod record;

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{capture::proto, phases};
+use crate::{analyze::phases, capture::proto};
 
 /// Where recordings put their marker sockets.
 pub const DIR: &str = "/run/bar";

@@ -6,9 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::{
-    aggregate::Profile,
-    capture::{Damage, Reader},
-    phases::{self, WallPhase},
+    analyze::{
+        self, Capture, Profile,
+        phases::{self, WallPhase},
+    },
+    capture::Damage,
+    diff::{
+        self,
+        compare::{Norm, TestOptions},
+        input::{Input, Select},
+    },
     render,
     sys::files::Dir,
 };
@@ -21,21 +28,18 @@ pub struct Report {
     pub profile: Profile,
 }
 
-/// Reads a capture (up to any damage) into a profile.
-pub fn load(capture: &Path) -> anyhow::Result<Profile> {
-    load_with(capture, None)
+/// A capture read into a profile, kept open for the comparisons of its phases, which read it
+/// again.
+pub struct Loaded {
+    pub capture: Capture,
+    pub profile: Profile,
 }
 
-/// Reads a capture into a profile cut into the given phases (or the capture's own markers).
-pub fn load_with(capture: &Path, phases: Option<&[WallPhase]>) -> anyhow::Result<Profile> {
-    let mut reader = Reader::open(capture)?;
-    let profile = Profile::load(&mut reader, phases)?;
-    if profile.meta.bar_version.is_empty() {
-        return Err(
-            crate::capture::CaptureError::without_meta(capture, profile.damage.as_ref()).into(),
-        );
-    }
-    Ok(profile)
+/// Reads a capture (up to any damage) into a profile cut into the given phases (or the
+/// capture's own markers).
+pub fn load_with(capture: &Path, phases: Option<&[WallPhase]>) -> anyhow::Result<Loaded> {
+    let (capture, profile) = analyze::load(capture, phases)?;
+    Ok(Loaded { capture, profile })
 }
 
 /// Renders a capture into `out`.
@@ -52,19 +56,25 @@ pub fn report_with(
     render_profile(capture, load_with(capture, phases)?, out, phases)
 }
 
-/// Renders a capture already read into `profile` into `out`.
+/// Renders a capture already read into `loaded` into `out`.
 pub fn render_profile(
     capture: &Path,
-    profile: Profile,
+    loaded: Loaded,
     out: &Dir,
     phases: Option<&[WallPhase]>,
 ) -> anyhow::Result<Report> {
+    let Loaded {
+        capture: opened,
+        profile,
+    } = loaded;
     let cannot = || format!("cannot write the outputs to {}", out.path().display());
     let render::Written {
         files: mut written,
         mut warnings,
     } = render::write_all(&profile, out).with_context(cannot)?;
-    let (sections, diff_files) = phase_diffs(capture, &profile, out, phases, &mut warnings);
+    let opened = diff::Inputs::one(Input::Capture(Box::new(opened)));
+    let (sections, diff_files) =
+        phase_diffs(capture, &opened, &profile, out, phases, &mut warnings);
     written.extend(diff_files);
     written.push(render::html::write(&profile, out, &sections).with_context(cannot)?);
     Ok(Report {
@@ -93,19 +103,16 @@ pub fn deliver(out: &Dir, name: &str) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Each phase against the one before it, as sections of `report.html` (with their files under
-/// `phases/diff-<before>-<after>/`). A pair that cannot be compared says why instead.
+/// `phases/diff-<before>-<after>/`), read from the capture already open. A pair that cannot be
+/// compared says why instead.
 fn phase_diffs(
     capture: &Path,
+    opened: &diff::Inputs,
     profile: &Profile,
     out: &Dir,
     phases: Option<&[WallPhase]>,
     warnings: &mut Vec<String>,
 ) -> (Vec<render::html::Section>, Vec<PathBuf>) {
-    use crate::diff::{
-        self,
-        compare::{Norm, TestOptions},
-        input::Select,
-    };
     let mut sections = Vec::new();
     let mut files = Vec::new();
     let folders = phases::folder_names(&profile.phases);
@@ -145,7 +152,7 @@ fn phase_diffs(
                 .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
             diff::output::write_files(outcome, dir).map(|w| (w, dir))
         };
-        let html = match diff::diff(&opts) {
+        let html = match diff::diff_inputs(&opts, opened) {
             Ok(outcome) => match written(&outcome) {
                 Ok((w, dir)) => {
                     files.extend(w);
@@ -186,7 +193,7 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("corpus folder") {
             let path = entry.expect("entry").path();
-            let profile = load(&path).expect("a capture");
+            let (_, profile) = analyze::load(&path, None).expect("a capture");
             let truncated = path.to_string_lossy().contains("truncated");
             assert_eq!(profile.damage.is_some(), truncated, "{}", path.display());
             assert!(!profile.views.is_empty(), "{} has events", path.display());

@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use bar::{aggregate::Profile, capture::Reader, render};
+use bar::{analyze::Capture, render};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut reader) = Reader::from_bytes(data.to_vec(), Path::new("fuzz")) else {
+    let Ok(capture) = Capture::from_bytes(data.to_vec(), Path::new("fuzz")) else {
         return;
     };
-    let profile = Profile::from_reader(&mut reader);
+    let profile = capture.whole();
     for agg in profile.views.values() {
         let _ = profile.folded(agg);
     }

@@ -296,7 +296,7 @@ fn summarize(
     };
     let mut side = input::read_side("baseline", &[&input], &Select::Whole, read)?;
     let target = match &input {
-        Input::Capture { outline, .. } => outline.meta.target.as_ref().map(|t| t.comm.clone()),
+        Input::Capture(c) => c.outline().meta.target.as_ref().map(|t| t.comm.clone()),
         Input::Folded { .. } => None,
     }
     .unwrap_or_default();

@@ -12,13 +12,13 @@ use super::parse::{
     parse_positive_duration, parse_ring, parse_size, parse_view, parse_window,
 };
 use crate::{
+    analyze::phases,
     diff::{
         self,
         compare::{Norm, TestOptions},
         gate::GateOn,
         input::{Select, TimeRange},
     },
-    phases,
     probe::{self, Method},
     push::{self, PushArgs},
     record::{self, RecordOptions, Scope},

@@ -21,8 +21,9 @@ use self::{
     parse::{parse_duration, parse_planned_phase, parse_view},
 };
 use crate::{
+    analyze::phases,
     export::{self, ExportOptions},
-    markers, phases,
+    markers,
     record::{self, Scope},
     report,
     sys::files::Dir,

@@ -5,7 +5,7 @@ use bar_ebpf_common::Family;
 use std::{path::Path, time::Duration};
 
 use super::args::PhaseFile;
-use crate::{phases, probe::Method, record};
+use crate::{analyze::phases, probe::Method, record};
 
 pub(super) fn parse_phase_file(s: &str) -> Result<PhaseFile, String> {
     phases::parse_file(Path::new(s))

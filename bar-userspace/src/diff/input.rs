@@ -1,7 +1,7 @@
 //! The inputs of `diff`: captures (whole, a phase, a time range, cut into windows) and folded
 //! files, read into the samples `compare` works on. The unit is a time range of a capture:
 //! phases, ranges and windows all become lists of `[start, end)` in the capture's monotonic
-//! clock, aggregated in one pass by `Profile::from_reader_sliced`.
+//! clock, aggregated in one pass by `Capture::sliced`.
 
 use bar_ebpf_common::Family;
 use std::{
@@ -17,9 +17,11 @@ use super::{
     compare::{Folded, Norm, Run, Sample},
 };
 use crate::{
-    aggregate::{Profile, Slice, ViewAgg},
-    capture::{self, Body, Reader, proto},
-    phases::{self, Phase, WallPhase},
+    analyze::{
+        Capture, Outline, Slice, ViewAgg,
+        phases::{self, Phase, WallPhase},
+    },
+    capture,
 };
 
 /// The time ranges of phase `name`: every time it happened (a name marked again is numbered
@@ -139,28 +141,9 @@ pub struct Side {
 
 /// An input file, opened and recognized.
 pub enum Input {
-    Capture {
-        path: PathBuf,
-        data: Vec<u8>,
-        // Boxed: the metadata is large next to a folded file's map.
-        outline: Box<Outline>,
-    },
-    Folded {
-        path: PathBuf,
-        stacks: Folded,
-    },
-}
-
-/// What a first pass over a capture tells: where it starts and ends, its markers, and which
-/// kinds it recorded.
-pub struct Outline {
-    pub meta: proto::Meta,
-    pub markers: Vec<proto::Marker>,
-    /// Just past the last event or the recorded end, whichever is later.
-    pub end: u64,
-    pub kinds: BTreeSet<Family>,
-    /// Where reading stopped in a damaged file.
-    pub damage: Option<capture::Damage>,
+    // Boxed: the metadata is large next to a folded file's map.
+    Capture(Box<Capture>),
+    Folded { path: PathBuf, stacks: Folded },
 }
 
 impl Input {
@@ -173,12 +156,8 @@ impl Input {
             error,
         })?;
         if data.starts_with(capture::MAGIC) {
-            let outline = Box::new(outline(&data, path)?);
-            return Ok(Self::Capture {
-                path: path.to_owned(),
-                data,
-                outline,
-            });
+            let capture = Capture::from_bytes(data, path)?.require_meta()?;
+            return Ok(Self::Capture(Box::new(capture)));
         }
         let stacks = parse_folded(&data, path)?;
         Ok(Self::Folded {
@@ -189,7 +168,8 @@ impl Input {
 
     pub fn path(&self) -> &Path {
         match self {
-            Self::Capture { path, .. } | Self::Folded { path, .. } => path,
+            Self::Capture(c) => c.path(),
+            Self::Folded { path, .. } => path,
         }
     }
 
@@ -197,7 +177,7 @@ impl Input {
     /// not say).
     pub fn kinds(&self) -> Option<BTreeSet<Family>> {
         match self {
-            Self::Capture { outline, .. } => Some(outline.kinds.clone()),
+            Self::Capture(c) => Some(c.outline().families.clone()),
             Self::Folded { path, .. } => path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -205,44 +185,6 @@ impl Input {
                 .map(|v| BTreeSet::from([v])),
         }
     }
-}
-
-fn outline(data: &[u8], path: &Path) -> Result<Outline, DiffError> {
-    let mut reader = Reader::from_bytes(data.to_vec(), path)?;
-    let mut meta = None;
-    let mut markers = Vec::new();
-    let mut end = 0;
-    let mut kinds = BTreeSet::new();
-    for body in reader.by_ref() {
-        match body {
-            Body::Meta(m) => meta = Some(m),
-            Body::Marker(m) => markers.push(m),
-            Body::Events(evs) => {
-                for ev in &evs.events {
-                    end = end.max(ev.ts + 1);
-                    kinds.extend(Family::of_kind(ev.kind));
-                }
-            }
-            Body::Trailer(t) => end = end.max(t.end_ns + 1),
-            _ => {}
-        }
-    }
-    let meta = meta
-        .filter(|m| !m.bar_version.is_empty())
-        .ok_or_else(|| capture::CaptureError::without_meta(path, reader.damage.as_ref()))?;
-    kinds.extend(
-        meta.families
-            .iter()
-            .filter(|f| !f.method.is_empty())
-            .filter_map(|f| Family::from_name(&f.name)),
-    );
-    Ok(Outline {
-        damage: reader.damage.clone(),
-        end: end.max(meta.start_ns + 1),
-        meta,
-        markers,
-        kinds,
-    })
 }
 
 /// Reads folded stacks (`frame;frame;... weight` per line, blank lines ignored).
@@ -345,13 +287,14 @@ fn ranges(
     file_phases: Option<&[WallPhase]>,
 ) -> Result<Vec<(u64, u64)>, DiffError> {
     let start = outline.meta.start_ns;
+    let end = outline.range_end();
     match select {
-        Select::Whole => Ok(vec![(start, outline.end)]),
+        Select::Whole => Ok(vec![(start, end)]),
         Select::Phase(name) => {
             let offset = outline.meta.monotonic_to_realtime_ns;
             let list = match file_phases {
-                Some(fp) => phases::fit_wall(fp, offset, start, outline.end)?.0,
-                None => phases::from_markers(&outline.markers, outline.end),
+                Some(fp) => phases::fit_wall(fp, offset, start, end)?.0,
+                None => phases::from_markers(&outline.markers, end),
             };
             phase_ranges(&list, name, path)
         }
@@ -365,7 +308,7 @@ fn ranges(
                     mono.clamp(0, i128::from(u64::MAX)) as u64
                 }
             };
-            let (a, b) = (at(r.start, start), at(r.end, outline.end));
+            let (a, b) = (at(r.start, start), at(r.end, end));
             if a >= b {
                 return Err(DiffError::EmptyRange(r.to_string()));
             }
@@ -414,7 +357,7 @@ fn add_histogram(into: &mut BTreeMap<String, Histogram<u64>>, name: String, h: &
     }
     let e = into
         .entry(name)
-        .or_insert_with(crate::aggregate::new_histogram);
+        .or_insert_with(crate::analyze::new_histogram);
     // Same bounds on both sides: adding cannot fail.
     let _ = e.add(h);
 }
@@ -461,11 +404,7 @@ pub fn read_side(
                     ..Run::default()
                 }
             }
-            Input::Capture {
-                path,
-                data,
-                outline,
-            } => read_run(name, data, outline, path, select, opts)?,
+            Input::Capture(capture) => read_run(name, capture, select, opts)?,
         };
         merge(&mut pooled, &run.whole);
         for (name, h) in &run.latency {
@@ -495,13 +434,11 @@ pub fn read_side(
 /// One capture as one run: the selected ranges merged, their windows, their latencies.
 fn read_run(
     side: &str,
-    data: &[u8],
-    outline: &Outline,
-    path: &Path,
+    capture: &Capture,
     select: &Select,
     opts: ReadOptions<'_>,
 ) -> Result<Run, DiffError> {
-    let ranges = ranges(outline, select, path, opts.phases)?;
+    let ranges = ranges(capture.outline(), select, capture.path(), opts.phases)?;
     let mut slices: Vec<Slice> = ranges.iter().map(|r| Slice::new(r.0, r.1)).collect();
     let window_ranges: Vec<(u64, u64)> = match opts.windows {
         Some(len) => {
@@ -518,8 +455,7 @@ fn read_run(
         None => Vec::new(),
     };
     slices.extend(window_ranges.iter().map(|r| Slice::new(r.0, r.1)));
-    let mut reader = Reader::from_bytes(data.to_vec(), path)?;
-    let profile = Profile::from_reader_sliced(&mut reader, slices);
+    let profile = capture.sliced(slices);
     let empty = ViewAgg::default();
     let sample_of = |slice: &Slice| -> Sample {
         let agg = opts
@@ -557,6 +493,7 @@ fn read_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::proto;
 
     fn marker(name: &str, ts: u64, end: bool) -> proto::Marker {
         proto::Marker {

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
 
     fn histogram(values: impl Iterator<Item = u64>) -> Histogram<u64> {
-        let mut h = crate::aggregate::new_histogram();
+        let mut h = crate::analyze::new_histogram();
         for v in values {
             h.record(v).unwrap();
         }
@@ -193,7 +193,7 @@ mod tests {
                 let h = histogram((0..2000).map(|i| low + r * low / 50 + i % spread));
                 pooled
                     .entry("blocked".to_owned())
-                    .or_insert_with(crate::aggregate::new_histogram)
+                    .or_insert_with(crate::analyze::new_histogram)
                     .add(&h)
                     .unwrap();
                 Run {

@@ -37,7 +37,7 @@ use crate::capture::CaptureError;
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
     #[error(transparent)]
-    Phases(#[from] crate::phases::PhaseError),
+    Phases(#[from] crate::analyze::phases::PhaseError),
     // Not `source`: the reason is in the sentence, and a source would be printed again after it.
     #[error("cannot read {path}: {error}")]
     Read {
@@ -118,7 +118,7 @@ pub struct History {
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
     /// Phases of a phase file, used instead of the captures' markers.
-    pub phases: Option<Vec<crate::phases::WallPhase>>,
+    pub phases: Option<Vec<crate::analyze::phases::WallPhase>>,
     pub base: Vec<PathBuf>,
     /// A baseline store's history instead of `base`.
     pub history: Option<History>,
@@ -202,10 +202,21 @@ fn method(base: &Side, cand: &Side, history: Option<&History>, one_run: OneRun) 
 }
 
 /// The inputs of both sides, each read once, and which of them each side uses.
-struct Inputs {
+pub struct Inputs {
     files: Vec<Input>,
     base: Vec<usize>,
     cand: Vec<usize>,
+}
+
+impl Inputs {
+    /// One input both sides read (phases or ranges of one capture, as `report` compares).
+    pub fn one(input: Input) -> Self {
+        Self {
+            files: vec![input],
+            base: vec![0],
+            cand: vec![0],
+        }
+    }
 }
 
 /// Reads the inputs of both sides, each once even when both sides use it.
@@ -241,11 +252,16 @@ fn open_inputs(opts: &DiffOptions) -> Result<Inputs, DiffError> {
 
 /// Reads both sides and compares them.
 pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
+    diff_inputs(opts, &open_inputs(opts)?)
+}
+
+/// Compares the sides of inputs already open (`opts.base` and `opts.cand` are not read).
+pub fn diff_inputs(opts: &DiffOptions, inputs: &Inputs) -> Result<Outcome, DiffError> {
     let Inputs {
         files,
         base: base_ix,
         cand: cand_ix,
-    } = open_inputs(opts)?;
+    } = inputs;
     let all: Vec<&Input> = files.iter().collect();
     let view = match &opts.history {
         Some(h) => Some(history_view(h, opts.view, &all)?),
@@ -259,10 +275,10 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
     let mut warnings: Vec<String> = files
         .iter()
         .filter_map(|f| match f {
-            Input::Capture { path, outline, .. } => outline.damage.as_ref().map(|d| {
+            Input::Capture(c) => c.outline().damage.as_ref().map(|d| {
                 format!(
                     "{} is damaged, compared what was valid: {d}",
-                    path.display()
+                    c.path().display()
                 )
             }),
             Input::Folded { .. } => None,
@@ -275,7 +291,7 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
         norm: opts.norm,
     };
     let pick = |ix: &[usize]| -> Vec<&Input> { ix.iter().map(|&i| &files[i]).collect() };
-    let mut cand = input::read_side("candidate", &pick(&cand_ix), &opts.cand_select, read)?;
+    let mut cand = input::read_side("candidate", &pick(cand_ix), &opts.cand_select, read)?;
     let mut base = match &opts.history {
         Some(h) => Side {
             label: h.label.clone(),
@@ -283,7 +299,7 @@ pub fn diff(opts: &DiffOptions) -> Result<Outcome, DiffError> {
             runs: Vec::new(),
             latency: Default::default(),
         },
-        None => input::read_side("base", &pick(&base_ix), &opts.base_select, read)?,
+        None => input::read_side("base", &pick(base_ix), &opts.base_select, read)?,
     };
     if opts.windows.is_some() {
         for (name, side) in [("base", &base), ("candidate", &cand)] {

@@ -14,9 +14,8 @@ use std::{
 };
 
 use crate::{
-    aggregate::{Profile, count},
-    capture::{Body, Damage, Reader},
-    report,
+    analyze::{self, Profile, count},
+    capture::Damage,
     sys::files::Dir,
 };
 
@@ -114,7 +113,7 @@ pub fn choose(
 /// Exports one kind of a capture.
 pub fn export(opts: &ExportOptions) -> anyhow::Result<Exported> {
     let capture = &opts.capture;
-    let profile = report::load(capture)?;
+    let (opened, profile) = analyze::load(capture, None)?;
     let view = choose(&profile, opts.kind, capture)?;
     let path = opts.output.clone().unwrap_or_else(|| {
         capture
@@ -123,15 +122,12 @@ pub fn export(opts: &ExportOptions) -> anyhow::Result<Exported> {
             .join(format!("{}.pb.gz", view.name()))
     });
     // The aggregated profile keeps no per-event detail, so the events are read again. Taking
-    // exactly as many as the first pass saw keeps both passes on the same events, even for a
+    // exactly as many as the aggregation saw keeps both passes on the same events, even for a
     // capture that is still being written.
     let expected = profile.views.get(&view).map_or(0, |a| a.events);
     let mut seen = 0u64;
-    let events = Reader::open(capture)?
-        .flat_map(|body| match body {
-            Body::Events(e) => e.events,
-            _ => Vec::new(),
-        })
+    let events = opened
+        .events()
         .filter(|ev| Family::of_kind(ev.kind) == Some(view))
         .scan(0u64, |taken, ev| {
             (*taken < expected).then(|| {
@@ -167,7 +163,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::capture::{Writer, proto};
+    use crate::capture::{Body, Writer, proto};
 
     fn marker(name: &str, ts: u64, end: bool) -> proto::Marker {
         proto::Marker {

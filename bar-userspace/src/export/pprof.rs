@@ -19,7 +19,7 @@ use prost::Message as _;
 
 use super::pprof_proto as pb;
 use crate::{
-    aggregate::{Profile, count, weigh},
+    analyze::{Profile, count, weigh},
     capture::proto::{Event, event::Detail},
 };
 
@@ -796,7 +796,7 @@ mod tests {
     #[test]
     fn phases_label_the_samples_inside_them() {
         let mut p = profile();
-        let phase = |name: &str, start_ns, end_ns| crate::phases::Phase {
+        let phase = |name: &str, start_ns, end_ns| crate::analyze::phases::Phase {
             name: name.into(),
             start_ns,
             end_ns,

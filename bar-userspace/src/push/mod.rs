@@ -17,10 +17,9 @@ use std::{
 };
 
 use crate::{
-    aggregate::Profile,
+    analyze::{Profile, phases},
     capture::{Body, proto},
     export::{pprof::Samples, pprof_proto as pb},
-    phases,
 };
 
 /// Intervals each backend's queue holds; a backend slower than the recording loses the

@@ -364,7 +364,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::Profile,
+        analyze::Profile,
         capture::{Body, proto},
         export::pprof::Samples,
         push::ProcessInfo,

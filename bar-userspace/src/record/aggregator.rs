@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{dump, ring::Ring, trigger::Triggers};
 use crate::{
-    aggregate,
+    analyze,
     capture::{
         Body, Writer,
         proto::{self, event::Detail},
@@ -383,7 +383,7 @@ impl Aggregator {
         // Blocks of bounded size, so that --max-size is kept to within one block.
         while events.peek().is_some() {
             let chunk: Vec<proto::Event> = events.by_ref().take(EVENTS_PER_BLOCK).collect();
-            let represented: u64 = chunk.iter().map(aggregate::count).sum();
+            let represented: u64 = chunk.iter().map(analyze::count).sum();
             if self.full_tx.is_none() {
                 self.discarded += represented;
                 continue;

@@ -28,7 +28,7 @@ use super::{
     ring::{Segment, Snapshot},
 };
 use crate::{
-    aggregate,
+    analyze,
     capture::{Body, Writer, proto},
     dumps, markers,
     symbolize::Interner,
@@ -373,7 +373,7 @@ pub fn write_capture(
                     if kept.is_empty() {
                         return Ok(());
                     }
-                    events += kept.iter().map(aggregate::count).sum::<u64>();
+                    events += kept.iter().map(analyze::count).sum::<u64>();
                     let (frames, stacks) = ids.take_new();
                     if !frames.is_empty() {
                         w.write(Body::Frames(proto::Frames { frames }))?;
@@ -410,8 +410,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::Profile,
-        capture::Reader,
+        analyze::Capture,
         record::ring::{Ring, RingOptions},
     };
 
@@ -485,9 +484,9 @@ mod tests {
         let path = dir.join("capture.bar");
         // The last 2.5 s: half of second 2, seconds 3 and 4.
         assert_eq!(events, 25);
-        let mut reader = Reader::open(&path).unwrap();
-        let p = Profile::from_reader(&mut reader);
-        assert!(reader.complete, "{:?}", reader.damage);
+        let p = Capture::open(&path).unwrap().whole();
+        // Whole: the trailer read, and its checksum matched.
+        assert!(p.damage.is_none() && p.trailer.is_some(), "{:?}", p.damage);
         assert_eq!(p.meta.start_ns, 2 * S + S / 2);
         let cpu = p.folded(&p.views[&bar_ebpf_common::Family::Cpu]);
         assert_eq!(

@@ -34,9 +34,9 @@ use anyhow::bail;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    analyze::phases::WallPhase,
     capture::proto,
     markers,
-    phases::WallPhase,
     probe::{FamilyStatus, Method},
     push::PushOptions,
     sys::{files::Dir, foreign, sched, user},

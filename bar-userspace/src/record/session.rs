@@ -26,9 +26,9 @@ use super::{
     check_attached, dump, meta, plan, ring, spawn_marker_sources, trigger,
 };
 use crate::{
+    analyze::phases,
     capture::{Body, Writer, proto},
     collect::{self, PendingMaps, ReaderOptions},
-    phases,
     probe::{self, FamilyStatus, ProbeOptions},
     push::Pusher,
     symbolize::{ExecMaps, Symbolizer},

@@ -12,7 +12,10 @@ use std::{collections::BTreeMap, fmt::Write as _, io};
 use base64::Engine as _;
 
 use crate::system::rfc3339;
-use crate::{aggregate::Profile, phases, sys::files::Dir};
+use crate::{
+    analyze::{Profile, phases},
+    sys::files::Dir,
+};
 
 /// A section added by the caller (e.g. a diff), as trusted HTML.
 pub struct Section {

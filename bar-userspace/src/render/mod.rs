@@ -15,9 +15,9 @@ use std::{io, path::PathBuf};
 use inferno::flamegraph::{self, Palette, color::MultiPalette};
 use serde_json::{Value, json};
 
-use crate::aggregate::{Profile, ViewAgg, format_endpoint, migrate_reason, tcp_result};
+use crate::analyze::{Profile, ViewAgg, format_endpoint, migrate_reason, phases, tcp_result};
 use crate::capture::proto::event::Detail;
-use crate::{phases, sys::files::Dir, system::rfc3339};
+use crate::{sys::files::Dir, system::rfc3339};
 
 /// Options of a flame graph for one view.
 fn flame_options(profile: &Profile, view: Family, title: &str) -> flamegraph::Options<'static> {

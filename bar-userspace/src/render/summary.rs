@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::aggregate::{Profile, ViewAgg};
+use crate::analyze::{Profile, ViewAgg};
 use crate::system::rfc3339;
 
 fn percentiles(h: &Histogram<u64>, qs: &[(&str, f64)]) -> Value {
