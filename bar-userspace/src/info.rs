@@ -166,7 +166,7 @@ pub fn capture(path: &Path, as_json: bool) -> anyhow::Result<()> {
     let profile = Capture::open(path)?.whole();
     let summary = crate::render::summary(&profile);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", summary.to_json()?);
         return Ok(());
     }
     let m = &profile.meta;
@@ -181,17 +181,11 @@ pub fn capture(path: &Path, as_json: bool) -> anyhow::Result<()> {
     } else {
         println!("scope        {}", m.scope);
     }
-    println!(
-        "from         {}",
-        summary["start"].as_str().unwrap_or_default()
-    );
-    println!(
-        "to           {}",
-        summary["end"].as_str().unwrap_or_default()
-    );
+    println!("from         {}", summary.start);
+    println!("to           {}", summary.end);
     println!(
         "stopped by   {}",
-        summary["stop_reason"].as_str().unwrap_or("(no trailer)")
+        summary.stop_reason.as_deref().unwrap_or("(no trailer)")
     );
     match &profile.damage {
         None => println!("integrity    complete, checksum verified"),

@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, fmt::Write as _, io};
 
 use base64::Engine as _;
 
+use super::summary::{FamilyDetail, PhaseSummary, PushSummary, Summary};
 use crate::system::rfc3339;
 use crate::{
     analyze::{Profile, phases},
@@ -229,7 +230,6 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
         escape(&target)
     );
     let _ = write!(h, "<h1>bar report: {}</h1>", escape(&target));
-    let duration = summary["duration_s"].as_f64().unwrap_or(0.0);
     h.push_str(&table(
         &["", ""],
         [
@@ -242,11 +242,12 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
             ],
             vec!["from".into(), rfc3339(profile.wall_ns(m.start_ns))],
             vec!["to".into(), rfc3339(profile.wall_ns(profile.end_ns()))],
-            vec!["duration".into(), format!("{duration:.2} s")],
+            vec!["duration".into(), format!("{:.2} s", summary.duration_s)],
             vec![
                 "stopped by".into(),
-                summary["stop_reason"]
-                    .as_str()
+                summary
+                    .stop_reason
+                    .as_deref()
                     .unwrap_or("(no trailer)")
                     .into(),
             ],
@@ -266,18 +267,17 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
     }
 
     h.push_str("<h2>What was recorded</h2>");
-    let kinds = &summary["kinds"];
     h.push_str(&table(
         &["kind", "attach point", "events", "weight", "unit", "lost"],
         Family::ALL.into_iter().filter_map(|v| {
-            let k = kinds.get(v.name())?;
+            let k = summary.kinds.get(v.name())?;
             Some(vec![
                 v.name().into(),
-                k["attach"].as_str().unwrap_or("not attached").into(),
-                k["events"].to_string(),
-                k["weight"].to_string(),
+                k.attach.as_deref().unwrap_or("not attached").into(),
+                k.events.to_string(),
+                k.weight.to_string(),
                 v.unit().into(),
-                k["lost"].to_string(),
+                k.lost.to_string(),
             ])
         }),
     ));
@@ -288,33 +288,47 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
 
     if !profile.phases.is_empty() {
         h.push_str("<h2 id=\"phases\">Phases</h2>");
-        let phases = summary["phases"].as_array().cloned().unwrap_or_default();
-        h.push_str(&table(
-            &["phase", "from", "to", "duration (s)", "events/s", "lost"],
-            phases.iter().map(|p| {
-                let rates: Vec<String> = p["kinds"]
-                    .as_object()
-                    .map(|k| {
-                        k.iter()
-                            .map(|(n, v)| {
-                                format!("{n} {:.0}", v["events_per_s"].as_f64().unwrap_or(0.0))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                vec![
-                    p["name"].as_str().unwrap_or_default().into(),
-                    p["start"].as_str().unwrap_or_default().into(),
-                    p["end"].as_str().unwrap_or_default().into(),
-                    format!("{:.3}", p["duration_s"].as_f64().unwrap_or(0.0)),
-                    rates.join(", "),
-                    p["lost"].to_string(),
-                ]
-            }),
-        ));
+        h.push_str(&phase_table(&summary.phases));
     }
 
-    h.push_str("<h2>Flame graphs</h2>");
+    h.push_str(&flame_graphs(profile, dir));
+
+    for s in extra {
+        let _ = write!(h, "<h2>{}</h2>{}", escape(&s.title), s.html);
+    }
+
+    h.push_str(&family_tables(&summary));
+    h.push_str(&push_table(&summary.push));
+    h.push_str(&losses(&summary));
+    h.push_str("</body></html>\n");
+    dir.write_atomic("report.html", |w| w.write_all(h.as_bytes()))
+}
+
+/// The phases, their time ranges, event rates and losses.
+fn phase_table(phases: &[PhaseSummary]) -> String {
+    table(
+        &["phase", "from", "to", "duration (s)", "events/s", "lost"],
+        phases.iter().map(|p| {
+            let rates: Vec<String> = p
+                .kinds
+                .iter()
+                .map(|(n, v)| format!("{n} {:.0}", v.events_per_s))
+                .collect();
+            vec![
+                p.name.clone(),
+                p.start.clone(),
+                p.end.clone(),
+                format!("{:.3}", p.duration_s),
+                rates.join(", "),
+                p.lost.to_string(),
+            ]
+        }),
+    )
+}
+
+/// The flame graph of each family recorded, of the whole and of each phase.
+fn flame_graphs(profile: &Profile, dir: &Dir) -> String {
+    let mut h = String::from("<h2>Flame graphs</h2>");
     let recorded: Vec<Family> = Family::ALL
         .into_iter()
         .filter(|v| dir.has_file(&format!("{}.svg", v.name())))
@@ -350,33 +364,43 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
         }
         h.push_str("</details>");
     }
+    h
+}
 
-    for s in extra {
-        let _ = write!(h, "<h2>{}</h2>{}", escape(&s.title), s.html);
-    }
+/// A figure that may be unknown, as the summary shows it.
+fn or_null<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_owned(), |v| v.to_string())
+}
 
-    if let Some(off) = kinds.get("offcpu").filter(|o| !o["blocked_us"].is_null()) {
+/// The tables of what off-CPU, TCP and NUMA events tell beyond counts.
+fn family_tables(summary: &Summary) -> String {
+    let mut h = String::new();
+    let detail = |name: &str| summary.kinds.get(name).and_then(|k| k.detail.as_ref());
+    if let Some(FamilyDetail::Offcpu(off)) = detail("offcpu")
+        && off.blocked_us.is_some()
+    {
         h.push_str("<h2>Off-CPU time</h2>");
-        let pct = |v: &serde_json::Value| {
-            ["p50", "p99", "max", "count"]
-                .iter()
-                .map(|k| v[*k].to_string())
-                .collect::<Vec<_>>()
-        };
-        let mut rows = Vec::new();
-        for (label, key) in [("blocked", "blocked_us"), ("preempted", "preempted_us")] {
-            if !off[key].is_null() {
-                let mut r = vec![label.to_owned()];
-                r.extend(pct(&off[key]));
-                rows.push(r);
-            }
-        }
+        let rows = [
+            ("blocked", &off.blocked_us),
+            ("preempted", &off.preempted_us),
+        ]
+        .into_iter()
+        .filter_map(|(label, p)| {
+            let p = p.as_ref()?;
+            Some(vec![
+                label.to_owned(),
+                p.p50.to_string(),
+                p.p99.to_string(),
+                p.max.to_string(),
+                p.count.to_string(),
+            ])
+        });
         h.push_str(&table(
             &["state", "p50 (us)", "p99 (us)", "max (us)", "intervals"],
             rows,
         ));
     }
-    if let Some(dests) = kinds.get("tcp").and_then(|t| t["destinations"].as_array()) {
+    if let Some(FamilyDetail::Tcp { destinations, .. }) = detail("tcp") {
         h.push_str("<h2>TCP connects</h2>");
         h.push_str(&table(
             &[
@@ -391,134 +415,114 @@ pub fn write(profile: &Profile, dir: &Dir, extra: &[Section]) -> io::Result<std:
                 "p99 (us)",
                 "max (us)",
             ],
-            dests.iter().map(|d| {
-                let l = &d["latency_us"];
+            destinations.iter().map(|d| {
+                let l = d.latency_us.as_ref();
                 vec![
-                    d["destination"].as_str().unwrap_or_default().into(),
-                    d["attempts"].to_string(),
-                    d["established"].to_string(),
-                    d["failures"]["refused"].to_string(),
-                    d["failures"]["timed_out"].to_string(),
-                    d["failures"]["other"].to_string(),
-                    l["p50"].to_string(),
-                    l["p90"].to_string(),
-                    l["p99"].to_string(),
-                    l["max"].to_string(),
+                    d.destination.clone(),
+                    d.attempts.to_string(),
+                    d.established.to_string(),
+                    d.failures.refused.to_string(),
+                    d.failures.timed_out.to_string(),
+                    d.failures.other.to_string(),
+                    or_null(l.map(|l| l.p50)),
+                    or_null(l.and_then(|l| l.p90)),
+                    or_null(l.map(|l| l.p99)),
+                    or_null(l.map(|l| l.max)),
                 ]
             }),
         ));
     }
-    if let Some(numa) = kinds.get("numa").filter(|n| n["events"].as_u64() > Some(0)) {
+    if let Some(FamilyDetail::Numa(numa)) = detail("numa")
+        && summary.kinds.get("numa").is_some_and(|k| k.events > 0)
+    {
         h.push_str("<h2>NUMA</h2>");
-        let node = |v: &serde_json::Value| {
-            if v.is_null() {
-                "?".to_owned()
-            } else {
-                v.to_string()
-            }
-        };
+        let node = |n: Option<i32>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
         h.push_str(&table(
             &["from node", "to node", "task placements", "pages"],
-            numa["node_pairs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        node(&p["from"]),
-                        node(&p["to"]),
-                        p["tasks"].to_string(),
-                        p["pages"].to_string(),
-                    ]
-                }),
+            numa.node_pairs.iter().map(|p| {
+                vec![
+                    node(p.from),
+                    node(p.to),
+                    p.tasks.to_string(),
+                    p.pages.to_string(),
+                ]
+            }),
         ));
         h.push_str(&table(
             &["migration reason", "pages migrated", "pages failed"],
-            numa["pages_by_reason"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(r, v)| {
-                    vec![
-                        r.clone(),
-                        v["succeeded"].to_string(),
-                        v["failed"].to_string(),
-                    ]
-                }),
+            numa.pages_by_reason
+                .iter()
+                .map(|(r, v)| vec![r.clone(), v.succeeded.to_string(), v.failed.to_string()]),
         ));
     }
+    h
+}
 
-    let pushed = super::PushSummary::from_summary(&summary);
-    if !pushed.is_empty() {
-        h.push_str("<h2 id=\"push\">Pushed</h2>");
-        h.push_str(&table(
-            &[
-                "backend",
-                "url",
-                "name",
-                "every (s)",
-                "sent",
-                "failed",
-                "dropped",
-                "last error",
-            ],
-            pushed.iter().map(|p| {
-                vec![
-                    p.backend.clone(),
-                    p.url.clone(),
-                    p.name.clone(),
-                    format!("{}", p.every_s),
-                    p.sent.to_string(),
-                    p.failed.to_string(),
-                    p.dropped.to_string(),
-                    p.last_error.clone().unwrap_or_default(),
-                ]
-            }),
-        ));
+/// What the recording pushed, per backend (nothing when it pushed nothing).
+fn push_table(pushed: &[PushSummary]) -> String {
+    if pushed.is_empty() {
+        return String::new();
     }
+    let mut h = String::from("<h2 id=\"push\">Pushed</h2>");
+    h.push_str(&table(
+        &[
+            "backend",
+            "url",
+            "name",
+            "every (s)",
+            "sent",
+            "failed",
+            "dropped",
+            "last error",
+        ],
+        pushed.iter().map(|p| {
+            vec![
+                p.backend.clone(),
+                p.url.clone(),
+                p.name.clone(),
+                format!("{}", p.every_s),
+                p.sent.to_string(),
+                p.failed.to_string(),
+                p.dropped.to_string(),
+                p.last_error.clone().unwrap_or_default(),
+            ]
+        }),
+    ));
+    h
+}
 
-    h.push_str("<h2>Losses</h2>");
-    let lost = &summary["lost"];
-    let per_cpu: Vec<String> = lost["per_cpu"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(ToString::to_string)
-        .collect();
+/// Losses, and the busiest processes when there were several.
+fn losses(summary: &Summary) -> String {
+    let mut h = String::from("<h2>Losses</h2>");
+    let lost = &summary.lost;
+    let per_cpu: Vec<String> = lost.per_cpu.iter().map(ToString::to_string).collect();
     h.push_str(&table(
         &["", ""],
         [
             vec![
                 "records lost (perf buffers full)".into(),
-                lost["total"].to_string(),
+                lost.total.to_string(),
             ],
             vec!["per CPU".into(), per_cpu.join(", ")],
             vec![
                 "stacks lost (stack map)".into(),
-                summary["symbols"]["stacks_lost"].to_string(),
+                summary.symbols.stacks_lost.to_string(),
             ],
             vec![
                 "discarded at --max-size".into(),
-                lost["discarded_at_max_size"].to_string(),
+                lost.discarded_at_max_size.to_string(),
             ],
         ],
     ));
-    if let Some(top) = summary["processes"]["top"]
-        .as_array()
-        .filter(|t| t.len() > 1)
-    {
+    let top = &summary.processes.top;
+    if top.len() > 1 {
         h.push_str("<h2>Processes</h2>");
         h.push_str(&table(
             &["pid", "name", "events"],
-            top.iter().take(30).map(|p| {
-                vec![
-                    p["pid"].to_string(),
-                    p["comm"].as_str().unwrap_or_default().into(),
-                    p["events"].to_string(),
-                ]
-            }),
+            top.iter()
+                .take(30)
+                .map(|p| vec![p.pid.to_string(), p.comm.clone(), p.events.to_string()]),
         ));
     }
-    h.push_str("</body></html>\n");
-    dir.write_atomic("report.html", |w| w.write_all(h.as_bytes()))
+    h
 }

@@ -7,7 +7,7 @@ mod flame;
 pub mod html;
 mod summary;
 
-pub use self::summary::{PushSummary, summary};
+pub use self::summary::{PushSummary, Summary, summary};
 
 use bar_ebpf_common::Family;
 use std::{io, path::PathBuf};
@@ -161,7 +161,7 @@ pub fn write_all(profile: &Profile, dir: &Dir) -> io::Result<Written> {
             .files
             .push(write_lines(dir, &format!("{}.jsonl", view.name()), &lines)?);
     }
-    let text = serde_json::to_string_pretty(&summary(profile)).map_err(io::Error::other)?;
+    let text = summary(profile).to_json().map_err(io::Error::other)?;
     written
         .files
         .push(dir.write_atomic("summary.json", |w| writeln!(w, "{text}"))?);
