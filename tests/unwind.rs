@@ -9,6 +9,8 @@ use std::{
     process::Command,
 };
 
+use serde_json::Value;
+
 use bar_tests::{
     CHAIN, Folded, Recording, Workload, assert_whole, emulated, frameless, metric, out_dir,
     root_or_skip, workloads_dir,
@@ -170,14 +172,21 @@ fn a_library_opened_during_the_recording_is_unwound() {
     if !root_or_skip("a_library_opened_during_the_recording_is_unwound") {
         return;
     }
+    let rec = record_dlopen(&workloads_dir().join("libframeless_dl.so"), "unwind-dlopen");
+    let unwind = &rec.summary()["unwind"];
+    assert!(unwind["tables"]["misses"].as_u64() >= Some(1), "{unwind}");
+}
+
+/// Records the cpu samples of `frameless dlopen LIB 3` under a marker `loaded` at 1 s, and
+/// checks that the stacks through the library are whole from then on.
+fn record_dlopen(lib: &Path, name: &str) -> Recording {
     // The library's first samples come before its table is loaded (the walk that meets it
     // asks for it): they are walked by frame pointer, which ends in a marker. In the emulated
     // VMs that took a third of a second. The phase from 1 s on is held to the bar.
-    let dir = out_dir("unwind-dlopen");
+    let dir = out_dir(name);
     std::fs::create_dir_all(&dir).expect("create the output folder");
     let fifo = dir.join("markers");
     let fifo_arg = fifo.to_string_lossy().into_owned();
-    let lib = workloads_dir().join("libframeless_dl.so");
     let mut w = Workload::spawn(command(
         frameless(),
         &["--wait", "dlopen", &lib.to_string_lossy(), "3"],
@@ -202,9 +211,107 @@ fn a_library_opened_during_the_recording_is_unwound() {
     let rec = rec.finish();
     let loaded = Folded::read(&rec.dir.join("phases/loaded/cpu.folded"));
     let chain = format!("{CHAIN}dl_entry;dl_stage;");
-    assert_whole(&loaded, &chain, "dl_burn_leaf", "dlopen");
-    let unwind = &rec.summary()["unwind"];
-    assert!(unwind["tables"]["misses"].as_u64() >= Some(1), "{unwind}");
+    assert_whole(&loaded, &chain, "dl_burn_leaf", name);
+    rec
+}
+
+#[test]
+fn a_bad_entry_in_a_table_costs_only_its_own_function() {
+    if !root_or_skip("a_bad_entry_in_a_table_costs_only_its_own_function") {
+        return;
+    }
+    // The library's copy with the FDE of dl_spare (which nothing calls) made unparsable: a
+    // DW_CFA_restore_state with no state remembered as its first instruction. Before, the
+    // whole library fell back to frame pointers, which lose its frameless chain.
+    let dir = shared_dir("unwind-bad-fde");
+    let lib = dir.join("libbadfde.so");
+    let spare = symbol_address(&workloads_dir().join("libframeless_dl.so"), "dl_spare");
+    patch_eh_frame(
+        &workloads_dir().join("libframeless_dl.so"),
+        &lib,
+        |header, data| damage_fde(u64_at(header, 0x10) as u64, data, spare),
+    );
+    let out = Command::new(bar_tests::bar_probe())
+        .args(["tables", &lib.to_string_lossy()])
+        .output()
+        .expect("run bar-probe tables");
+    let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(line["entries_skipped"], 1, "{line}");
+    assert!(line["rows"].as_u64() > Some(4), "{line}");
+
+    let rec = record_dlopen(&lib, "unwind-bad-fde");
+    let warnings: Vec<&String> = rec
+        .stderr
+        .iter()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:#?}", rec.stderr);
+    assert!(
+        warnings[0].contains("libbadfde.so: 1 entry of its unwind tables cannot be parsed"),
+        "{}",
+        warnings[0]
+    );
+    let tables = &rec.summary()["unwind"]["tables"];
+    assert_eq!(tables["entries_skipped"], 1, "{tables}");
+    assert_eq!(
+        tables["partial"].as_array().map(Vec::len),
+        Some(1),
+        "{tables}"
+    );
+    assert_eq!(
+        tables["failed"].as_array().map(Vec::len),
+        Some(0),
+        "{tables}"
+    );
+}
+
+/// The address of the dynamic symbol `name` of the ELF object at `path`.
+fn symbol_address(path: &Path, name: &str) -> u64 {
+    let b = std::fs::read(path).expect("read the object");
+    let (shoff, shentsize, shnum) = (u64_at(&b, 0x28), u16_at(&b, 0x3a), u16_at(&b, 0x3c));
+    let header = |i: usize| shoff + i * shentsize;
+    // SHT_DYNSYM, whose sh_link is its string table.
+    let dynsym = (0..shnum)
+        .map(header)
+        .find(|&h| b[h + 4] == 11)
+        .expect("a .dynsym section");
+    let link = u32::from_le_bytes(b[dynsym + 0x28..dynsym + 0x2c].try_into().expect("4"));
+    let strings = u64_at(&b, header(link as usize) + 0x18);
+    let (offset, size) = (u64_at(&b, dynsym + 0x18), u64_at(&b, dynsym + 0x20));
+    (offset..offset + size)
+        .step_by(24)
+        .find_map(|sym| {
+            let at = strings + u32::from_le_bytes(b[sym..sym + 4].try_into().ok()?) as usize;
+            let found = b[at..].starts_with(name.as_bytes()) && b[at + name.len()] == 0;
+            found.then(|| u64_at(&b, sym + 8) as u64)
+        })
+        .unwrap_or_else(|| panic!("no symbol {name} in {}", path.display()))
+}
+
+/// Makes the FDE of the function at `pc` in `.eh_frame` contents `data` (at address
+/// `eh_addr`) unparsable. GNU ld's FDEs hold pc-relative 32-bit addresses (`zR`, pcrel
+/// sdata4) and no augmentation data, so the instructions start 17 bytes in.
+fn damage_fde(eh_addr: u64, data: &mut [u8], pc: u64) {
+    let word = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().expect("4"));
+    let mut at = 0;
+    while at + 8 <= data.len() && word(data, at) != 0 {
+        let next = at + 4 + word(data, at) as usize;
+        if word(data, at + 4) != 0 {
+            let begin = eh_addr
+                .wrapping_add((at + 8) as u64)
+                .wrapping_add(i64::from(word(data, at + 8) as i32) as u64);
+            if begin == pc {
+                assert!(
+                    next > at + 17,
+                    "the FDE at {at:#x} has no room for an instruction"
+                );
+                data[at + 17] = 0x0b; // DW_CFA_restore_state
+                return;
+            }
+        }
+        at = next;
+    }
+    panic!("no FDE for {pc:#x} in .eh_frame");
 }
 
 #[test]

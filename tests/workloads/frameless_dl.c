@@ -26,3 +26,10 @@ KEEP unsigned long dl_entry(unsigned long n) {
     dl_sink ^= r * 13;
     return r + 2;
 }
+
+/* Called by nothing: the test of a table with one bad entry damages this function's FDE, and
+ * the others must still serve. It keeps a frame of its own so that its FDE has rules. */
+KEEP unsigned long dl_spare(unsigned long n) {
+    volatile unsigned long pad[4] = {n, n + 1, n + 2, n + 3};
+    return dl_stage(pad[0] + pad[3]) + pad[1];
+}

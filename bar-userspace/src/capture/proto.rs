@@ -396,6 +396,12 @@ pub struct Unwind {
     pub stack_pages: u64,
     #[prost(uint64, tag = "17")]
     pub stack_pages_back: u64,
+    /// Entries of the objects' call frame information that could not be parsed and were left
+    /// out (their functions walked by frame pointer), and the objects that had such entries.
+    #[prost(uint64, tag = "18")]
+    pub entries_skipped: u64,
+    #[prost(message, repeated, tag = "19")]
+    pub partial: Vec<Rejected>,
 }
 
 /// A phase marker: `name` starts at `ts` (or ends there when `end`).

@@ -468,14 +468,9 @@ impl Aggregator {
             misses: snap.stats.misses,
             processes: snap.stats.processes,
             processes_gone: snap.stats.gone,
-            failed: t
-                .failed
-                .iter()
-                .map(|(attach, reason)| proto::Rejected {
-                    attach: attach.clone(),
-                    reason: reason.clone(),
-                })
-                .collect(),
+            failed: rejected(&t.failed),
+            entries_skipped: t.entries_skipped,
+            partial: rejected(&t.partial),
             ..self.walks.clone()
         }))
     }
@@ -636,4 +631,15 @@ fn to_event(cpu: u32, r: &Record, stack: u32) -> proto::Event {
         },
         detail,
     }
+}
+
+/// Objects and why, as the capture holds them.
+fn rejected(objects: &[(String, String)]) -> Vec<proto::Rejected> {
+    objects
+        .iter()
+        .map(|(attach, reason)| proto::Rejected {
+            attach: attach.clone(),
+            reason: reason.clone(),
+        })
+        .collect()
 }

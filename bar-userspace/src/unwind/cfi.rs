@@ -48,10 +48,34 @@ struct Fde {
     eh: bool,
 }
 
-/// Every row of the object's call frame information, sorted by address, with a `Missing` row
-/// at the end of each covered range that no other range continues. Functions `.eh_frame`
-/// describes come from it; `.debug_frame` fills in the ones it lacks.
-pub fn rows(sections: &Sections<'_>) -> Result<Vec<Row>, TableError> {
+/// The rows of an object's call frame information, and what of it could not be read.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Sorted by address, with a `Missing` row at the end of each covered range that no
+    /// other range continues.
+    pub rows: Vec<Row>,
+    /// Entries left out because they cannot be parsed: each FDE (or CIE shared by FDEs,
+    /// counted once per FDE) on its own, and the rest of a section as one entry where a
+    /// length field leaves nowhere to go on from. Their functions are walked by frame pointer.
+    pub skipped: usize,
+    /// Why the first of them was left out.
+    pub first_error: Option<String>,
+}
+
+impl Parsed {
+    fn skip(&mut self, why: impl std::fmt::Display) {
+        self.skipped += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(why.to_string());
+        }
+    }
+}
+
+/// Every row of the object's call frame information, sorted by address. Functions
+/// `.eh_frame` describes come from it; `.debug_frame` fills in the ones it lacks. An entry
+/// that cannot be parsed is left out (and counted), not the whole object: one bad FDE in a
+/// library (seen in Debian's libgcrypt) would otherwise cost every function of it its table.
+pub fn rows(sections: &Sections<'_>) -> Result<Parsed, TableError> {
     let bases = BaseAddresses::default()
         .set_eh_frame(sections.eh_frame.map_or(0, |(_, a)| a))
         .set_text(sections.text);
@@ -63,27 +87,27 @@ pub fn rows(sections: &Sections<'_>) -> Result<Vec<Row>, TableError> {
         d.set_address_size(8);
         d
     });
+    let mut parsed = Parsed::default();
     let mut fdes = Vec::new();
-    if let Some(eh) = &eh {
-        list_fdes(eh, &bases, true, &mut fdes)?;
+    if let (Some(s), Some((data, _))) = (&eh, sections.eh_frame) {
+        list_fdes(s, data, &bases, true, &mut fdes, &mut parsed)?;
     }
-    if let Some(debug) = &debug {
-        list_fdes(debug, &bases, false, &mut fdes)?;
-    }
-    if fdes.is_empty() {
-        return Err(TableError::NoUnwindInfo);
+    if let (Some(s), Some(data)) = (&debug, sections.debug_frame) {
+        list_fdes(s, data, &bases, false, &mut fdes, &mut parsed)?;
     }
     // By address; at the same address `.eh_frame` first, so that it wins the overlap below.
     fdes.sort_by_key(|f| (f.start, !f.eh));
-    let mut out = Vec::new();
     let mut ctx = Box::new(UnwindContext::new());
     let mut covered_to = 0u64;
+    let out = &mut parsed.rows;
+    let mut bad_rows = Vec::new();
     for fde in fdes {
         // An FDE that overlaps the one before (a function described twice, in both sections
         // or by a broken table) is left out: the first description stands.
         if fde.start < covered_to || fde.start >= fde.end {
             continue;
         }
+        let before = out.len();
         if covered_to != 0 && fde.start > covered_to {
             out.push(Row {
                 pc: covered_to,
@@ -91,10 +115,17 @@ pub fn rows(sections: &Sections<'_>) -> Result<Vec<Row>, TableError> {
                 rbp: Rbp::Unchanged,
             });
         }
-        match (fde.eh, &eh, &debug) {
-            (true, Some(s), _) => fde_rows(s, &bases, fde, &mut ctx, &mut out)?,
-            (false, _, Some(s)) => fde_rows(s, &bases, fde, &mut ctx, &mut out)?,
-            _ => {}
+        let done = match (fde.eh, &eh, &debug) {
+            (true, Some(s), _) => fde_rows(s, &bases, fde, &mut ctx, out),
+            (false, _, Some(s)) => fde_rows(s, &bases, fde, &mut ctx, out),
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            // Its rows so far go too: the range stays uncovered, for another description
+            // of it (in `.debug_frame`) or the frame-pointer walk.
+            out.truncate(before);
+            bad_rows.push(e);
+            continue;
         }
         covered_to = fde.end;
         if out.len() > MAX_ROWS {
@@ -103,50 +134,83 @@ pub fn rows(sections: &Sections<'_>) -> Result<Vec<Row>, TableError> {
             )));
         }
     }
-    out.push(Row {
+    for e in bad_rows {
+        parsed.skip(e);
+    }
+    if parsed.rows.is_empty() {
+        return Err(match parsed.first_error {
+            Some(e) => TableError::Malformed(e),
+            None => TableError::NoUnwindInfo,
+        });
+    }
+    parsed.rows.push(Row {
         pc: covered_to,
         cfa: Cfa::Missing,
         rbp: Rbp::Unchanged,
     });
-    Ok(out)
+    Ok(parsed)
 }
 
-/// Appends the address range and offset of every FDE of `section` to `out`.
+/// Appends the address range and offset of every FDE of `section` (whose bytes are `data`)
+/// to `out`. The entries are stepped through by their length fields here rather than by
+/// gimli's iterator, which ends at the first entry it cannot parse: an FDE that gimli
+/// refuses (or whose CIE it refuses) is counted in `parsed` and the next one read.
 fn list_fdes<'a, S>(
     section: &S,
+    data: &[u8],
     bases: &BaseAddresses,
     eh: bool,
     out: &mut Vec<Fde>,
+    parsed: &mut Parsed,
 ) -> Result<(), TableError>
 where
     S: UnwindSection<Slice<'a>>,
+    S::Offset: UnwindOffset<usize>,
 {
-    let mut entries = section.entries(bases);
     // The CIE most FDEs share: parsed once rather than once per FDE.
     let mut last_cie = None;
-    while let Some(entry) = entries.next().map_err(malformed)? {
-        let gimli::CieOrFde::Fde(partial) = entry else {
-            continue;
+    let mut at = 0;
+    while at < data.len() {
+        let Some(entry) = entry_at(data, at, eh) else {
+            parsed.skip(format!(
+                "the entry at offset {at:#x} of {} runs past its end",
+                if eh { ".eh_frame" } else { ".debug_frame" }
+            ));
+            break;
         };
-        let fde = partial
-            .parse(|section, bases, offset| {
-                if let Some((o, cie)) = &last_cie
-                    && *o == offset
-                {
-                    return Ok(Clone::clone(cie));
+        match entry {
+            Entry::Terminator => break,
+            Entry::Cie { next } | Entry::Empty { next } => at = next,
+            Entry::Fde { next } => {
+                let fde = section
+                    .partial_fde_from_offset(bases, S::Offset::from(at))
+                    .and_then(|partial| {
+                        partial.parse(|section, bases, offset| {
+                            if let Some((o, cie)) = &last_cie
+                                && *o == offset
+                            {
+                                return Ok(Clone::clone(cie));
+                            }
+                            let cie = section.cie_from_offset(bases, offset)?;
+                            last_cie = Some((offset, cie.clone()));
+                            Ok(cie)
+                        })
+                    });
+                match fde {
+                    Ok(fde) => {
+                        let start = fde.initial_address();
+                        out.push(Fde {
+                            start,
+                            end: start.saturating_add(fde.len()),
+                            offset: fde.offset(),
+                            eh,
+                        });
+                    }
+                    Err(e) => parsed.skip(e),
                 }
-                let cie = section.cie_from_offset(bases, offset)?;
-                last_cie = Some((offset, cie.clone()));
-                Ok(cie)
-            })
-            .map_err(malformed)?;
-        let start = fde.initial_address();
-        out.push(Fde {
-            start,
-            end: start.saturating_add(fde.len()),
-            offset: fde.offset(),
-            eh,
-        });
+                at = next;
+            }
+        }
         if out.len() > MAX_ROWS {
             return Err(TableError::TooBig(format!(
                 "more than {MAX_ROWS} functions in the unwind tables"
@@ -156,8 +220,63 @@ where
     Ok(())
 }
 
-fn malformed(e: gimli::Error) -> TableError {
-    TableError::Malformed(e.to_string())
+/// What the length and id fields of the entry at `at` say it is.
+enum Entry {
+    /// `.eh_frame`'s zero length: the end of the section.
+    Terminator,
+    /// A zero length in `.debug_frame` (an old assembler's bug): skipped.
+    Empty {
+        next: usize,
+    },
+    Cie {
+        next: usize,
+    },
+    Fde {
+        next: usize,
+    },
+}
+
+/// The entry at `at`, or `None` if its fields run past the section's end (nothing after it
+/// can be found then).
+fn entry_at(data: &[u8], at: usize, eh: bool) -> Option<Entry> {
+    let word = |at: usize| {
+        let b = data.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(b.try_into().ok()?))
+    };
+    let len = word(at)?;
+    if len == 0 {
+        return Some(if eh {
+            Entry::Terminator
+        } else {
+            Entry::Empty { next: at + 4 }
+        });
+    }
+    // DWARF64 (a length of 0xffffffff, then the real one in 64 bits) has a 64-bit id in
+    // `.debug_frame`; `.eh_frame`'s CIE pointer stays 32 bits.
+    let (id_at, len) = if len == u32::MAX {
+        let b = data.get(at + 4..at.checked_add(12)?)?;
+        (
+            at + 12,
+            usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()?,
+        )
+    } else {
+        (at + 4, len as usize)
+    };
+    let next = id_at.checked_add(len).filter(|&n| n <= data.len())?;
+    let id_len = if eh || at + 12 != id_at { 4 } else { 8 };
+    let id = data
+        .get(id_at..id_at + id_len)
+        .filter(|_| id_at + id_len <= next)?;
+    let cie = if eh {
+        id.iter().all(|&b| b == 0)
+    } else {
+        id.iter().all(|&b| b == 0xff)
+    };
+    Some(if cie {
+        Entry::Cie { next }
+    } else {
+        Entry::Fde { next }
+    })
 }
 
 /// Appends the rows of one FDE, each clipped to the FDE's range.
@@ -167,16 +286,14 @@ fn fde_rows<'a, S>(
     fde: Fde,
     ctx: &mut UnwindContext<usize>,
     out: &mut Vec<Row>,
-) -> Result<(), TableError>
+) -> Result<(), gimli::Error>
 where
     S: UnwindSection<Slice<'a>>,
     S::Offset: UnwindOffset<usize>,
 {
-    let parsed = section
-        .fde_from_offset(bases, S::Offset::from(fde.offset), S::cie_from_offset)
-        .map_err(malformed)?;
-    let mut table = parsed.rows(section, bases, ctx).map_err(malformed)?;
-    while let Some(row) = table.next_row().map_err(malformed)? {
+    let parsed = section.fde_from_offset(bases, S::Offset::from(fde.offset), S::cie_from_offset)?;
+    let mut table = parsed.rows(section, bases, ctx)?;
+    while let Some(row) = table.next_row()? {
         if row.start_address() >= fde.end {
             break;
         }
@@ -233,6 +350,11 @@ mod tests {
     /// initial instructions are `def_cfa rsp+8; offset ra at cfa-8`, followed by an FDE with
     /// absolute addresses and `instructions`.
     fn eh_frame(start: u64, len: u64, instructions: &[u8]) -> Vec<u8> {
+        eh_frame_of(&[(start, len, instructions)])
+    }
+
+    /// [`eh_frame`] with one FDE per `(start, len, instructions)`.
+    fn eh_frame_of(fdes: &[(u64, u64, &[u8])]) -> Vec<u8> {
         let mut cie = vec![];
         cie.extend_from_slice(&0u32.to_le_bytes()); // CIE id
         cie.push(1); // version
@@ -250,28 +372,82 @@ mod tests {
         let mut out = vec![];
         out.extend_from_slice(&(cie.len() as u32).to_le_bytes());
         out.extend_from_slice(&cie);
-        let fde_at = out.len();
-        let mut fde = vec![];
-        fde.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
-        fde.extend_from_slice(&start.to_le_bytes());
-        fde.extend_from_slice(&len.to_le_bytes());
-        fde.push(0); // augmentation length
-        fde.extend_from_slice(instructions);
-        while (fde.len() + 4) % 8 != 0 {
-            fde.push(0);
+        for (start, len, instructions) in fdes {
+            let fde_at = out.len();
+            let mut fde = vec![];
+            fde.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
+            fde.extend_from_slice(&start.to_le_bytes());
+            fde.extend_from_slice(&len.to_le_bytes());
+            fde.push(0); // augmentation length
+            fde.extend_from_slice(instructions);
+            while (fde.len() + 4) % 8 != 0 {
+                fde.push(0);
+            }
+            out.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+            out.extend_from_slice(&fde);
         }
-        out.extend_from_slice(&(fde.len() as u32).to_le_bytes());
-        out.extend_from_slice(&fde);
         out.extend_from_slice(&0u32.to_le_bytes()); // terminator
         out
     }
 
-    fn parse(data: &[u8]) -> Result<Vec<Row>, TableError> {
+    fn parse_all(data: &[u8]) -> Result<Parsed, TableError> {
         rows(&Sections {
             eh_frame: Some((data, 0x1000)),
             text: 0,
             debug_frame: None,
         })
+    }
+
+    fn parse(data: &[u8]) -> Result<Vec<Row>, TableError> {
+        parse_all(data).map(|p| p.rows)
+    }
+
+    /// The rule at `pc`, as the kernel's search finds it.
+    fn at(rows: &[Row], pc: u64) -> Cfa {
+        rows[rows.partition_point(|r| r.pc <= pc) - 1].cfa
+    }
+
+    #[test]
+    fn a_bad_fde_is_left_out_and_counted_and_the_others_kept() {
+        // restore_state with nothing remembered: gimli refuses the FDE's instructions. An
+        // unknown opcode (0x3f) in the next one; the outer two are good.
+        let good: &[u8] = &[0x41, 0x0e, 16];
+        let data = eh_frame_of(&[
+            (0x1000, 0x20, good),
+            (0x1020, 0x20, &[0x41, 0x0b]),
+            (0x1040, 0x20, &[0x3f]),
+            (0x1060, 0x20, good),
+        ]);
+        let p = parse_all(&data).unwrap();
+        assert_eq!(p.skipped, 2, "{p:?}");
+        assert!(p.first_error.is_some());
+        assert_eq!(at(&p.rows, 0x1001), Cfa::Rsp(16));
+        assert_eq!(at(&p.rows, 0x1021), Cfa::Missing);
+        assert_eq!(at(&p.rows, 0x1041), Cfa::Missing);
+        assert_eq!(at(&p.rows, 0x1061), Cfa::Rsp(16));
+        assert_eq!(at(&p.rows, 0x1080), Cfa::Missing);
+    }
+
+    #[test]
+    fn a_length_past_the_end_ends_the_section_and_keeps_what_came_before() {
+        let good: &[u8] = &[0x41, 0x0e, 16];
+        let mut data = eh_frame_of(&[(0x1000, 0x20, good), (0x1020, 0x20, good)]);
+        // The second FDE's length, after the CIE's and the first FDE's.
+        let len_at =
+            |at: usize| 4 + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let second = len_at(0) + len_at(len_at(0));
+        data[second..second + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        let p = parse_all(&data).unwrap();
+        assert_eq!(p.skipped, 1, "{p:?}");
+        assert_eq!(at(&p.rows, 0x1001), Cfa::Rsp(16));
+        assert_eq!(at(&p.rows, 0x1021), Cfa::Missing);
+    }
+
+    #[test]
+    fn a_table_of_nothing_but_bad_entries_is_malformed() {
+        let mut data = eh_frame(0x4000, 0x40, &[0x41, 0x0e, 16]);
+        data[8] = 0x63; // a CIE version no compiler emits
+        assert!(matches!(parse_all(&data), Err(TableError::Malformed(_))));
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct ObjectInfo {
     pub segments: Vec<Segment>,
     /// The object carries Go's line table (`.gopclntab`): a Go program, unwound from it.
     pub go: bool,
+    /// Entries of its call frame information that could not be parsed and were left out
+    /// (their functions are walked by frame pointer), and why the first was.
+    pub skipped: usize,
+    pub skipped_why: Option<String>,
 }
 
 impl ObjectInfo {
@@ -132,11 +136,14 @@ fn parse<'a, R: ReadRef<'a>>(data: R) -> Result<(ObjectInfo, Vec<Row>), TableErr
     let cfi = if eh_frame.is_none() && debug_frame.is_none() {
         None
     } else {
-        Some(cfi::rows(&cfi::Sections {
+        let parsed = cfi::rows(&cfi::Sections {
             eh_frame,
             text,
             debug_frame: debug_frame.as_deref(),
-        })?)
+        })?;
+        info.skipped = parsed.skipped;
+        info.skipped_why = parsed.first_error;
+        Some(parsed.rows)
     };
     info.go = go.is_some();
     let rows = match (go, cfi) {

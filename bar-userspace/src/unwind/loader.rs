@@ -423,6 +423,9 @@ impl<K: Kernel> Loader<K> {
             if let Some(id) = self.objects.find(&key, b.info.build_id.as_deref()) {
                 return Ok(id);
             }
+            if b.info.skipped > 0 {
+                self.partial(path, &b.info);
+            }
             self.objects
                 .add(
                     key,
@@ -449,6 +452,29 @@ impl<K: Kernel> Loader<K> {
                 self.failed.insert(key, ());
                 None
             }
+        }
+    }
+
+    /// Says (once per object) that entries of its call frame information were left out.
+    fn partial(&mut self, path: &str, info: &ObjectInfo) {
+        let why = format!(
+            "{} {} of its unwind tables cannot be parsed ({}); the functions they describe are \
+             walked by frame pointer",
+            info.skipped,
+            if info.skipped == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
+            info.skipped_why.as_deref().unwrap_or("malformed"),
+        );
+        if self.warn {
+            eprintln!("bar-probe: warning: {path}: {why}");
+        }
+        let stats = &mut self.objects.stats;
+        stats.entries_skipped += info.skipped as u64;
+        if !stats.partial.iter().any(|(p, _)| p == path) {
+            stats.partial.push((path.to_owned(), why));
         }
     }
 

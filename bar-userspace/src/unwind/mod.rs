@@ -129,25 +129,28 @@ pub enum TableError {
 }
 
 /// Builds the table of each file and prints one JSON line per file: rows before and after
-/// merging, bytes in the kernel, unsupported rows, build time, or why it has none.
+/// merging, bytes in the kernel, unsupported rows, entries left out (and why the first was),
+/// build time, or why it has none.
 pub fn describe_tables(files: &[std::path::PathBuf]) {
     for path in files {
         let t = std::time::Instant::now();
         let built = std::fs::File::open(path)
             .map_err(TableError::Io)
             .and_then(elf::read)
-            .and_then(|(_, rows)| {
+            .and_then(|(info, rows)| {
                 let raw = rows.len();
-                compact::compact(rows).map(|c| (raw, c))
+                compact::compact(rows).map(|c| (info, raw, c))
             });
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let line = match built {
-            Ok((raw, c)) => serde_json::json!({
+            Ok((info, raw, c)) => serde_json::json!({
                 "file": path,
                 "rows_parsed": raw,
                 "rows": c.rows.len(),
                 "bytes": c.bytes(),
                 "unsupported": c.unsupported,
+                "entries_skipped": info.skipped,
+                "skipped_why": info.skipped_why,
                 "build_ms": ms,
             }),
             Err(e) => serde_json::json!({"file": path, "error": e.to_string()}),

@@ -141,6 +141,10 @@ pub struct TableStats {
     pub evicted: u64,
     /// Objects that got no table, and why.
     pub failed: Vec<(String, String)>,
+    /// Entries of the objects' call frame information left out as unparsable, in all and
+    /// by object (with why the first was).
+    pub entries_skipped: u64,
+    pub partial: Vec<(String, String)>,
 }
 
 /// Every object bar has built a table for.

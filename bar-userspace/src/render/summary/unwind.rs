@@ -41,6 +41,9 @@ struct UnwindTables {
     processes: u64,
     processes_gone: u64,
     failed: Vec<FailedObject>,
+    /// Unparsable entries of the objects' tables, left out, and the objects that had them.
+    entries_skipped: u64,
+    partial: Vec<FailedObject>,
 }
 
 /// An object whose unwind table could not be built, and why.
@@ -90,14 +93,20 @@ pub(super) fn unwind_summary(profile: &Profile) -> Option<UnwindSummary> {
             misses: u.misses,
             processes: u.processes,
             processes_gone: u.processes_gone,
-            failed: u
-                .failed
-                .iter()
-                .map(|f| FailedObject {
-                    object: f.attach.clone(),
-                    reason: f.reason.clone(),
-                })
-                .collect(),
+            failed: rejected(&u.failed),
+            entries_skipped: u.entries_skipped,
+            partial: rejected(&u.partial),
         },
     })
+}
+
+/// Objects and why, as summary.json lists them.
+fn rejected(objects: &[crate::capture::proto::Rejected]) -> Vec<FailedObject> {
+    objects
+        .iter()
+        .map(|f| FailedObject {
+            object: f.attach.clone(),
+            reason: f.reason.clone(),
+        })
+        .collect()
 }
