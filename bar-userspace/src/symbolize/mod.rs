@@ -11,29 +11,36 @@
 //! without frame pointers reads data as return addresses).
 
 mod evict;
+mod interner;
+mod kernel;
+mod maps;
 mod spaces;
 
-pub use self::spaces::{ExecMaps, SpaceId};
+pub use self::{
+    interner::Interner,
+    maps::{MAX_PERF_MAP, process_comm},
+    spaces::{ExecMaps, SpaceId},
+};
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use bar_ebpf_common::{USER_STACK_KEY, UserStack, unwind};
-use blazesym::{
-    MaybeDefault,
-    symbolize::{
-        Input, Symbolized, Symbolizer as Blaze,
-        source::{Elf, Kernel, Source},
-    },
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer as Blaze,
+    source::{Elf, Source},
 };
 
-use self::{evict::UserIds, spaces::Spaces};
-use crate::capture::proto;
+use self::{
+    evict::UserIds,
+    kernel::{BPF_CODE, is_bpf_code, is_tracing_frame, kernel_source, module_code_ranges},
+    maps::{Mapping, PerfMap, Place, ProcessInfo, locate, process_root, read_maps},
+    spaces::Spaces,
+};
 
 /// For the lookups made once per event: SipHash, the default, took a sixth of the collector's
 /// time at 300k events/s.
@@ -44,28 +51,6 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 const EFAULT: i32 = -bar_ebpf_common::NO_STACK;
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
-
-/// Kernel functions that run a tracing program; they end every stack a program captures.
-fn is_tracing_frame(name: &str) -> bool {
-    const PREFIXES: [&str; 10] = [
-        "bpf_prog_",
-        "bpf_trace_run",
-        "__bpf_trace_",
-        "__bpf_prog_run",
-        "bpf_get_stack",
-        "perf_trace_",
-        "perf_tp_event",
-        "trace_call_bpf",
-        "__traceiter_",
-        "bpf_trampoline_",
-    ];
-    name.starts_with(BPF_CODE) || PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
-/// Name given to code in module space that no module owns: JITed BPF programs and
-/// trampolines, which kallsyms lists only when `net.core.bpf_jit_kallsyms` is on, so that
-/// blazesym would name them after whatever symbol precedes them.
-const BPF_CODE: &str = "[bpf";
 
 /// Resident memory of files bar-probe maps (its own code, its perf buffers, the objects
 /// blazesym reads), in KiB.
@@ -85,208 +70,6 @@ fn new_blaze() -> Blaze {
         .build()
 }
 
-/// Kernel symbols from kallsyms (vmlinux with DWARF is rarely installed, and slow to parse).
-fn kernel_source() -> Source<'static> {
-    Source::Kernel(Kernel {
-        vmlinux: MaybeDefault::None,
-        debug_syms: false,
-        ..Kernel::default()
-    })
-}
-
-/// Code ranges of loaded modules, when the kernel shows them; `None` when module space cannot
-/// be told apart (not x86-64, or addresses hidden from us).
-fn module_code_ranges() -> Option<Vec<(u64, u64)>> {
-    if !cfg!(target_arch = "x86_64") {
-        return None;
-    }
-    // A kernel without module support has no /proc/modules: all of module space is BPF's.
-    let Ok(text) = fs::read_to_string("/proc/modules") else {
-        return Some(Vec::new());
-    };
-    text.lines()
-        .map(|l| {
-            // name size refcount deps state address
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let size = f.get(1)?.parse::<u64>().ok()?;
-            let base = u64::from_str_radix(f.get(5)?.trim_start_matches("0x"), 16).ok()?;
-            (base != 0).then_some((base, base + size))
-        })
-        .collect()
-}
-
-/// Whether kernel address `a` is code of no module, in the space x86-64 kernels give modules
-/// and JITed BPF (above the 1 GiB kernel image).
-fn is_bpf_code(a: u64, modules: &[(u64, u64)]) -> bool {
-    const MODULE_SPACE: u64 = 0xffff_ffff_c000_0000;
-    a >= MODULE_SPACE && !modules.iter().any(|&(s, e)| s <= a && a < e)
-}
-
-/// One line of /proc/PID/maps that maps a file or is anonymous executable memory.
-#[derive(Debug, Clone)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    /// Path as the process sees it; empty for anonymous memory, `[vdso]` etc. for specials.
-    path: String,
-    /// The path does not lead bar to the mapped file (another mount namespace that bar's
-    /// view of the process's root does not show): read it through `/proc/PID/map_files`.
-    hidden: bool,
-}
-
-/// What the symbolizer knows about one process.
-#[derive(Debug, Default)]
-struct ProcessInfo {
-    mappings: Vec<Mapping>,
-    /// Prefix under which this process's paths are visible to us (`/proc/PID/root` for a
-    /// process in another mount namespace, empty otherwise).
-    root: String,
-    alive: bool,
-    perf_map: PerfMap,
-}
-
-/// A JIT's `/tmp/perf-PID.map`: (start, end, name) sorted by start, and the stamp of the file
-/// it was read from, so that it is read again only when the JIT has added to it.
-#[derive(Debug, Default)]
-struct PerfMap {
-    entries: Vec<(u64, u64, String)>,
-    stamp: Option<crate::sys::foreign::Stamp>,
-    /// A map that was refused is said once per process.
-    warned: bool,
-}
-
-/// The largest perf map read: a JIT with a hundred thousand functions writes about 10 MiB.
-pub const MAX_PERF_MAP: u64 = 64 << 20;
-
-impl PerfMap {
-    /// Reads the map again if the file changed since it was last read. A JIT writes its map as
-    /// it generates code, possibly after bar first looked at the process. The file belongs to
-    /// whoever can write in the process's `/tmp`, so it is read as perf reads it: in the
-    /// process's mount namespace, only a regular file owned by the process's user or root,
-    /// not through a link, without blocking, and no larger than [`MAX_PERF_MAP`]; otherwise
-    /// its JIT frames stay unnamed, with one warning.
-    fn refresh(&mut self, pid: u32) {
-        use crate::sys::foreign::{ForeignError, read_foreign};
-        let Some((uid, nspid)) = perf_map_ids(pid) else {
-            return;
-        };
-        // The JIT names the file with its pid as it sees it (in its own pid namespace).
-        let path = format!("/tmp/perf-{nspid}.map");
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let text = match read_foreign(&root, &path, &[uid, 0], MAX_PERF_MAP, self.stamp) {
-            Ok(Some((data, stamp))) => {
-                self.stamp = Some(stamp);
-                data
-            }
-            Ok(None) | Err(ForeignError::Missing(_)) => return,
-            Err(e) => {
-                if !std::mem::replace(&mut self.warned, true) {
-                    eprintln!("bar-probe: warning: {e}; JIT frames of pid {pid} stay unnamed");
-                }
-                return;
-            }
-        };
-        self.entries = String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.splitn(3, ' ');
-                let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
-                let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
-                Some((start, start.checked_add(size)?, it.next()?.to_owned()))
-            })
-            .collect();
-        self.entries.sort_by_key(|e| e.0);
-    }
-
-    fn lookup(&self, a: u64) -> Option<&str> {
-        let idx = self.entries.partition_point(|e| e.0 <= a);
-        (idx > 0 && a < self.entries[idx - 1].1).then(|| self.entries[idx - 1].2.as_str())
-    }
-}
-
-/// The effective uid of a process and its pid in its own pid namespace, from its status.
-fn perf_map_ids(pid: u32) -> Option<(u32, u32)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-    };
-    let uid = field("Uid:")?.get(1)?.parse().ok()?;
-    // NSpid lists the pid in each namespace from ours inwards; old kernels lack it.
-    let nspid = field("NSpid:")
-        .and_then(|v| v.last()?.parse().ok())
-        .unwrap_or(pid);
-    Some((uid, nspid))
-}
-
-/// The executable mappings of `pid`, whose files bar sees under `root` (see [`process_root`]).
-fn read_maps(pid: u32, root: &str) -> Option<Vec<Mapping>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if !perms.contains('x') {
-            continue;
-        }
-        let dev = parts.next().and_then(crate::unwind::proc_maps::dev_of);
-        let inode = parts.next().and_then(|i| i.parse::<u64>().ok());
-        let path = parts.collect::<Vec<_>>().join(" ");
-        // A file whose path leads elsewhere, or nowhere (not deleted: those say so).
-        let hidden = path.starts_with('/')
-            && !path.ends_with(" (deleted)")
-            && fs::metadata(format!("{root}{path}"))
-                .map_or(true, |m| Some(m.dev()) != dev || Some(m.ino()) != inode);
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(s, 16),
-            u64::from_str_radix(e, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        out.push(Mapping {
-            start,
-            end,
-            offset,
-            path,
-            hidden,
-        });
-    }
-    // A process that has exited but not been reaped (a zombie) still has a maps file, and it
-    // is empty: that is not a snapshot to replace a good one with. A live process always has
-    // executable mappings.
-    if out.is_empty() {
-        return None;
-    }
-    Some(out)
-}
-
-/// `/proc/PID/root` when the process lives in another mount namespace than ours.
-fn process_root(pid: u32) -> String {
-    let theirs = fs::metadata(format!("/proc/{pid}/root"));
-    let ours = fs::metadata("/");
-    match (theirs, ours) {
-        (Ok(t), Ok(o)) if t.dev() != o.dev() || t.ino() != o.ino() => format!("/proc/{pid}/root"),
-        _ => String::new(),
-    }
-}
-
-/// Reads a process's name (`comm`).
-pub fn process_comm(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_owned())
-}
-
 /// A user stack's frames, and how bar's programs walked it ([`unwind::facts`]) if they did.
 type UserFrames = (Vec<u32>, Option<u32>);
 
@@ -304,57 +87,6 @@ pub struct RawStack {
 
 /// Name of a user address in no mapping of its process.
 const UNKNOWN_USER: &str = "[unknown]";
-
-/// Interns frames and stacks and remembers which are new since the last `take_new`.
-#[derive(Default)]
-pub struct Interner {
-    frame_ids: HashMap<(bool, String, String), u32>,
-    stack_ids: HashMap<Vec<u32>, u32>,
-    new_frames: Vec<proto::Frame>,
-    new_stacks: Vec<proto::Stack>,
-}
-
-impl Interner {
-    pub fn frame(&mut self, kernel: bool, name: String, module: String) -> u32 {
-        let (name, module) = (
-            crate::capture::bounded_name(name),
-            crate::capture::bounded_name(module),
-        );
-        let next = self.frame_ids.len() as u32;
-        *self
-            .frame_ids
-            .entry((kernel, name.clone(), module.clone()))
-            .or_insert_with(|| {
-                self.new_frames.push(proto::Frame {
-                    name,
-                    module,
-                    kernel,
-                });
-                next
-            })
-    }
-
-    /// Stack id as stored in events: position + 1 (0 is "no stack").
-    pub fn stack(&mut self, frames: Vec<u32>) -> u32 {
-        if frames.is_empty() {
-            return 0;
-        }
-        let next = self.stack_ids.len() as u32 + 1;
-        *self.stack_ids.entry(frames.clone()).or_insert_with(|| {
-            self.new_stacks.push(proto::Stack { frames });
-            next
-        })
-    }
-
-    /// Frames and stacks interned since the last call, to be written before the events that
-    /// use them.
-    pub fn take_new(&mut self) -> (Vec<proto::Frame>, Vec<proto::Stack>) {
-        (
-            std::mem::take(&mut self.new_frames),
-            std::mem::take(&mut self.new_stacks),
-        )
-    }
-}
 
 /// Counters of what could not be resolved, for the summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -811,96 +543,5 @@ impl Symbolizer {
                 .insert(id, (frames, facts));
         }
         moved
-    }
-}
-
-/// What a user address is: in a file (path to open, file offset, path to show), JIT code named
-/// in the perf map, nothing bar can name, or in no executable mapping of a process whose map
-/// bar has.
-enum Place {
-    File(PathBuf, u64, String),
-    Jit(String),
-    Unknown(String),
-    Outside,
-}
-
-/// Where user address `a` of a process whose map is `info` (read from process `pid`) is.
-fn locate(info: &ProcessInfo, pid: u32, a: u64) -> Place {
-    let mapped = info.mappings.iter().find(|m| m.start <= a && a < m.end);
-    if let Some(m) = mapped {
-        let file_offset = a - m.start + m.offset;
-        if m.path.starts_with('/') {
-            let (path, deleted) = match m.path.strip_suffix(" (deleted)") {
-                Some(p) => (p, true),
-                None => (m.path.as_str(), false),
-            };
-            let open = if (deleted || m.hidden) && info.alive {
-                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
-            } else {
-                PathBuf::from(format!("{}{path}", info.root))
-            };
-            return Place::File(open, file_offset, path.to_owned());
-        }
-        if !m.path.is_empty() && m.path != "[anon]" && !m.path.starts_with("[anon:") {
-            return Place::Unknown(format!(
-                "[{}+0x{:x}]",
-                m.path.trim_matches(['[', ']']),
-                a - m.start
-            ));
-        }
-    }
-    if let Some(name) = info.perf_map.lookup(a) {
-        return Place::Jit(name.to_owned());
-    }
-    if mapped.is_none() && !info.mappings.is_empty() {
-        return Place::Outside;
-    }
-    Place::Unknown(UNKNOWN_USER.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interner_dedups_and_reports_new_once() {
-        let mut i = Interner::default();
-        let a = i.frame(false, "main".into(), "/bin/x".into());
-        let b = i.frame(true, "schedule".into(), "[kernel.kallsyms]".into());
-        assert_eq!(i.frame(false, "main".into(), "/bin/x".into()), a);
-        assert_ne!(a, b);
-        let s1 = i.stack(vec![a, b]);
-        assert_eq!(i.stack(vec![a, b]), s1);
-        assert_eq!(s1, 1);
-        assert_eq!(i.stack(vec![]), 0);
-        let (frames, stacks) = i.take_new();
-        assert_eq!(frames.len(), 2);
-        assert_eq!(stacks.len(), 1);
-        assert_eq!(i.take_new().0.len(), 0);
-    }
-
-    #[test]
-    fn code_in_module_space_outside_modules_is_bpf() {
-        let ext4 = (0xffff_ffff_c010_0000, 0xffff_ffff_c020_0000);
-        assert!(is_bpf_code(0xffff_ffff_c000_1000, &[ext4]));
-        assert!(!is_bpf_code(0xffff_ffff_c010_1000, &[ext4]));
-        // The kernel image, below module space.
-        assert!(!is_bpf_code(0xffff_ffff_8100_0000, &[]));
-    }
-
-    #[test]
-    fn reads_own_maps_and_symbolizes_own_function() {
-        let pid = std::process::id();
-        let maps = read_maps(pid, "").unwrap();
-        assert!(maps.iter().any(|m| {
-            m.path.ends_with(
-                std::env::current_exe()
-                    .unwrap()
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap(),
-            )
-        }));
     }
 }
