@@ -80,8 +80,11 @@ fn offcpu_interval_of_a_thread_still_running_at_the_end_is_kept() {
     let slept = report["measured_us"].as_u64().expect("measured_us");
     let folded = rec.folded("offcpu");
     let blocked = folded.weight_with("sleep_in_named_function");
+    // The kernel's interval runs from the switch away to the switch back, inside the sleep the
+    // workload timed: the timer is armed before the switch, so it can be some microseconds
+    // short of the 300 ms asked (299,947 us seen on a 6.1 VM).
     assert!(
-        blocked >= 300_000 && blocked * 100 <= slept * 102,
+        blocked * 100 >= 300_000 * 98 && blocked * 100 <= slept * 102,
         "blocked in sleep_in_named_function: {blocked} us, the sleep took {slept} us\n{:#?}",
         folded.stacks
     );
