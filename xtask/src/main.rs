@@ -259,107 +259,153 @@ fn xtask() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
             })
         }
-        Cmd::Fuzz { seconds } => {
-            setup("build")?;
-            let has_fuzz = Command::new("cargo")
-                .args(["fuzz", "--version"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !has_fuzz {
-                run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
-            }
-            // New inputs go to a working corpus under target/, seeded from the committed one.
-            let work = root().join("target/fuzz-corpus");
-            std::fs::create_dir_all(&work)?;
-            for e in std::fs::read_dir(root().join("fuzz/corpus/capture_reader"))? {
-                let e = e?;
-                std::fs::copy(e.path(), work.join(e.file_name()))?;
-            }
-            // cargo fuzz finds fuzz/ from the workspace root, where `run` starts commands.
-            run(Command::new("cargo")
-                .args([
-                    "+nightly",
-                    "fuzz",
-                    "run",
-                    "--sanitizer",
-                    "none",
-                    "capture_reader",
-                ])
-                .arg(&work)
-                .args([
-                    "--",
-                    &format!("-max_total_time={seconds}"),
-                    "-max_len=262144",
-                    "-rss_limit_mb=4096",
-                ])
-                .env("PATH", path_with_tools()))
-        }
-        Cmd::Test { filter } => {
-            setup("build")?;
-            // Headless Chromium for the report test.
-            setup("report")?;
-            // The export test reads bar's pprof files with `go tool pprof`.
-            setup("export")?;
-            // The unwinding test measures python3.11's stacks against perf's DWARF mode.
-            setup("stacks")?;
-            run(cargo().args(["fmt", "--all", "--check"]))?;
-            // The kernel programs only build for the BPF target, with the nightly toolchain.
-            run(cargo().args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "bar-ebpf",
-                "--all-targets",
-                "--release",
-                "--",
-                "-D",
-                "warnings",
-            ]))?;
-            run(Command::new("cargo")
-                .args([
-                    "+nightly",
-                    "clippy",
-                    "-p",
-                    "bar-ebpf",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--release",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])
-                .env("PATH", path_with_tools()))?;
-            run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
-            // Unit tests of every crate but the integration suite. Some read real binaries
-            // built with tools installed above (Go): here, a missing one fails them.
-            run(cargo()
-                .args([
-                    "test",
-                    "--release",
-                    "--workspace",
-                    "--exclude",
-                    "bar-tests",
-                    "--exclude",
-                    "bar-ebpf",
-                ])
-                .env("BAR_REQUIRE_ROOT", "1"))?;
-            // Integration tests load programs into the running kernel: root, one at a time
-            // (they share the kernel and the CPUs), and no silent skipping.
-            run(cargo().args(["test", "--release", "-p", "bar-tests", "--no-run"]))?;
-            let mut cmd = cargo();
-            cmd.args(["test", "--release", "-p", "bar-tests", "--"]);
-            cmd.arg("--test-threads=1");
-            if let Some(f) = filter {
-                cmd.arg(f);
-            }
-            cmd.env("BAR_REQUIRE_ROOT", "1")
-                .env("BAR_PROBE", root().join("target/release/bar-probe"));
-            if !is_root() {
-                bail!("the integration tests load eBPF programs: run `sudo -E cargo xtask test`");
-            }
-            run(&mut cmd)
+        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Test { filter } => test(filter),
+    }
+}
+
+/// `cargo xtask fuzz`: the capture reader from the committed corpus.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    setup("build")?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    // New inputs go to a working corpus under target/, seeded from the committed one.
+    let work = root().join("target/fuzz-corpus");
+    std::fs::create_dir_all(&work)?;
+    for e in std::fs::read_dir(root().join("fuzz/corpus/capture_reader"))? {
+        let e = e?;
+        std::fs::copy(e.path(), work.join(e.file_name()))?;
+    }
+    // cargo fuzz finds fuzz/ from the workspace root, where `run` starts commands.
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--sanitizer",
+            "none",
+            "capture_reader",
+        ])
+        .arg(&work)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-max_len=262144",
+            "-rss_limit_mb=4096",
+        ])
+        .env("PATH", path_with_tools()))
+}
+
+/// `cargo xtask test`: fmt, clippy, unit tests, then the integration suite as root.
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    setup("build")?;
+    // Headless Chromium for the report test.
+    setup("report")?;
+    // The export test reads bar's pprof files with `go tool pprof`.
+    setup("export")?;
+    // The unwinding test measures python3.11's stacks against perf's DWARF mode.
+    setup("stacks")?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    long_files(700)?;
+    // The kernel programs only build for the BPF target, with the nightly toolchain.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "bar-ebpf",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+        // Functions over clippy.toml's length fail too: split them, don't allow them.
+        "-W",
+        "clippy::too_many_lines",
+    ]))?;
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "bar-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+            "-W",
+            "clippy::too_many_lines",
+        ])
+        .env("PATH", path_with_tools()))?;
+    run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
+    // Unit tests of every crate but the integration suite. Some read real binaries
+    // built with tools installed above (Go): here, a missing one fails them.
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "bar-tests",
+            "--exclude",
+            "bar-ebpf",
+        ])
+        .env("BAR_REQUIRE_ROOT", "1"))?;
+    // Integration tests load programs into the running kernel: root, one at a time
+    // (they share the kernel and the CPUs), and no silent skipping.
+    run(cargo().args(["test", "--release", "-p", "bar-tests", "--no-run"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "bar-tests", "--"]);
+    cmd.arg("--test-threads=1");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    cmd.env("BAR_REQUIRE_ROOT", "1")
+        .env("BAR_PROBE", root().join("target/release/bar-probe"));
+    if !is_root() {
+        bail!("the integration tests load eBPF programs: run `sudo -E cargo xtask test`");
+    }
+    run(&mut cmd)
+}
+
+/// Fails on Rust sources longer than `max` lines: past that a file holds more than one thing,
+/// and splits by what its parts do (clippy.toml bounds the functions).
+fn long_files(max: usize) -> anyhow::Result<()> {
+    let out = Command::new("git")
+        .args([
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "*.rs",
+        ])
+        .current_dir(root())
+        .output()?;
+    if !out.status.success() {
+        eprintln!("xtask: not a git checkout: file lengths not checked");
+        return Ok(());
+    }
+    let mut long = Vec::new();
+    for path in String::from_utf8_lossy(&out.stdout).lines() {
+        // A file listed but deleted from the work tree is not one to measure.
+        let Ok(text) = std::fs::read_to_string(root().join(path)) else {
+            continue;
+        };
+        let lines = text.lines().count();
+        if lines > max {
+            long.push(format!("{path} ({lines})"));
         }
     }
+    if !long.is_empty() {
+        bail!("over {max} lines, split them: {}", long.join(", "));
+    }
+    Ok(())
 }
