@@ -13,7 +13,16 @@ pub use self::{
     sums::spawn_sums,
 };
 
-use std::{mem::size_of, os::fd::AsFd as _, ptr, time::Duration};
+use std::{
+    mem::size_of,
+    os::fd::AsFd as _,
+    ptr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use self::ring::{PerfRing, RingEvent};
 use aya::maps::MapData;
@@ -23,7 +32,7 @@ use bar_ebpf_common::{
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -185,6 +194,54 @@ pub struct Batch {
     pub lost: u64,
     /// Samples that did not decode (a bug if ever non-zero).
     pub malformed: u64,
+    /// Its share of the backlog, given back when the batch is dropped.
+    pub held: Option<OwnedSemaphorePermit>,
+}
+
+/// The bytes of decoded records that may wait for the aggregator. Without a bound, a host too
+/// busy to give the aggregator its share of CPU (a dump rendering on a host at load 19) let
+/// the queue grow by hundreds of megabytes. At the bound a reader waits, its kernel buffer
+/// fills, and what the kernel cannot hold is counted as lost, as perf does.
+#[derive(Clone, Debug)]
+pub struct Backlog {
+    room: Arc<Semaphore>,
+    bytes: u32,
+    waits: Arc<AtomicU64>,
+}
+
+impl Backlog {
+    pub fn new(bytes: u32) -> Self {
+        Self {
+            room: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+            waits: Arc::default(),
+        }
+    }
+
+    /// Waits until `batch` fits, and gives it its share.
+    async fn hold(&self, batch: &mut Batch) {
+        let size = batch.records.capacity() * size_of::<Record>();
+        // A batch larger than the whole bound waits for it all.
+        let size = u32::try_from(size).unwrap_or(u32::MAX).min(self.bytes);
+        let permit = match Arc::clone(&self.room).try_acquire_many_owned(size) {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                Arc::clone(&self.room).acquire_many_owned(size).await
+            }
+        };
+        // The semaphore is never closed.
+        batch.held = permit.ok();
+    }
+
+    /// How often a reader found the bound reached and waited.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    pub const fn bytes(&self) -> u32 {
+        self.bytes
+    }
 }
 
 /// Perf buffer sizing and pacing.
@@ -235,7 +292,7 @@ fn drain(buf: &mut PerfRing, cpu: u32) -> Batch {
 /// Called by a reader for each exec record it drains (pid, time), before the batch goes on:
 /// what must be read of a process while it is surely there is read here, not behind every
 /// event queued before the record.
-pub type ExecHook = std::sync::Arc<dyn Fn(u32, u64) + Send + Sync>;
+pub type ExecHook = Arc<dyn Fn(u32, u64) + Send + Sync>;
 
 /// Opens a buffer per CPU, puts it in the `EVENTS` perf event array and spawns its reader,
 /// which sends its batches as `T`. Readers drain one last time and end when `stop` turns true.
@@ -244,6 +301,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
     cpus: &[u32],
     opts: ReaderOptions,
     on_exec: Option<ExecHook>,
+    backlog: &Backlog,
     tx: mpsc::Sender<T>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
@@ -253,7 +311,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
     // then makes on another CPU arrive and are resolved against the map it had before the exec
     // (a short-lived program's 30,000 faults all [unknown], in about half the runs of a test).
     // The readers share one thread, so the extra looks at empty buffers cost next to nothing.
-    let poke = std::sync::Arc::new(tokio::sync::Notify::new());
+    let poke = Arc::new(tokio::sync::Notify::new());
     for &cpu in cpus {
         let buf = PerfRing::open(cpu, opts.pages)
             .and_then(|ring| ring.insert_into(events.fd().as_fd(), cpu).map(|()| ring))
@@ -264,7 +322,8 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
         let tx = tx.clone();
         let mut stop = stop.clone();
         let on_exec = on_exec.clone();
-        let poke = std::sync::Arc::clone(&poke);
+        let poke = Arc::clone(&poke);
+        let backlog = backlog.clone();
         handles.push(tokio::spawn(async move {
             let mut fd = fd;
             let mut wait = opts.interval;
@@ -280,7 +339,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                     () = poke.notified() => (false, true),
                     _ = stop.changed() => (true, false),
                 };
-                let batch = drain(fd.get_mut(), cpu);
+                let mut batch = drain(fd.get_mut(), cpu);
                 // Not when poked itself: two busy readers would wake each other without end.
                 if !poked && !batch.records.is_empty() {
                     poke.notify_waiters();
@@ -298,6 +357,7 @@ pub fn spawn_readers<T: From<Batch> + Send + 'static>(
                     wait = (wait * 2).min(opts.idle_interval);
                 } else {
                     wait = opts.interval;
+                    backlog.hold(&mut batch).await;
                     if tx.send(T::from(batch)).await.is_err() {
                         return;
                     }
