@@ -75,10 +75,12 @@ fn assert_named(dir: &Path, pids: &[u64]) {
     assert!(cpu > 0, "cpu samples of {CHILD}: {cpu}");
 }
 
-/// `bar-probe dump -o DIR`, which must succeed; returns DIR.
-fn dump(name: &str) -> PathBuf {
+/// `bar-probe dump -o DIR` of the recording `rec` (others may run on the machine), which must
+/// succeed; returns DIR.
+fn dump(rec: &Recording, name: &str) -> PathBuf {
     let dir = out_dir(name);
-    let out = run(&["dump", "-o", dir.to_str().unwrap()]);
+    let pid = rec.child.id().to_string();
+    let out = run(&["dump", "--recorder", &pid, "-o", dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "bar-probe dump failed: {}",
@@ -142,7 +144,7 @@ fn the_ring_keeps_the_last_stretch_through_dumps_and_ctrl_c() {
     );
     // A CPU burn, dumped at once: the ring has it.
     workload(&burn, &["cpu", "--seconds", "2"]);
-    let first = dump("ring-dump-burn");
+    let first = dump(&rec, "ring-dump-burn");
     let burned = under(
         &Folded::read(&first.join("cpu.folded")),
         "bar-ring-burn",
@@ -157,7 +159,7 @@ fn the_ring_keeps_the_last_stretch_through_dumps_and_ctrl_c() {
     std::thread::sleep(Duration::from_secs(10));
     let report = workload(&storm, &["faults", "--count", "30000"]);
     std::thread::sleep(Duration::from_secs(1));
-    let second = dump("ring-dump-storm");
+    let second = dump(&rec, "ring-dump-storm");
     let pages = report["pages"].as_u64().expect("pages");
     let faults = Folded::read(&second.join("faults.folded"));
     let stormed = under(&faults, "bar-ring-storm", "touch_fresh_pages");
@@ -183,9 +185,20 @@ fn the_ring_keeps_the_last_stretch_through_dumps_and_ctrl_c() {
         "a dump of a 5 s ring holds {held} s"
     );
     // A folder that cannot be made: one line to the caller, and the ring goes on.
-    let out = run(&["dump", "-o", "/proc/bar-no-such-dir/dump"]);
+    let pid = rec.child.id().to_string();
+    let out = run(&[
+        "dump",
+        "--recorder",
+        &pid,
+        "-o",
+        "/proc/bar-no-such-dir/dump",
+    ]);
     one_line_error(&out, "cannot create output folder");
-    let third = dump("ring-dump-again");
+    // Asking a pid that is no flight recorder: one line, the ring goes on.
+    let out = run(&["dump", "--recorder", "1", "-o", "/tmp/bar-never-written"]);
+    one_line_error(&out, "no bar-probe recording with --ring runs as pid 1");
+    assert!(!Path::new("/tmp/bar-never-written").exists());
+    let third = dump(&rec, "ring-dump-again");
     assert_eq!(read_json(&third.join("summary.json"))["complete"], true);
     // Whole-host rings stay small; the benchmark measures them under load.
     let rss = peak_rss_mib(rec.child.id());
@@ -212,7 +225,7 @@ fn short_lived_processes_are_named_in_a_dump() {
     );
     w.go();
     let report = w.finish();
-    let dumped = dump("ring-shortlived-dump");
+    let dumped = dump(&rec, "ring-shortlived-dump");
     rec.interrupt();
     assert_named(&dumped, &children(&report));
 }

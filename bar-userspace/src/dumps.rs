@@ -43,9 +43,10 @@ pub fn socket_path(pid: u32) -> PathBuf {
     Path::new(markers::DIR).join(format!("{pid}.dump"))
 }
 
-/// Asks every running flight recorder for a dump into `dir` (`dir/<pid>` each when there are
-/// several); returns each recording's pid and answer.
-pub fn ask_all(dir: &Path) -> anyhow::Result<Vec<(u32, Answer)>> {
+/// Asks every running flight recorder (or only the one whose bar-probe is `only`) for a dump
+/// into `dir` (`dir/<pid>` each when there are several); returns each recording's pid and
+/// answer.
+pub fn ask_all(dir: &Path, only: Option<u32>) -> anyhow::Result<Vec<(u32, Answer)>> {
     let dir = std::path::absolute(dir)?;
     let entries = match std::fs::read_dir(markers::DIR) {
         Ok(e) => e,
@@ -59,6 +60,7 @@ pub fn ask_all(dir: &Path) -> anyhow::Result<Vec<(u32, Answer)>> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "dump"))
         .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+        .filter(|(pid, _)| only.is_none_or(|o| o == *pid))
         .collect();
     sockets.sort();
     let mut live = Vec::new();
@@ -77,7 +79,10 @@ pub fn ask_all(dir: &Path) -> anyhow::Result<Vec<(u32, Answer)>> {
         }
     }
     if live.is_empty() {
-        bail!("no bar-probe recording with --ring is running");
+        match only {
+            Some(pid) => bail!("no bar-probe recording with --ring runs as pid {pid}"),
+            None => bail!("no bar-probe recording with --ring is running"),
+        }
     }
     let several = live.len() > 1;
     let mut answers = Vec::new();
@@ -125,8 +130,8 @@ pub fn describe(dir: &Path, events: u64, seconds: f64, cut_by_size: bool) -> Str
 
 /// `bar-probe dump`: one line per flight recorder on what it wrote into `dir`, or why not;
 /// status 1 when any could not.
-pub fn command(dir: &Path) -> anyhow::Result<i32> {
-    let answers = ask_all(dir)?;
+pub fn command(dir: &Path, only: Option<u32>) -> anyhow::Result<i32> {
+    let answers = ask_all(dir, only)?;
     let several = answers.len() > 1;
     let mut failed = false;
     for (pid, answer) in answers {

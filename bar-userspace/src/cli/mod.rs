@@ -106,6 +106,9 @@ pub enum Cmd {
         /// recorder's pid inside it).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Only the recording whose bar-probe has this pid (default: every one with --ring).
+        #[arg(long, value_name = "PID")]
+        recorder: Option<u32>,
     },
     /// Record through the phases of a load test, timing them itself: each `--phase NAME=DURATION`
     /// (optionally `NAME=DURATION:COMMAND`, run for the phase's duration) follows the one before.
@@ -189,9 +192,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             quiet,
         } => demo(output, duration, quiet)?,
-        Cmd::Dump { output } => {
+        Cmd::Dump { output, recorder } => {
             let dir = output.unwrap_or_else(|| PathBuf::from(format!("bar-dump-{}", now_stamp())));
-            return crate::dumps::command(&dir);
+            return crate::dumps::command(&dir, recorder);
         }
         Cmd::Mark { name, end } => {
             let n = markers::send_all(&name, end)?;
