@@ -86,6 +86,9 @@ fn three_runs_against_three_catch_a_regression_and_name_it() {
     );
     assert_eq!(out.status.code(), Some(3), "{json:#}");
     assert_eq!(json["test"]["frames"], "Welch's t over runs (3 against 3)");
+    // Three runs a side: the law of the spread between runs is fitted across the frames.
+    let law = &json["test"]["spread_law"];
+    assert!(law["df"].as_f64().is_some_and(|df| df > 0.0), "{law}");
     assert_eq!(slow["status"], "grew", "{slow}");
     // 20 % of the main thread's work, a little less of the process's (housekeeping).
     let change = slow["total"]["change"].as_f64().unwrap();

@@ -257,6 +257,18 @@ pub fn compare_frames(
     test: TestOptions,
     one_run: OneRun,
 ) -> Vec<FrameChange> {
+    compare_frames_with_law(base, cand, norm, test, one_run).0
+}
+
+/// As [`compare_frames`], with the law of the spread between runs fitted across the frames
+/// (None when too few frames have enough runs), which the reader of a verdict may check.
+pub fn compare_frames_with_law(
+    base: Base<'_>,
+    cand: &[Run],
+    norm: Norm,
+    test: TestOptions,
+    one_run: OneRun,
+) -> (Vec<FrameChange>, Option<Prior>) {
     let c = Normalized::new(cand, norm);
     let cs = Normalized::new(cand, Norm::Share);
     let mut names: BTreeSet<&str> = c.names().collect();
@@ -283,8 +295,8 @@ pub fn compare_frames(
     if let (Some(b), Some(bs)) = (&b, &bs) {
         sides.extend(names.iter().filter_map(|f| big_on(b, bs, f)));
     }
-    let prior = Prior::fit(sides.iter().map(Vec::as_slice));
-    let prior = prior.as_ref();
+    let fitted = Prior::fit(sides.iter().map(Vec::as_slice));
+    let prior = fitted.as_ref();
     let mut changes: Vec<FrameChange> = names
         .into_iter()
         .map(|f| {
@@ -356,7 +368,7 @@ pub fn compare_frames(
             .total_cmp(&x.magnitude())
             .then_with(|| x.frame.cmp(&y.frame))
     });
-    changes
+    (changes, fitted)
 }
 
 #[cfg(test)]

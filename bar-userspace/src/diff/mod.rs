@@ -172,6 +172,9 @@ pub struct Outcome {
     pub below_process: bool,
     /// Every frame, largest change first.
     pub frames: Vec<FrameChange>,
+    /// The spread between runs as fitted across the frames, which frames one side lacks
+    /// borrow (None with fewer than three runs a side or too few frames).
+    pub spread_law: Option<prior::Prior>,
     pub paths: Vec<RootCause>,
     pub latency: Vec<LatencyChange>,
     pub verdict: Option<Verdict>,
@@ -438,7 +441,8 @@ fn finish(
         Some(h) => Base::History(&h.runs),
         None => Base::Runs(&base.runs),
     };
-    let frames = compare::compare_frames(base_src, &cand.runs, opts.norm, opts.test, one_run);
+    let (frames, spread_law) =
+        compare::compare_frames_with_law(base_src, &cand.runs, opts.norm, opts.test, one_run);
     let paths = if opts.history.is_some() {
         Vec::new()
     } else {
@@ -477,6 +481,7 @@ fn finish(
         base,
         cand,
         frames,
+        spread_law,
         paths,
         latency,
         verdict,

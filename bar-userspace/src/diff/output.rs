@@ -210,6 +210,13 @@ pub fn to_json(o: &Outcome) -> Value {
             "ci_level_pct": (1.0 - o.test.alpha) * 100.0,
             "min_share_pct": o.test.min_share * 100.0,
             "latency": "ln(p99) per run, as frames; kolmogorov-smirnov over the pooled events for reference",
+            // A run's variance of a frame of mean m and sampling variance s is
+            // scale * (s + dispersion * m^2), known with df degrees of freedom.
+            "spread_law": o.spread_law.map(|l| json!({
+                "dispersion": l.dispersion,
+                "scale": l.scale,
+                "df": l.df,
+            })),
         },
         "frames": top(o.frames.len().min(MAX_JSON_FRAMES)),
         "paths": o.paths.iter().map(|p| json!({
