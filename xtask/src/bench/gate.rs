@@ -543,10 +543,9 @@ fn render(opts: &Options, r: &Report) -> String {
     );
     let _ = writeln!(
         d,
-        "**Load.** The machine was shared with other engineers' builds and tests: load average \
-         (1 min) {:.1} at the start, {:.1} at the end, {:.1} at the median run's start ({:.1} at \
-         most). The workload got {:.0} % of a CPU's samples at the median run, {:.0} % in the \
-         worst (its housekeeping's share rises as it gets less).\n",
+        "**Load.** Load average (1 min) {:.1} at the start, {:.1} at the end, {:.1} at the \
+         median run's start ({:.1} at most). The workload got {:.0} % of a CPU's samples at the \
+         median run, {:.0} % in the worst (its housekeeping's share rises as it gets less).\n",
         load.start,
         load.end,
         load.median,
