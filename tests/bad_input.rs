@@ -501,3 +501,24 @@ fn a_full_disk_stops_the_recording_at_once() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn inlined_functions_asked_of_a_whole_host_recording() {
+    if !root_or_skip("inlined_functions_asked_of_a_whole_host_recording") {
+        return;
+    }
+    // Only a recording of one process reads DWARF, which alone says what was inlined.
+    let dir = out_dir("bad-inlined-all");
+    let out = run(&[
+        "record",
+        "--all",
+        "--inlined",
+        "true",
+        "-d",
+        "1s",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    one_line_error(&out, "--inlined true needs DWARF");
+    assert!(!dir.exists(), "no output folder for a failed start");
+}

@@ -94,6 +94,34 @@ fn perf_median_user_depth(script: &str) -> usize {
 }
 
 #[test]
+fn inlined_functions_are_frames_of_their_own_between_caller_and_callee() {
+    if !root_or_skip("inlined_functions_are_frames_of_their_own_between_caller_and_callee") {
+        return;
+    }
+    // inlined_middle has no symbol and makes no call: only the workload's DWARF says that
+    // the call to inlined_leaf is its code, inlined into inlined_outer.
+    let exe = workloads_dir().join("inlined");
+    let (_, rec) = Workload::spawn(command(&exe, &["--wait", "2"])).recorded(
+        &["--events", "cpu", "--inlined", "true"],
+        &out_dir("unwind-inlined"),
+    );
+    let folded = rec.folded("cpu");
+    let chain = "main;inlined_outer;inlined_middle_[i];";
+    assert_whole(&folded, chain, "inlined_leaf", "inlined");
+    // By default bar shows the calls only.
+    let (_, rec) = Workload::spawn(command(&exe, &["--wait", "2"]))
+        .recorded(&["--events", "cpu"], &out_dir("unwind-not-inlined"));
+    let folded = rec.folded("cpu");
+    assert_whole(
+        &folded,
+        "main;inlined_outer;",
+        "inlined_leaf",
+        "not_inlined",
+    );
+    assert_eq!(folded.weight_with("_[i]"), 0, "{:#?}", folded.stacks);
+}
+
+#[test]
 fn python_stacks_are_as_deep_as_perf_dwarf_unwinding() {
     if !root_or_skip("python_stacks_are_as_deep_as_perf_dwarf_unwinding") {
         return;

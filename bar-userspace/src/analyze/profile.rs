@@ -252,7 +252,8 @@ impl Profile {
             .unwrap_or_else(|| format!("[pid {pid}]"))
     }
 
-    /// Frame names of a stack, root first, kernel frames suffixed `_[k]` as perf does.
+    /// Frame names of a stack, root first, kernel frames suffixed `_[k]` as perf does and
+    /// functions inlined into their caller `_[i]`, as the flame graph tools mark them.
     pub fn stack_names(&self, stack: u32) -> Vec<String> {
         if stack == 0 {
             return Vec::new();
@@ -264,6 +265,7 @@ impl Profile {
             .iter()
             .map(|&f| match self.frames.get(f as usize) {
                 Some(fr) if fr.kernel => format!("{}_[k]", sanitize(&fr.name)),
+                Some(fr) if fr.inlined => format!("{}_[i]", sanitize(&fr.name)),
                 Some(fr) => sanitize(&fr.name),
                 None => "[frame missing from capture]".into(),
             })

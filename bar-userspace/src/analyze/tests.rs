@@ -35,16 +35,19 @@ fn profile() -> Profile {
                 name: "main".into(),
                 module: "/app".into(),
                 kernel: false,
+                inlined: false,
             },
             proto::Frame {
                 name: "work;x".into(),
                 module: "/app".into(),
                 kernel: false,
+                inlined: false,
             },
             proto::Frame {
                 name: "schedule".into(),
                 module: "[kernel.kallsyms]".into(),
                 kernel: true,
+                inlined: false,
             },
         ],
     }));
@@ -175,6 +178,7 @@ fn events_whose_stack_the_kernel_could_not_store_are_counted_per_view() {
             name: "[user stack lost: map full]".into(),
             module: String::new(),
             kernel: false,
+            inlined: false,
         }],
     }));
     p.add_block(Body::Stacks(proto::Stacks {

@@ -173,6 +173,10 @@ pub struct Frame {
     pub module: String,
     #[prost(bool, tag = "3")]
     pub kernel: bool,
+    /// A function the compiler inlined into the frame before it in a stack (its caller) at
+    /// that frame's address: it made no call of its own; DWARF says it is there.
+    #[prost(bool, tag = "4")]
+    pub inlined: bool,
 }
 
 /// Interned stacks; a stack's id is its position among all stacks of the file, plus one

@@ -99,6 +99,11 @@ pub struct RecordArgs {
     /// has none), or by frame pointer only.
     #[arg(long, value_enum, default_value_t = crate::unwind::Mode::Tables)]
     pub unwind: crate::unwind::Mode,
+    /// Show the functions the compiler inlined as frames of their own, marked `_[i]`, where
+    /// DWARF describes them (recordings of one process only: --pid or a command). It reads
+    /// the DWARF of every object in the stacks: twice the memory for a Rust program.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub inlined: bool,
 }
 
 /// A parsed phase file (parsed when the command line is, so a bad one stops before recording).
@@ -188,6 +193,12 @@ impl RecordArgs {
         if !self.ring_trigger.is_empty() && self.ring.is_none() {
             bail!("--ring-trigger writes out a flight recorder's ring: add --ring DUR");
         }
+        // Only a recording of one process reads DWARF (see record::session).
+        if self.inlined && !matches!(scope, Scope::Pid(_)) {
+            bail!(
+                "--inlined true needs DWARF, which bar reads for recordings of one process only: record one with --pid or a command, or leave --inlined out"
+            );
+        }
         let families = self.events.0.clone();
         Ok(RecordOptions {
             explicit: families.len() < Family::ALL.len(),
@@ -218,6 +229,7 @@ impl RecordArgs {
             push: self.push.options(),
             ring_triggers: self.ring_trigger.clone(),
             unwind: self.unwind,
+            inlined: self.inlined,
         })
     }
 }

@@ -196,6 +196,7 @@ pub(super) fn demo(output: Option<PathBuf>, duration: Duration, quiet: bool) -> 
         push: PushArgs::default(),
         ring_trigger: Vec::new(),
         unwind: crate::unwind::Mode::Tables,
+        inlined: false,
     }
     .options(Scope::Pid(pid), String::new())?;
     rec.explicit = true;

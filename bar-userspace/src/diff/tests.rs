@@ -34,6 +34,7 @@ fn two_phase_capture(name: &str) -> PathBuf {
         name: n.into(),
         module: "/app".into(),
         kernel: false,
+        inlined: false,
     };
     w.write(Body::Frames(proto::Frames {
         frames: vec![frame("main"), frame("parse"), frame("render")],

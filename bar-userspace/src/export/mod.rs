@@ -215,11 +215,13 @@ mod tests {
                     name: "main".into(),
                     module: "/bin/app".into(),
                     kernel: false,
+                    inlined: false,
                 },
                 proto::Frame {
                     name: "hot".into(),
                     module: "/bin/app".into(),
                     kernel: false,
+                    inlined: false,
                 },
             ],
         }))

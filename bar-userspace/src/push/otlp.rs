@@ -400,6 +400,7 @@ mod tests {
             name: name.into(),
             module: "/bin/app".into(),
             kernel: false,
+            inlined: false,
         };
         p.add_block(Body::Frames(proto::Frames {
             frames: vec![frame("main"), frame("work")],

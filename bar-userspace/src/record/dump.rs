@@ -256,7 +256,7 @@ impl Local {
             .map(|&f| match self.frames.get_mut(f as usize) {
                 Some((_, Some(g))) => *g,
                 Some((fr, g)) => {
-                    let global = ids.frame(fr.kernel, fr.name.clone(), fr.module.clone());
+                    let global = ids.frame_of(fr.clone());
                     *g = Some(global);
                     global
                 }
@@ -423,6 +423,7 @@ mod tests {
             name: name.into(),
             module: "/app".into(),
             kernel: false,
+            inlined: false,
         };
         r.write(Body::Frames(proto::Frames {
             frames: vec![frame("main"), frame(leaf)],

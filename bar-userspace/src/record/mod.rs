@@ -85,6 +85,8 @@ pub struct RecordOptions {
     pub ring_triggers: Vec<TriggerRule>,
     /// How user stacks are walked.
     pub unwind: unwind::Mode,
+    /// Whether inlined functions are frames of their own (where DWARF is read: one process).
+    pub inlined: bool,
 }
 
 /// A phase of `bar-probe run`: its name, how long it lasts, and a command run for that long.

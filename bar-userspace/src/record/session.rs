@@ -314,6 +314,7 @@ async fn start(
     // DWARF is read for one process's binaries, not for every binary of a host: those of a
     // host with debug builds took hundreds of MB to read.
     let dwarf = matches!(opts.scope, Scope::Pid(_));
+    let inlined = opts.inlined;
     let user_stacks_capacity = opts.stack_map_entries;
     // blazesym's symbolizer is not Send: it is created on the thread that uses it.
     let (sighted_tx, sighted_rx) = oneshot::channel::<()>();
@@ -324,7 +325,7 @@ async fn start(
             let mut agg = Aggregator::new(
                 sink,
                 dumper,
-                Symbolizer::new(stacks, user_stacks, user_stacks_capacity, dwarf),
+                Symbolizer::new(stacks, user_stacks, user_stacks_capacity, dwarf, inlined),
                 counters,
                 agg_opts,
                 full_tx,

@@ -8,7 +8,9 @@ use crate::capture::proto;
 /// Interns frames and stacks and remembers which are new since the last `take_new`.
 #[derive(Default)]
 pub struct Interner {
-    frame_ids: HashMap<(bool, String, String), u32>,
+    /// By (kernel, inlined, name, module): a function inlined somewhere is a frame apart from
+    /// the same function called.
+    frame_ids: HashMap<(bool, bool, String, String), u32>,
     stack_ids: HashMap<Vec<u32>, u32>,
     new_frames: Vec<proto::Frame>,
     new_stacks: Vec<proto::Stack>,
@@ -16,6 +18,31 @@ pub struct Interner {
 
 impl Interner {
     pub fn frame(&mut self, kernel: bool, name: String, module: String) -> u32 {
+        self.frame_of(proto::Frame {
+            name,
+            module,
+            kernel,
+            inlined: false,
+        })
+    }
+
+    /// A function inlined into the frame before it, at that frame's address.
+    pub fn inlined_frame(&mut self, name: String, module: String) -> u32 {
+        self.frame_of(proto::Frame {
+            name,
+            module,
+            kernel: false,
+            inlined: true,
+        })
+    }
+
+    pub fn frame_of(&mut self, frame: proto::Frame) -> u32 {
+        let proto::Frame {
+            name,
+            module,
+            kernel,
+            inlined,
+        } = frame;
         let (name, module) = (
             crate::capture::bounded_name(name),
             crate::capture::bounded_name(module),
@@ -23,12 +50,13 @@ impl Interner {
         let next = self.frame_ids.len() as u32;
         *self
             .frame_ids
-            .entry((kernel, name.clone(), module.clone()))
+            .entry((kernel, inlined, name.clone(), module.clone()))
             .or_insert_with(|| {
                 self.new_frames.push(proto::Frame {
                     name,
                     module,
                     kernel,
+                    inlined,
                 });
                 next
             })
@@ -66,13 +94,18 @@ mod tests {
         let a = i.frame(false, "main".into(), "/bin/x".into());
         let b = i.frame(true, "schedule".into(), "[kernel.kallsyms]".into());
         assert_eq!(i.frame(false, "main".into(), "/bin/x".into()), a);
+        // The same function, inlined somewhere, is a frame of its own.
+        let inlined = i.inlined_frame("main".into(), "/bin/x".into());
+        assert_ne!(inlined, a);
+        assert_eq!(i.inlined_frame("main".into(), "/bin/x".into()), inlined);
         assert_ne!(a, b);
         let s1 = i.stack(vec![a, b]);
         assert_eq!(i.stack(vec![a, b]), s1);
         assert_eq!(s1, 1);
         assert_eq!(i.stack(vec![]), 0);
         let (frames, stacks) = i.take_new();
-        assert_eq!(frames.len(), 2);
+        assert_eq!(frames.len(), 3);
+        assert!(frames[2].inlined && !frames[0].inlined);
         assert_eq!(stacks.len(), 1);
         assert_eq!(i.take_new().0.len(), 0);
     }

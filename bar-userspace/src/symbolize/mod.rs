@@ -14,6 +14,7 @@ mod evict;
 mod interner;
 mod kernel;
 mod maps;
+mod names;
 mod spaces;
 
 pub use self::{
@@ -30,15 +31,13 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use bar_ebpf_common::{USER_STACK_KEY, UserStack, unwind};
-use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer as Blaze,
-    source::{Elf, Source},
-};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
 use self::{
     evict::UserIds,
     kernel::{BPF_CODE, is_bpf_code, is_tracing_frame, kernel_source, module_code_ranges},
     maps::{Mapping, PerfMap, Place, ProcessInfo, locate, process_root, read_maps},
+    names::{Lookup, new_blaze},
     spaces::Spaces,
 };
 
@@ -60,14 +59,6 @@ fn mapped_files_kb() -> Option<u64> {
             .find_map(|l| l.strip_prefix("RssFile:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     })
-}
-
-/// blazesym as bar uses it: function names only.
-fn new_blaze() -> Blaze {
-    Blaze::builder()
-        .enable_code_info(false)
-        .enable_inlined_fns(false)
-        .build()
 }
 
 /// A user stack's frames, and how bar's programs walked it ([`unwind::facts`]) if they did.
@@ -102,8 +93,9 @@ pub struct Symbolizer {
     /// For kallsyms, read once.
     blaze_kernel: Blaze,
     /// Whether names not in a file's symbol table are looked for in its DWARF (and debug
-    /// files): for one process, not for a whole host (see [`Symbolizer::new`]).
-    dwarf: bool,
+    /// files): for one process, not for a whole host (see [`Symbolizer::new`]); and whether
+    /// the functions inlined at an address are frames of their own (only with DWARF).
+    lookup: Lookup,
     /// When the memory of mapped files was last looked at, and what it was at the first look
     /// (bar-probe's own code, the perf buffers).
     files_checked: std::time::Instant,
@@ -132,11 +124,16 @@ impl Symbolizer {
         user_stacks: BpfHashMap<MapData, u32, UserStack>,
         user_stacks_capacity: u32,
         dwarf: bool,
+        inlined: bool,
     ) -> Self {
-        Self {
-            blaze: new_blaze(),
-            blaze_kernel: new_blaze(),
+        let lookup = Lookup {
             dwarf,
+            inlined: inlined && dwarf,
+        };
+        Self {
+            blaze: new_blaze(lookup.inlined),
+            blaze_kernel: new_blaze(false),
+            lookup,
             files_checked: std::time::Instant::now(),
             files_at_start_kb: mapped_files_kb(),
             stacks,
@@ -169,7 +166,7 @@ impl Symbolizer {
         };
         let start = *self.files_at_start_kb.get_or_insert(mapped);
         if mapped > start + MAPPED_FILES_KB {
-            self.blaze = new_blaze();
+            self.blaze = new_blaze(self.lookup.inlined);
         }
     }
 
@@ -454,38 +451,7 @@ impl Symbolizer {
                 places.insert((space, a), place);
             }
         }
-        let mut names: HashMap<(PathBuf, u64), String> = HashMap::new();
-        for (path, mut offs) in per_object {
-            offs.sort_unstable();
-            offs.dedup();
-            // The ELF symbol table first: it names nearly every function, and parsing DWARF
-            // for the rest costs far more (about 50 ms of CPU for bar-probe's own binary,
-            // spent while the target runs). DWARF, and debug files found by debug link, only
-            // for what the table does not name.
-            for debug_syms in [false, true] {
-                if offs.is_empty() || (debug_syms && !self.dwarf) {
-                    break;
-                }
-                let mut elf = Elf::new(&path);
-                elf.debug_syms = debug_syms;
-                let Ok(syms) = self
-                    .blaze
-                    .symbolize(&Source::Elf(elf), Input::FileOffset(&offs))
-                else {
-                    continue;
-                };
-                let mut unnamed = Vec::new();
-                for (off, s) in offs.iter().zip(syms) {
-                    match s {
-                        Symbolized::Sym(sym) => {
-                            names.insert((path.clone(), *off), sym.name.into_owned());
-                        }
-                        Symbolized::Unknown(_) => unnamed.push(*off),
-                    }
-                }
-                offs = unnamed;
-            }
-        }
+        let names = names::name_offsets(&self.blaze, per_object, self.lookup);
         for ((space, id), _, mut addrs) in stacks {
             let owner = self.spaces.get(space).map_or(0, |sp| sp.owner);
             let mut facts = facts.get(&id).copied();
@@ -511,11 +477,22 @@ impl Symbolizer {
                     frames.push(self.interner.frame(false, name, String::new()));
                 }
             }
-            frames.extend(addrs.iter().map(|a| {
+            for a in &addrs {
                 let (name, module) = match places.get(&(space, *a)) {
                     Some(Place::File(path, off, module)) => {
                         match names.get(&(path.clone(), *off)) {
-                            Some(n) => (n.clone(), module.clone()),
+                            // The function, then what was inlined into it there, innermost
+                            // last, as if each had called the next.
+                            Some(n) => {
+                                let called = n.name.clone();
+                                frames.push(self.interner.frame(false, called, module.clone()));
+                                for f in &n.inlined {
+                                    let inlined =
+                                        self.interner.inlined_frame(f.clone(), module.clone());
+                                    frames.push(inlined);
+                                }
+                                continue;
+                            }
                             None => {
                                 self.stats.frames_unresolved += 1;
                                 let base = Path::new(module).file_name().map_or_else(
@@ -535,8 +512,8 @@ impl Symbolizer {
                     // read.
                     Some(Place::Outside) | None => (UNKNOWN_USER.to_owned(), String::new()),
                 };
-                self.interner.frame(false, name, module)
-            }));
+                frames.push(self.interner.frame(false, name, module));
+            }
             self.user_frames
                 .entry(space)
                 .or_default()

@@ -14,8 +14,9 @@ pub(super) struct Tables {
     pub(super) functions: Vec<pb::Function>,
     function_ids: HashMap<String, u64>,
     pub(super) locations: Vec<pb::Location>,
-    /// Locations of capture frames, by frame id.
-    frame_locations: HashMap<u32, u64>,
+    /// Locations of capture frames, by the ids of a frame and of the functions inlined into
+    /// it there (the inlined frames that follow it in a stack).
+    frame_locations: HashMap<Vec<u32>, u64>,
     /// Locations of annotations, by name.
     annotation_locations: HashMap<String, u64>,
     pub(super) mappings: Vec<pb::Mapping>,
@@ -84,16 +85,21 @@ impl Tables {
         id
     }
 
-    fn location(&mut self, name: &str, mapping_id: u64) -> u64 {
-        let function_id = self.function(name);
+    /// A location with a line per function, innermost first: the last is the function the
+    /// code belongs to, the others were inlined into it (pprof's own way to say so).
+    fn location(&mut self, names: &[&str], mapping_id: u64) -> u64 {
+        let line = names
+            .iter()
+            .map(|name| pb::Line {
+                function_id: self.function(name),
+                ..Default::default()
+            })
+            .collect();
         let id = self.locations.len() as u64 + 1;
         self.locations.push(pb::Location {
             id,
             mapping_id,
-            line: vec![pb::Line {
-                function_id,
-                ..Default::default()
-            }],
+            line,
             ..Default::default()
         });
         id
@@ -103,13 +109,14 @@ impl Tables {
         if let Some(&id) = self.annotation_locations.get(name) {
             return id;
         }
-        let id = self.location(name, 0);
+        let id = self.location(&[name], 0);
         self.annotation_locations.insert(name.to_owned(), id);
         id
     }
 
     /// Location ids of a capture stack, root first. The capture interns frames per
-    /// (name, module), so one location per frame id is one per function and object.
+    /// (name, module), so one location per frame id is one per function and object; the
+    /// functions inlined into a frame (the inlined frames after it) are lines of its location.
     pub(super) fn stack(&mut self, profile: &Profile, stack: u32) -> Vec<u64> {
         let names = profile.stack_names(stack);
         let frame_ids = stack
@@ -117,26 +124,48 @@ impl Tables {
             .and_then(|i| profile.stacks.get(i as usize))
             .map(|s| s.frames.as_slice())
             .unwrap_or_default();
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let frame = frame_ids.get(i).copied();
-                let known = frame.and_then(|f| profile.frames.get(f as usize).map(|fr| (f, fr)));
-                match known {
-                    Some((f, fr)) => {
-                        if let Some(&id) = self.frame_locations.get(&f) {
-                            return id;
-                        }
-                        let mapping = self.mapping(&fr.module);
-                        let id = self.location(name, mapping);
-                        self.frame_locations.insert(f, id);
-                        id
-                    }
-                    // A placeholder `stack_names` put for a stack or frame the file lacks.
-                    None => self.annotation(name),
+        let known = |i: usize| {
+            let f = *frame_ids.get(i)?;
+            profile.frames.get(f as usize).map(|fr| (f, fr))
+        };
+        let mut out = Vec::with_capacity(names.len());
+        let mut i = 0;
+        while i < names.len() {
+            // A placeholder `stack_names` put for a stack or frame the file lacks.
+            let Some((f, fr)) = known(i) else {
+                out.push(self.annotation(&names[i]));
+                i += 1;
+                continue;
+            };
+            let mut group = vec![f];
+            let mut end = i + 1;
+            while let Some((g, _)) = known(end).filter(|(_, g)| g.inlined) {
+                group.push(g);
+                end += 1;
+            }
+            let id = match self.frame_locations.get(&group) {
+                Some(&id) => id,
+                None => {
+                    // Innermost first, without the mark that folded stacks need and pprof
+                    // does not.
+                    let lines: Vec<&str> = names[i..end]
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .map(|(k, n)| match n.strip_suffix("_[i]") {
+                            Some(inlined) if k > 0 => inlined,
+                            _ => n,
+                        })
+                        .collect();
+                    let mapping = self.mapping(&fr.module);
+                    let id = self.location(&lines, mapping);
+                    self.frame_locations.insert(group, id);
+                    id
                 }
-            })
-            .collect()
+            };
+            out.push(id);
+            i = end;
+        }
+        out
     }
 }

@@ -33,6 +33,7 @@ fn profile() -> Profile {
         name: name.into(),
         module: module.into(),
         kernel,
+        inlined: false,
     };
     p.add_block(Body::Frames(proto::Frames {
         frames: vec![
@@ -352,4 +353,61 @@ fn unknown_frequency_gives_counts_only() {
     let out = build(&p, Family::Cpu, vec![ev(kind::CPU, 10, 7, 1, None)]);
     assert_eq!(types(&out), ["samples/count"]);
     assert_eq!(out.sample[0].value, [1]);
+}
+
+#[test]
+fn inlined_frames_are_lines_of_their_callers_location() {
+    // main > work, with step and tiny inlined into work at one sampled address (innermost
+    // last, as the capture lists them), and work alone at another.
+    let mut p = profile();
+    let inlined = |name: &str| proto::Frame {
+        name: name.into(),
+        module: "/bin/app".into(),
+        kernel: false,
+        inlined: true,
+    };
+    p.add_block(Body::Frames(proto::Frames {
+        frames: vec![inlined("step"), inlined("tiny")],
+    }));
+    p.add_block(Body::Stacks(proto::Stacks {
+        stacks: vec![proto::Stack {
+            frames: vec![0, 1, 3, 4],
+        }],
+    }));
+    let out = build(
+        &p,
+        Family::Cpu,
+        vec![ev(kind::CPU, 10, 7, 3, None), ev(kind::CPU, 11, 7, 1, None)],
+    );
+    let name = |l: &pb::Line| {
+        let f = &out.function[l.function_id as usize - 1];
+        out.string_table[f.name as usize].clone()
+    };
+    let lines = |id: u64| -> Vec<String> {
+        out.location[id as usize - 1]
+            .line
+            .iter()
+            .map(name)
+            .collect()
+    };
+    let stacks: Vec<Vec<Vec<String>>> = out
+        .sample
+        .iter()
+        .map(|s| s.location_id.iter().map(|&id| lines(id)).collect())
+        .collect();
+    // Leaf first; in a location, the innermost function first and the caller last, with no
+    // `_[i]`: pprof says "inlined" with the lines themselves.
+    let with = vec![vec!["tiny", "step", "work"], vec!["main"]];
+    let without = vec![vec!["work"], vec!["main"]];
+    assert_eq!(stacks.len(), 2, "{stacks:?}");
+    assert!(stacks.contains(&strings(&with)), "{stacks:?}");
+    assert!(stacks.contains(&strings(&without)), "{stacks:?}");
+    // The folded stack marks them.
+    assert_eq!(p.stack_names(3), ["main", "work", "step_[i]", "tiny_[i]"]);
+}
+
+fn strings(v: &[Vec<&str>]) -> Vec<Vec<String>> {
+    v.iter()
+        .map(|l| l.iter().map(|s| (*s).to_owned()).collect())
+        .collect()
 }
