@@ -47,9 +47,13 @@ for tool in setpriv unshare; do
     [ -n "$path" ] || { log "$tool is needed by the tests (scripts/setup.sh vm installs it)"; exit 1; }
     add_binary "$path" "$stage/usr/bin/$tool"
 done
-# The C workloads keep their unwind tables (.eh_frame is not debug information).
+# The C workloads keep their unwind tables (.eh_frame is not debug information). `inlined`
+# keeps its DWARF too: only DWARF says which functions were inlined where, and its test reads it.
 for w in "$workloads"/*; do
     add_binary "$w" "$stage/workloads/$(basename "$w")"
+    if [ "$(basename "$w")" = inlined ]; then
+        cp "$w" "$stage/workloads/inlined"
+    fi
 done
 for t in "$@"; do
     # cargo names test binaries <name>-<hash>; the VM runs them by name.
