@@ -59,9 +59,12 @@ fn the_last_few_faults_and_sleeps_are_kept() {
             .rfind(|f| !f.ends_with("_[k]"))
             .is_some_and(|f| f.ends_with("touch_fresh_pages"))
     });
-    assert_eq!(
-        faults, 3,
-        "faults in touch_fresh_pages\n{:#?}",
+    // None of the three may be lost. The kernel may also take one write twice (the fault
+    // handler gave up and the write faulted again: 4 faults of the same stack for 3 pages,
+    // seen once on the 6.12 VM), and each is an exception bar records.
+    assert!(
+        (3..=4).contains(&faults),
+        "faults in touch_fresh_pages: {faults}\n{:#?}",
         folded.stacks
     );
 
