@@ -54,9 +54,11 @@ enum Cmd {
         /// Small amounts of work, to try the harness (the figures mean little).
         #[arg(long)]
         quick: bool,
-        /// Also measure bar-probe as of this revision, for before/after figures.
-        #[arg(long, default_value = BEFORE_REV)]
-        before: String,
+        /// Also measure bar-probe as of this revision, for before/after figures (the whole
+        /// benchmark: the last revision before the changes it reports; `unwind`: the last one
+        /// before unwind tables, for what they cost frame-pointer code).
+        #[arg(long)]
+        before: Option<String>,
         /// Leave out the before/after measurements (and the build they need).
         #[arg(long)]
         no_before: bool,
@@ -169,6 +171,9 @@ fn cargo() -> Command {
 /// The last revision before the performance changes that `docs/benchmarks.md` reports.
 const BEFORE_REV: &str = "7a6c141";
 
+/// The last revision that walked user stacks by frame pointer only.
+const BEFORE_TABLES_REV: &str = "ecb23ef";
+
 fn main() {
     // One line, not a backtrace: what failed is already above it.
     if let Err(e) = xtask() {
@@ -220,7 +225,14 @@ fn xtask() -> anyhow::Result<()> {
             let opts = bench::Options {
                 reps,
                 quick,
-                before: (!no_before && part.is_none()).then_some(before),
+                before: match part {
+                    _ if no_before => None,
+                    None => Some(before.unwrap_or_else(|| BEFORE_REV.into())),
+                    Some(BenchPart::Unwind) => {
+                        Some(before.unwrap_or_else(|| BEFORE_TABLES_REV.into()))
+                    }
+                    Some(_) => None,
+                },
                 max_busy,
                 doc,
             };

@@ -100,9 +100,10 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     let post = run_post(&mut ctx, opts.quick, reps);
     let mem_rate = throughput.sustained("bar").unwrap_or(100e3);
     let memory = run_memory(&mut ctx, mem_rate, opts.quick, reps);
-    let prog_cost = run_prog_cost(&mut ctx, &cases, reps);
+    let prog_cost = run_prog_cost(&mut ctx, &cases, &PROG_COST_LABELS, reps.min(3));
     let flight = flight::run(&mut ctx, opts.quick);
-    let unwind = unwind::run(&mut ctx, opts.quick, reps);
+    let mut unwind = unwind::run(&mut ctx, opts.quick, reps);
+    unwind.before_rev = machine.before_rev.clone();
 
     ctx.quiet.load_end = loadavg();
 
@@ -172,15 +173,23 @@ pub fn run_part(root: &Path, part: Part, opts: Options, path: OsString) -> anyho
     let started = Instant::now();
     let work = root.join("target/bench");
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let mut ctx = ctx(root, work, path, opts.max_busy);
-    let machine = machine(&ctx, None);
+    let before = match &opts.before {
+        Some(rev) => Some(build_before(root, &work, rev, &path)?),
+        None => None,
+    };
+    let mut ctx = Ctx {
+        before,
+        ..ctx(root, work, path, opts.max_busy)
+    };
+    let machine = machine(&ctx, opts.before.as_deref());
     ctx.quiet.load_start = loadavg();
     let (name, body) = match part {
         Part::Flight => ("flight", flight::render(&flight::run(&mut ctx, opts.quick))),
-        Part::Unwind => (
-            "unwind",
-            unwind::render(&unwind::run(&mut ctx, opts.quick, opts.reps.max(1))),
-        ),
+        Part::Unwind => {
+            let mut u = unwind::run(&mut ctx, opts.quick, opts.reps.max(1));
+            u.before_rev = machine.before_rev.clone();
+            ("unwind", unwind::render(&u))
+        }
     };
     ctx.quiet.load_end = loadavg();
     let mut intro = format!(

@@ -273,5 +273,6 @@ pub struct Memory {
 pub struct ProgCost {
     pub case: &'static str,
     pub unit: &'static str,
+    pub unit_key: &'static str,
     pub rows: Vec<(String, Vec<Trial>)>,
 }

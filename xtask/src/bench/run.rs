@@ -11,8 +11,8 @@ use std::{
 use anyhow::bail;
 
 use super::{
-    Memory, PROG_COST_LABELS, Post, PostRun, ProgCost, Quiet, SlowCase, Step, Throughput, Trial,
-    args, faults_at, parse_time_v, stats,
+    Memory, Post, PostRun, ProgCost, Quiet, SlowCase, Step, Throughput, Trial, args, faults_at,
+    parse_time_v, stats,
 };
 
 /// Everything the trials need.
@@ -350,7 +350,14 @@ pub(super) fn run_memory(ctx: &mut Ctx, rate: f64, quick: bool, reps: usize) -> 
     m
 }
 
-pub(super) fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> Vec<ProgCost> {
+/// Kernel time of the programs of the configurations `labels` (where a case has them) per unit
+/// of work, interleaved.
+pub(super) fn run_prog_cost(
+    ctx: &mut Ctx,
+    cases: &[SlowCase],
+    labels: &[&str],
+    reps: usize,
+) -> Vec<ProgCost> {
     let was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .unwrap_or_else(|_| "0".into());
     if std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").is_err() {
@@ -359,12 +366,11 @@ pub(super) fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> V
     eprintln!("bench: kernel time of the programs (kernel.bpf_stats_enabled=1)");
     let mut out = Vec::new();
     for case in cases.iter().filter(|c| !c.unit_key.is_empty()) {
-        let labels = PROG_COST_LABELS;
         let mut rows: Vec<(String, Vec<Trial>)> = labels
             .iter()
             .map(|l| ((*l).to_owned(), Vec::new()))
             .collect();
-        for r in 0..reps.min(3) {
+        for r in 0..reps {
             for k in 0..labels.len() {
                 let i = (k + r) % labels.len();
                 let Some(c) = case.config(labels[i]).map(|j| &case.configs[j]) else {
@@ -378,6 +384,7 @@ pub(super) fn run_prog_cost(ctx: &mut Ctx, cases: &[SlowCase], reps: usize) -> V
         out.push(ProgCost {
             case: case.name,
             unit: case.unit,
+            unit_key: case.unit_key,
             rows,
         });
     }

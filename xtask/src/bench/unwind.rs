@@ -1,13 +1,18 @@
 //! The unwinding part of `cargo xtask bench`: what walking user stacks with unwind tables
 //! costs, next to frame pointers, bpftrace and perf's DWARF mode, on builds of the storms
 //! without frame pointers (the frameless C workload of the tests); the cost of one frame of
-//! each walk; the size of the tables and the time to build them.
+//! each walk; the size of the tables and the time to build them; and what the tables cost code
+//! with frame pointers, against the build that walked by frame pointer only.
 
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
 use serde_json::Value;
 
-use super::{Ctx, SlowCase, Spread, Trial, output, plan::Config};
+use super::{
+    Ctx, ProgCost, SlowCase, Spread, Trial, output,
+    plan::{Config, slow_cases},
+    run_prog_cost,
+};
 
 /// One object's table, as `bar-probe tables` built it.
 #[derive(Debug, Clone)]
@@ -44,6 +49,11 @@ pub struct UnwindBench {
     pub depth: Vec<DepthCost>,
     /// Frames the deep runs add.
     pub extra_frames: u32,
+    /// The build `bar before` comes from, when there is one.
+    pub before_rev: Option<String>,
+    /// Program time per unit of the storms of the whole benchmark (built with frame pointers),
+    /// `bar before` against `bar`.
+    pub frame_pointer_code: Vec<ProgCost>,
     pub error: Option<String>,
 }
 
@@ -167,6 +177,10 @@ pub fn run(ctx: &mut Ctx, quick: bool, reps: usize) -> UnwindBench {
         }
     }
     u.depth = run_depth(ctx, quick, reps, &frameless, &framed, u.extra_frames);
+    if ctx.before.is_some() {
+        let cases = slow_cases(quick, true);
+        u.frame_pointer_code = run_prog_cost(ctx, &cases, &["bar before", "bar"], reps);
+    }
     u
 }
 
@@ -186,7 +200,7 @@ fn run_depth(
     }
     eprintln!("bench: cost of a frame (kernel.bpf_stats_enabled=1)");
     let pages = if quick { "50000" } else { "300000" };
-    let walks: [(&'static str, &str, &str); 3] = [
+    let mut walks: Vec<(&'static str, &str, &str)> = vec![
         (
             "frame pointers (--unwind frame-pointers), framed build",
             "bar-fp",
@@ -195,6 +209,9 @@ fn run_depth(
         ("tables, framed build", "bar", framed),
         ("tables, frameless build", "bar", frameless),
     ];
+    if ctx.before.is_some() {
+        walks.insert(0, ("bar before, framed build", "bar-before", framed));
+    }
     let mut out: Vec<DepthCost> = walks
         .iter()
         .map(|w| DepthCost {
@@ -285,6 +302,7 @@ pub fn render(u: &UnwindBench) -> String {
     }
     render_storms(&mut s, u);
     render_depth(&mut s, u);
+    render_frame_pointer_code(&mut s, u);
     s
 }
 
@@ -342,6 +360,46 @@ fn render_depth(s: &mut String, u: &UnwindBench) {
             d.label,
             spread(a, |x| format!("{:.0} ns", x.median)),
             spread(b, |x| format!("{:.0} ns", x.median)),
+        );
+    }
+}
+
+/// Program time per unit of work of the whole benchmark's storms, before unwind tables and now.
+fn render_frame_pointer_code(s: &mut String, u: &UnwindBench) {
+    let Some(rev) = u.before_rev.as_deref() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\n### Code with frame pointers, before unwind tables and now\n\nProgram time per unit \
+         of work (as in \"Where the time goes\", median of the repetitions, range in brackets) \
+         on the storms of section 1, whose code (bar-probe's own workloads) keeps frame \
+         pointers, by `bar before` (bar-probe built from `{rev}`, which walked user stacks by \
+         frame pointer only) and by bar. Target: at most 5% more.\n\n| storm | bar before \
+         | bar | change |\n|---|---:|---:|---:|"
+    );
+    for pc in &u.frame_pointer_code {
+        let per_unit = |label: &str| {
+            let (_, trials) = pc.rows.iter().find(|(l, _)| l == label)?;
+            let v: Vec<f64> = trials
+                .iter()
+                .filter_map(|t| t.prog_ns_per_unit(pc.unit_key))
+                .collect();
+            Spread::of(&v)
+        };
+        let (before, now) = (per_unit("bar before"), per_unit("bar"));
+        let ns = |x: &Spread| format!("{:.0} ns ({:.0}–{:.0})", x.median, x.min, x.max);
+        let change = before
+            .zip(now)
+            .map(|(b, n)| format!("{:+.1}%", 100.0 * (n.median / b.median - 1.0)))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {} (per {}) | {} | {} | {change} |",
+            pc.case,
+            pc.unit.trim_end_matches('s'),
+            spread(before, ns),
+            spread(now, ns),
         );
     }
 }
