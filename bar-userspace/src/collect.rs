@@ -224,14 +224,14 @@ impl Backlog {
         // A batch larger than the whole bound waits for it all.
         let size = u32::try_from(size).unwrap_or(u32::MAX).min(self.bytes);
         let permit = match Arc::clone(&self.room).try_acquire_many_owned(size) {
-            Ok(p) => Ok(p),
+            Ok(p) => Some(p),
             Err(_) => {
                 self.waits.fetch_add(1, Ordering::Relaxed);
-                Arc::clone(&self.room).acquire_many_owned(size).await
+                // The semaphore is never closed.
+                Arc::clone(&self.room).acquire_many_owned(size).await.ok()
             }
         };
-        // The semaphore is never closed.
-        batch.held = permit.ok();
+        batch.held = permit;
     }
 
     /// How often a reader found the bound reached and waited.

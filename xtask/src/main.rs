@@ -171,6 +171,10 @@ fn cargo() -> Command {
 /// The last revision before the performance changes that `docs/benchmarks.md` reports.
 const BEFORE_REV: &str = "7a6c141";
 
+/// What clippy holds both sides of the workspace to. Functions over clippy.toml's length fail
+/// too: split them, don't allow them.
+const LINTS: [&str; 4] = ["-D", "warnings", "-W", "clippy::too_many_lines"];
+
 /// The last revision that walked user stacks by frame pointer only.
 const BEFORE_TABLES_REV: &str = "ecb23ef";
 
@@ -325,20 +329,17 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     long_files(700)?;
     // The kernel programs only build for the BPF target, with the nightly toolchain.
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "bar-ebpf",
-        "--all-targets",
-        "--release",
-        "--",
-        "-D",
-        "warnings",
-        // Functions over clippy.toml's length fail too: split them, don't allow them.
-        "-W",
-        "clippy::too_many_lines",
-    ]))?;
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "bar-ebpf",
+            "--all-targets",
+            "--release",
+            "--",
+        ])
+        .args(LINTS))?;
     run(Command::new("cargo")
         .args([
             "+nightly",
@@ -351,11 +352,8 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
             "build-std=core",
             "--release",
             "--",
-            "-D",
-            "warnings",
-            "-W",
-            "clippy::too_many_lines",
         ])
+        .args(LINTS)
         .env("PATH", path_with_tools()))?;
     run(cargo().args(["build", "--release", "-p", "bar-userspace"]))?;
     // Unit tests of every crate but the integration suite. Some read real binaries

@@ -133,16 +133,20 @@ fn types(p: &pb::Profile) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn tables_follow_the_spec() {
-    let p = profile();
-    let events = vec![
+/// Four cpu samples of two threads.
+fn cpu_events() -> Vec<Event> {
+    vec![
         ev(kind::CPU, 10, 7, 1, None),
         ev(kind::CPU, 11, 7, 1, None),
         ev(kind::CPU, 12, 8, 2, None),
         ev(kind::CPU, 13, 8, 0, None),
-    ];
-    let out = build(&p, Family::Cpu, events);
+    ]
+}
+
+#[test]
+fn tables_follow_the_spec() {
+    let p = profile();
+    let out = build(&p, Family::Cpu, cpu_events());
     // String 0 is "", and every string appears once.
     assert_eq!(out.string_table[0], "");
     let mut uniq = out.string_table.clone();
@@ -185,14 +189,9 @@ fn tables_follow_the_spec() {
 #[test]
 fn cpu_samples_carry_counts_time_and_labels() {
     let p = profile();
-    let events = vec![
-        ev(kind::CPU, 10, 7, 1, None),
-        ev(kind::CPU, 11, 7, 1, None),
-        ev(kind::CPU, 12, 8, 2, None),
-        ev(kind::CPU, 13, 8, 0, None),
-        // Another view's event is not part of a cpu profile.
-        ev(kind::OFFCPU, 14, 8, 2, offcpu(5_000, 1)),
-    ];
+    let mut events = cpu_events();
+    // Another view's event is not part of a cpu profile.
+    events.push(ev(kind::OFFCPU, 14, 8, 2, offcpu(5_000, 1)));
     let out = build(&p, Family::Cpu, events);
     assert_eq!(types(&out), ["samples/count", "cpu/nanoseconds"]);
     let pt = out.period_type.clone().unwrap();
