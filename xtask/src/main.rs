@@ -54,9 +54,8 @@ enum Cmd {
         /// Small amounts of work, to try the harness (the figures mean little).
         #[arg(long)]
         quick: bool,
-        /// Also measure bar-probe as of this revision, for before/after figures (the whole
-        /// benchmark: the last revision before the changes it reports; `unwind`: the last one
-        /// before unwind tables, for what they cost frame-pointer code).
+        /// Also measure bar-probe as of this revision, for before/after figures (by default
+        /// the last one before the changes the report describes: before unwind tables).
         #[arg(long)]
         before: Option<String>,
         /// Leave out the before/after measurements (and the build they need).
@@ -168,15 +167,13 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The last revision before the performance changes that `docs/benchmarks.md` reports.
-const BEFORE_REV: &str = "7a6c141";
+/// The last revision before the product changes that `docs/benchmarks.md` reports (the
+/// last one that walked user stacks by frame pointer only).
+const BEFORE_REV: &str = "ecb23ef";
 
 /// What clippy holds both sides of the workspace to. Functions over clippy.toml's length fail
 /// too: split them, don't allow them.
 const LINTS: [&str; 4] = ["-D", "warnings", "-W", "clippy::too_many_lines"];
-
-/// The last revision that walked user stacks by frame pointer only.
-const BEFORE_TABLES_REV: &str = "ecb23ef";
 
 fn main() {
     // One line, not a backtrace: what failed is already above it.
@@ -230,12 +227,10 @@ fn xtask() -> anyhow::Result<()> {
                 reps,
                 quick,
                 before: match part {
-                    _ if no_before => None,
-                    None => Some(before.unwrap_or_else(|| BEFORE_REV.into())),
-                    Some(BenchPart::Unwind) => {
-                        Some(before.unwrap_or_else(|| BEFORE_TABLES_REV.into()))
+                    None | Some(BenchPart::Unwind) if !no_before => {
+                        Some(before.unwrap_or_else(|| BEFORE_REV.into()))
                     }
-                    Some(_) => None,
+                    _ => None,
                 },
                 max_busy,
                 doc,

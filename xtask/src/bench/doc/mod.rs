@@ -18,23 +18,14 @@ const MIN_POST_SPEEDUP: f64 = 10.0;
 const MAX_RSS_MB: f64 = 150.0;
 
 /// The product changes measured by the "bar before" column: what and why.
-const CHANGES: &[(&str, &str)] = &[
-    (
-        "Page-fault and off-CPU records sent in batches",
-        "the first record a program sends after a while costs it about 200 ns more than the \
-         ones that follow at once. Page-fault and off-CPU records now wait in a per-CPU batch \
-         of up to 8, sent as one sample when full or when its first record is 20 ms old \
-         (`emit_batched` in `bar-ebpf/src/shared.rs`); the collector takes what still waits \
-         at the end (`bar-userspace/src/collect/pending.rs`). Program time per fault, \
-         page-fault storm: 650 → 480 ns.",
-    ),
-    (
-        "Fewer copies in the collector",
-        "event blocks are built from the pending records directly instead of copied out of one \
-         vector, and each block's checksum is folded into the file's rather than computed a \
-         second time (collector CPU per fault on a storm: about 500 → 443 ns).",
-    ),
-];
+const CHANGES: &[(&str, &str)] = &[(
+    "User stacks walked with unwind tables",
+    "the programs walk user stacks with the tables the collector builds from `.eh_frame`, \
+     `.debug_frame` and Go's `.gopclntab` (`bar-ebpf/src/unwind.rs`), where the build before \
+     walked by frame pointer only: stacks come out whole through code built without frame \
+     pointers, and code with frame pointers pays for the frames only tables reach (glibc's \
+     frameless start code) and a little per frame (see \"Unwinding user stacks\").",
+)];
 
 /// `x` with two decimals, or three when `other` has the same two.
 fn three_if_tied(x: f64, other: f64) -> String {
