@@ -80,16 +80,7 @@ pub struct Results {
 pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     let started = Instant::now();
     let reps = opts.reps.max(1);
-    let work = root.join("target/bench");
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let before = match &opts.before {
-        Some(rev) => Some(build_before(root, &work, rev, &path)?),
-        None => None,
-    };
-    let mut ctx = Ctx {
-        before,
-        ..ctx(root, work, path, opts.max_busy)
-    };
+    let mut ctx = ctx(root, &opts, path)?;
     let machine = machine(&ctx, opts.before.as_deref());
     ctx.quiet.load_start = loadavg();
 
@@ -102,8 +93,7 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     let memory = run_memory(&mut ctx, mem_rate, opts.quick, reps);
     let prog_cost = run_prog_cost(&mut ctx, &cases, &PROG_COST_LABELS, reps.min(3));
     let flight = flight::run(&mut ctx, opts.quick);
-    let mut unwind = unwind::run(&mut ctx, opts.quick, reps);
-    unwind.before_rev = machine.before_rev.clone();
+    let unwind = unwind::run(&mut ctx, opts.quick, reps, machine.before_rev.clone());
 
     ctx.quiet.load_end = loadavg();
 
@@ -145,19 +135,27 @@ pub fn run(root: &Path, opts: Options, path: OsString) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ctx(root: &Path, work: PathBuf, path: OsString, max_busy: f64) -> Ctx {
-    Ctx {
+/// The trials' context, in `target/bench`, with bar-probe as of `opts.before` built there when
+/// a before is asked for.
+fn ctx(root: &Path, opts: &Options, path: OsString) -> anyhow::Result<Ctx> {
+    let work = root.join("target/bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let before = match &opts.before {
+        Some(rev) => Some(build_before(root, &work, rev, &path)?),
+        None => None,
+    };
+    Ok(Ctx {
         root: root.to_owned(),
         work,
         bar: root.join("target/release/bar-probe"),
-        before: None,
+        before,
         path,
         quiet: Quiet {
-            max_busy,
+            max_busy: opts.max_busy,
             ..Quiet::default()
         },
         trials_run: 0,
-    }
+    })
 }
 
 /// A part of the benchmark that can run alone, into its own section of the report.
@@ -171,23 +169,18 @@ pub enum Part {
 /// wrote it (a part takes minutes where the whole takes an hour of idle machine).
 pub fn run_part(root: &Path, part: Part, opts: Options, path: OsString) -> anyhow::Result<()> {
     let started = Instant::now();
-    let work = root.join("target/bench");
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let before = match &opts.before {
-        Some(rev) => Some(build_before(root, &work, rev, &path)?),
-        None => None,
-    };
-    let mut ctx = Ctx {
-        before,
-        ..ctx(root, work, path, opts.max_busy)
-    };
+    let mut ctx = ctx(root, &opts, path)?;
     let machine = machine(&ctx, opts.before.as_deref());
     ctx.quiet.load_start = loadavg();
     let (name, body) = match part {
         Part::Flight => ("flight", flight::render(&flight::run(&mut ctx, opts.quick))),
         Part::Unwind => {
-            let mut u = unwind::run(&mut ctx, opts.quick, opts.reps.max(1));
-            u.before_rev = machine.before_rev.clone();
+            let u = unwind::run(
+                &mut ctx,
+                opts.quick,
+                opts.reps.max(1),
+                machine.before_rev.clone(),
+            );
             ("unwind", unwind::render(&u))
         }
     };

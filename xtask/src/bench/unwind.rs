@@ -114,9 +114,11 @@ fn storm_cases(quick: bool) -> Vec<SlowCase> {
     cases
 }
 
-pub fn run(ctx: &mut Ctx, quick: bool, reps: usize) -> UnwindBench {
+/// Every unwinding measurement; `before_rev` names the build `ctx.before` is, if any.
+pub fn run(ctx: &mut Ctx, quick: bool, reps: usize, before_rev: Option<String>) -> UnwindBench {
     let mut u = UnwindBench {
         extra_frames: 32,
+        before_rev,
         ..UnwindBench::default()
     };
     eprintln!("bench: unwind tables");
