@@ -245,34 +245,45 @@ fn cross_node_migrations_are_attributed_with_their_nodes() {
     let nodes = nodes();
     let _settings = Settings::scan_often();
     let pages = 2048u64;
-    let dir = out_dir("numa-cross");
-    let kernel = KernelTrace::start(&["sched/sched_move_numa", "sched/sched_swap_numa"]);
-    let mut w = Workload::start(&["numa", "--count", &pages.to_string(), "--seconds", "60"]);
-    let pid = w.pid().to_string();
-    // bar's own threads stay on the second node. The workload's thread is put on the first
-    // node's CPU and must get to its memory on the second: with bar's threads beside it, the
-    // load balancer would often move it first (an ordinary migration, not a NUMA placement),
-    // or NUMA balancing would swap it with one of them from their context, without its stack.
-    // (The workload calls the first two nodes home and away, as here.)
-    let rec = on_cpus(&node_cpus(nodes[1]), || {
-        Recording::start(&["attach", "--pid", &pid, "--events", "numa"], &dir)
-    });
-    w.go();
-    let report = w.finish();
-    let rec = rec.finish();
-    // NUMA task placements of the workload's threads as the kernel traced them, one per
-    // thread placed (a swap between two of them places both).
-    let placements: u64 = kernel
-        .lines()
-        .iter()
-        .map(|l| {
-            [" tgid=", " src_tgid=", " dst_tgid="]
-                .iter()
-                .filter(|f| l.contains(&format!("{f}{pid} ")))
-                .count() as u64
-        })
-        .sum();
-    drop(kernel);
+    // The kernel places a thread on its memory's node when its own balancing decides to: most
+    // 60 s chases see it within seconds, one 6.12 run in several saw none at all (the pages
+    // moved, the thread never followed). That is the test's premise, not bar: up to three
+    // runs, until the kernel traced a placement of the workload's thread.
+    let mut attempt = 0;
+    let (dir, report, rec, placements) = loop {
+        attempt += 1;
+        let dir = out_dir(&format!("numa-cross-{attempt}"));
+        let kernel = KernelTrace::start(&["sched/sched_move_numa", "sched/sched_swap_numa"]);
+        let mut w = Workload::start(&["numa", "--count", &pages.to_string(), "--seconds", "60"]);
+        let pid = w.pid().to_string();
+        // bar's own threads stay on the second node. The workload's thread is put on the
+        // first node's CPU and must get to its memory on the second: with bar's threads beside
+        // it, the load balancer would often move it first (an ordinary migration, not a NUMA
+        // placement), or NUMA balancing would swap it with one of them from their context,
+        // without its stack. (The workload calls the first two nodes home and away, as here.)
+        let rec = on_cpus(&node_cpus(nodes[1]), || {
+            Recording::start(&["attach", "--pid", &pid, "--events", "numa"], &dir)
+        });
+        w.go();
+        let report = w.finish();
+        let rec = rec.finish();
+        // NUMA task placements of the workload's threads as the kernel traced them, one per
+        // thread placed (a swap between two of them places both).
+        let placements: u64 = kernel
+            .lines()
+            .iter()
+            .map(|l| {
+                [" tgid=", " src_tgid=", " dst_tgid="]
+                    .iter()
+                    .filter(|f| l.contains(&format!("{f}{pid} ")))
+                    .count() as u64
+            })
+            .sum();
+        metric("numa_placement_attempt", format!("{attempt}: {placements}"));
+        if placements >= 1 || attempt == 3 {
+            break (dir, report, rec, placements);
+        }
+    };
     let (home, away) = (
         report["home"].as_u64().unwrap(),
         report["away"].as_u64().unwrap(),
@@ -292,8 +303,8 @@ fn cross_node_migrations_are_attributed_with_their_nodes() {
     );
     assert!(
         placements >= 1,
-        "the kernel placed the workload's thread on no other node (sched_move_numa, \
-         sched_swap_numa): {report}"
+        "in three runs the kernel placed the workload's thread on no other node \
+         (sched_move_numa, sched_swap_numa): {report}"
     );
     let by_syscall = report["migrate_pages_moved"].as_u64().unwrap();
     let by_move_pages = report["move_pages_moved"].as_u64().unwrap();
