@@ -4,48 +4,36 @@
 //! interned in `USER_STACKS` by a hash of their addresses, with what the walk learned on the
 //! way: frames per method and why it stopped.
 
+mod ask;
+mod lookup;
+
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, PerCpuArray},
     programs::tracing::StackIdContext,
 };
 use bar_ebpf_common::{
-    DEFAULT_STACK_MAP_ENTRIES, Header, StackPageRecord, USER_STACK_FRAMES, USER_STACK_KEY,
-    UserStack, kind,
-    unwind::{
-        MAPPING_KEY_BITS, MAX_MAPPING_ENTRIES, MAX_OBJECTS, MAX_PROCESSES, MappingKey, NO_OBJECT,
-        UnwindMapping, UnwindObject, UnwindRow, cfa, facts, mapping_key, method, rbp, stop,
-    },
+    DEFAULT_STACK_MAP_ENTRIES, USER_STACK_FRAMES, USER_STACK_KEY, UserStack,
+    unwind::{MAX_PROCESSES, UnwindRow, cfa, facts, method, rbp, stop},
 };
 
-use crate::shared::{config, emit, now, stack_id};
+use self::{
+    ask::{ask_for_page, ask_for_tables},
+    lookup::{Mapped, Search, find_rule},
+};
+use crate::shared::{config, now, stack_id};
 
 /// User stacks walked by bar's programs (see [`user_stack`]), by [`USER_STACK_KEY`] id.
 #[map]
 static USER_STACKS: HashMap<u32, UserStack> =
     HashMap::with_max_entries(DEFAULT_STACK_MAP_ENTRIES, 0);
-
-/// Every loaded object's rows, back to back; sized by the loader, written by the collector
-/// through a mapping of the array's memory (no system call per row).
-#[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-
-/// Where each object's rows are.
-#[map]
-static UNWIND_OBJECTS: Array<UnwindObject> = Array::with_max_entries(MAX_OBJECTS, 0);
-
-/// Executable mappings of the processes whose tables are loaded, by pid and address.
-#[map]
-static UNWIND_MAPPINGS: LpmTrie<MappingKey, UnwindMapping> =
-    LpmTrie::with_max_entries(MAX_MAPPING_ENTRIES, 0);
 
 /// Processes whose mappings are loaded, to the generation of their entries. A process that
 /// execs is removed (by the exec program) until the collector has read its new map.
@@ -58,26 +46,8 @@ static UNWIND_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCE
 #[map]
 static UNWIND_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
 
-/// When a process last asked the collector to read its map again, by pid.
-#[map]
-static UNWIND_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
-
-/// A process asks again at most this often: the collector needs one request to read its map.
-const ASK_EVERY_NS: u64 = 200_000_000;
-
-/// When a process last asked the collector to fault a page of its stack back in, by pid.
-#[map]
-static PAGE_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
-
-/// A process asks for a stack page at most this often: each request brings one page back, and
-/// a walk stops at the first it cannot read.
-const ASK_PAGE_EVERY_NS: u64 = 5_000_000;
-
 /// How far above the stack pointer an unreadable word may lie and still be asked for.
 const STACK_REACH: u64 = 64 << 20;
-
-/// Binary search steps: enough for the largest table an object may have (2^24 rows).
-const SEARCH_STEPS: u32 = 25;
 
 /// Words of user stack read at once. A read costs a helper call and a user access window, plus
 /// its copy; callers' frames are mostly close together, so one read usually covers several.
@@ -92,13 +62,14 @@ const WINDOW_WORDS: usize = 64;
 /// lengths on the stack as known constants, it followed every possible count and ran out of
 /// its million instructions).
 #[repr(C)]
-struct UserWalk {
+pub(super) struct UserWalk {
     stack: UserStack,
     /// One word more than is read, so that the verifier sees any (masked) word offset inside.
     window: [u64; WINDOW_WORDS + 1],
     state: WalkState,
     search: Search,
     known: [Known; KNOWN_SLOTS],
+    roots: [Root; ROOT_SLOTS],
     /// The process of the last walk, its generation, and the epoch they were read in: a hash
     /// map lookup saved per walk of the same process.
     last_pid: u32,
@@ -107,8 +78,7 @@ struct UserWalk {
 }
 
 /// The rule the walk found for an address of a process, kept for the walks that follow: most
-/// stacks repeat, and a hit here replaces a mapping lookup and a binary search with one compare
-/// (page-fault storm of a Rust program, 8 frames: 2030 ns per fault without it, X with it).
+/// stacks repeat, and a hit here replaces a mapping lookup and a binary search with one compare.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Known {
@@ -125,6 +95,36 @@ struct Known {
 /// Addresses [`Known`] per walk slot of a CPU (direct-mapped by a hash of the address).
 const KNOWN_SLOTS: usize = 512;
 
+/// A thread's last step to its outermost frame, by table, as read the last time.
+///
+/// That step reads the top of the thread's stack (a thread's `start_thread` frame under
+/// `clone3`, the main thread's `__libc_start_main` under `_start`), which the thread itself
+/// does not touch again once started: the read misses the caches. On a page-fault storm of a
+/// program built with frame pointers, whose other frames lie where it works, it was a fifth of
+/// the program's time (per fault, medians of 12 runs: 718 ns, 565 ns stopped before that step,
+/// 532 ns by frame pointer, which stops one frame short at the frameless `start_thread`); kept
+/// here, 615-636 ns against 683-690 without, in two sets of 8 runs. The words read there stay
+/// as they are while the thread lives: a step from the same instruction at the same CFA of the
+/// same thread (or of a thread that reuses the tid of one that exited, with its stack at the
+/// same place, started by the same code) finds what was found before.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Root {
+    tid: u32,
+    pid: u32,
+    generation: u32,
+    _pad: u32,
+    /// The step: from the instruction `pc` of a frame whose CFA is `cfa` ...
+    pc: u64,
+    cfa: u64,
+    /// ... to the outermost frame's address, with `rbp` restored to `fp`.
+    ret: u64,
+    fp: u64,
+}
+
+/// Threads whose [`Root`] a walk slot of a CPU keeps (direct-mapped by tid).
+const ROOT_SLOTS: usize = 64;
+
 /// Where a user stack is built before it is interned: one slot per level of nesting of bar's
 /// programs on a CPU (the count in `IN_STACK_WALK`), so a program that interrupts another
 /// does not write over its walk.
@@ -132,7 +132,7 @@ pub(crate) const WALK_SLOTS: u32 = 4;
 #[map]
 static USER_WALK: PerCpuArray<UserWalk> = PerCpuArray::with_max_entries(WALK_SLOTS, 0);
 
-const EFAULT: i32 = 14;
+pub(super) const EFAULT: i32 = 14;
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 /// `__USER_CS`: the code segment of a 64-bit task in user mode.
@@ -146,23 +146,9 @@ fn mix(h: u64, word: u64) -> u64 {
     (h ^ word).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// The executable mapping the current frame's code lies in, as the walk last looked it up.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Mapped {
-    start: u64,
-    end: u64,
-    bias: u64,
-    /// The object's rows: `first .. first + len`; `len` 0 for code walked by frame pointer.
-    first: u32,
-    len: u32,
-    method: u32,
-    _pad: u32,
-}
-
 /// A user stack walk in progress, between [`user_stack`] and its [`walk_frame`] steps.
 #[repr(C)]
-struct WalkState {
+pub(super) struct WalkState {
     /// The frame to push next: its instruction (frame 0) or return address, stack pointer
     /// and frame pointer.
     pc: u64,
@@ -184,7 +170,10 @@ struct WalkState {
     reason: u32,
     /// Non-zero: the walk met code in no mapping the collector loaded.
     missed: u32,
-    _pad: u32,
+    tid: u32,
+    /// The frame the last step was taken from, if by table (0 otherwise): when the frame it
+    /// reached is the outermost, that step is kept as the thread's [`Root`].
+    from_pc: u64,
     /// The stack word the walk could not read, if it stopped on one (0 otherwise).
     unread: u64,
 }
@@ -194,8 +183,7 @@ struct WalkState {
 /// `addr`.
 #[inline(always)]
 fn fetch(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64) -> Option<u64> {
-    let off = addr.wrapping_sub(st.base);
-    if off >= st.len || st.len - off < 8 || !off.is_multiple_of(8) {
+    if !in_window(st, addr) {
         let whole = (WINDOW_WORDS * 8) as u32;
         let dst = window.as_mut_ptr().cast::<c_void>();
         // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the source
@@ -220,91 +208,11 @@ fn fetch(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64) ->
     window.get(at).copied()
 }
 
-/// The mapping of `pc` in process `pid`, with its object's rows, if the collector loaded it.
+/// Whether the window holds the word at `addr`.
 #[inline(always)]
-fn find_mapping(pid: u32, generation: u32, pc: u64) -> Option<Mapped> {
-    let key = Key::new(MAPPING_KEY_BITS, mapping_key(pid, pc));
-    let m = UNWIND_MAPPINGS.get(&key)?;
-    if m.generation != generation || pc < m.start || pc >= m.end {
-        return None;
-    }
-    let (first, len, method) = match UNWIND_OBJECTS.get(m.object) {
-        Some(o) if m.object != NO_OBJECT => (o.first, o.len, o.method),
-        _ => (0, 0, 0),
-    };
-    Some(Mapped {
-        start: m.start,
-        end: m.end,
-        bias: m.bias,
-        first,
-        len,
-        method,
-        _pad: 0,
-    })
-}
-
-/// A binary search of the rows in progress: the answer lies in `lo .. hi`.
-#[repr(C)]
-struct Search {
-    lo: u32,
-    hi: u32,
-    target: u32,
-    _pad: u32,
-}
-
-/// One step of the binary search; 1 ends it.
-#[inline(never)]
-extern "C" fn search_step(_i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `find_row` gave it, to this CPU's walk slot.
-    let s = unsafe { &mut (**ctx.cast::<*mut UserWalk>()).search };
-    if s.hi <= s.lo + 1 {
-        return 1;
-    }
-    let mid = s.lo + (s.hi - s.lo) / 2;
-    match UNWIND_ROWS.get(mid) {
-        Some(r) if r.pc <= s.target => s.lo = mid,
-        Some(_) => s.hi = mid,
-        None => {
-            s.hi = s.lo;
-            return 1;
-        }
-    }
-    0
-}
-
-/// The row of `mapped`'s table that covers `addr`: the last one that starts at or before it.
-#[inline(always)]
-fn find_row(uw: *mut UserWalk, mapped: &Mapped, addr: u64) -> Option<UnwindRow> {
-    let target = u32::try_from(addr.checked_sub(mapped.bias)?).ok()?;
-    if UNWIND_ROWS.get(mapped.first)?.pc > target {
-        return None;
-    }
-    // Invariant: rows[lo].pc <= target, and every row from hi on starts after it. A loop
-    // written here would be verified once per step, for every path that leads to it; bpf_loop's
-    // body is verified once.
-    {
-        // SAFETY: this CPU's walk slot.
-        let s = unsafe { &mut (*uw).search };
-        s.lo = mapped.first;
-        s.hi = mapped.first.checked_add(mapped.len)?;
-        s.target = target;
-    }
-    let mut ctx = uw;
-    // SAFETY: the callback and its context match what bpf_loop passes back to it.
-    unsafe {
-        bpf_loop(
-            SEARCH_STEPS,
-            search_step as *const () as *mut c_void,
-            (&raw mut ctx).cast::<c_void>(),
-            0,
-        )
-    };
-    // SAFETY: as above.
-    let s = unsafe { &(*uw).search };
-    if s.hi <= s.lo {
-        return None;
-    }
-    UNWIND_ROWS.get(s.lo).copied()
+fn in_window(st: &WalkState, addr: u64) -> bool {
+    let off = addr.wrapping_sub(st.base);
+    off < st.len && st.len - off >= 8 && off.is_multiple_of(8)
 }
 
 /// Steps from the current frame to its caller by frame pointer: the saved frame pointer, then
@@ -341,6 +249,7 @@ fn frame_pointer_step(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1]) 
 fn table_step(
     st: &mut WalkState,
     window: &mut [u64; WINDOW_WORDS + 1],
+    root: Option<&Root>,
     row: UnwindRow,
     method: u32,
 ) -> Option<u32> {
@@ -355,20 +264,38 @@ fn table_step(
     if cfa <= st.sp {
         return Some(stop::READ);
     }
-    // The saved rbp lies below the return address: read it first, so that one window holds both.
-    let fp = match row.rbp() {
-        rbp::UNCHANGED => st.fp,
-        rbp::AT_CFA => {
-            let at = cfa.wrapping_add((i64::from(row.rbp_offset) * 8) as u64);
-            match fetch(st, window, at) {
-                Some(fp) => fp,
-                None => return Some(stop::READ),
-            }
+    st.from_pc = st.pc;
+    let (fp, ret) = match root {
+        // The thread's step to its outermost frame, where reading it again would be a cache miss.
+        Some(r)
+            if r.pc == st.pc
+                && r.cfa == cfa
+                && r.tid == st.tid
+                && r.pid == st.pid
+                && r.generation == st.generation
+                && !in_window(st, cfa - 8) =>
+        {
+            (r.fp, r.ret)
         }
-        _ => return Some(stop::UNSUPPORTED),
-    };
-    let Some(ret) = fetch(st, window, cfa - 8) else {
-        return Some(stop::READ);
+        _ => {
+            // The saved rbp lies below the return address: read it first, so that one window
+            // holds both.
+            let fp = match row.rbp() {
+                rbp::UNCHANGED => st.fp,
+                rbp::AT_CFA => {
+                    let at = cfa.wrapping_add((i64::from(row.rbp_offset) * 8) as u64);
+                    match fetch(st, window, at) {
+                        Some(fp) => fp,
+                        None => return Some(stop::READ),
+                    }
+                }
+                _ => return Some(stop::UNSUPPORTED),
+            };
+            let Some(ret) = fetch(st, window, cfa - 8) else {
+                return Some(stop::READ);
+            };
+            (fp, ret)
+        }
     };
     if ret == 0 {
         return Some(stop::COMPLETE);
@@ -440,10 +367,30 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
     *slot = pc;
     walk.nr = n as u32 + 1;
     st.hash = mix(st.hash, pc);
+    // SAFETY: this CPU's walk slot.
+    let mut root = unsafe { (*uw).roots.get_mut(st.tid as usize & (ROOT_SLOTS - 1)) };
+    if rule.0.cfa() == cfa::END
+        && st.from_pc != 0
+        && let Some(r) = root.as_deref_mut()
+    {
+        *r = Root {
+            tid: st.tid,
+            pid: st.pid,
+            generation: st.generation,
+            _pad: 0,
+            pc: st.from_pc,
+            cfa: st.sp,
+            ret: pc,
+            fp: st.fp,
+        };
+        st.reason = stop::COMPLETE;
+        return 1;
+    }
     let stopped = if rule.0.cfa() == cfa::MISSING {
+        st.from_pc = 0;
         frame_pointer_step(st, window)
     } else {
-        table_step(st, window, rule.0, rule.1)
+        table_step(st, window, root.as_deref(), rule.0, rule.1)
     };
     match stopped {
         Some(reason) => {
@@ -452,91 +399,6 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
         }
         None => 0,
     }
-}
-
-/// The rule for `addr` (of the instruction at or before `pc`) from the process's mappings and
-/// tables: `None` when `pc` lies in no mapping the collector loaded (which asks it to look
-/// again), a row of `cfa::MISSING` where the code has no table.
-#[inline(always)]
-fn find_rule(
-    uw: *mut UserWalk,
-    st: &mut WalkState,
-    pc: u64,
-    addr: u64,
-) -> Option<(UnwindRow, u32)> {
-    if pc < st.mapped.start || pc >= st.mapped.end {
-        match find_mapping(st.pid, st.generation, pc) {
-            Some(m) => st.mapped = m,
-            None => {
-                st.missed = 1;
-                return None;
-            }
-        }
-    }
-    if st.mapped.len == 0 {
-        return Some((UnwindRow::default(), method::TABLE));
-    }
-    let row = find_row(uw, &st.mapped, addr).unwrap_or_default();
-    Some((row, st.mapped.method))
-}
-
-/// Asks the collector to read the memory map of process `pid` again, at most every
-/// [`ASK_EVERY_NS`].
-#[inline(always)]
-fn ask_for_tables<C: EbpfContext>(ctx: &C, pid_tgid: u64) {
-    let pid = (pid_tgid >> 32) as u32;
-    let t = now();
-    if let Some(last) = UNWIND_ASKED.get_ptr_mut(pid) {
-        // SAFETY: the value lives as long as the entry; a race only sends one more request.
-        if t.wrapping_sub(unsafe { *last }) < ASK_EVERY_NS {
-            return;
-        }
-        unsafe { *last = t };
-    } else if UNWIND_ASKED.insert(pid, t, 0).is_err() {
-        return;
-    }
-    let header = Header {
-        ts_ns: t,
-        kind: kind::UNWIND_MISS,
-        pid,
-        tid: pid_tgid as u32,
-        user_stack: -EFAULT,
-        kernel_stack: -EFAULT,
-        _pad: 0,
-    };
-    emit(ctx, kind::UNWIND_MISS, &header);
-}
-
-/// Asks the collector to fault in the page of the current process's stack that holds `address`,
-/// at most every [`ASK_PAGE_EVERY_NS`]: the programs cannot take a page fault, and a page that
-/// NUMA balancing took away comes back only when something touches it.
-#[inline(always)]
-fn ask_for_page<C: EbpfContext>(ctx: &C, address: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    let t = now();
-    if let Some(last) = PAGE_ASKED.get_ptr_mut(pid) {
-        // SAFETY: the value lives as long as the entry; a race only sends one more request.
-        if t.wrapping_sub(unsafe { *last }) < ASK_PAGE_EVERY_NS {
-            return;
-        }
-        unsafe { *last = t };
-    } else if PAGE_ASKED.insert(pid, t, 0).is_err() {
-        return;
-    }
-    let record = StackPageRecord {
-        header: Header {
-            ts_ns: t,
-            kind: kind::STACK_PAGE,
-            pid,
-            tid: pid_tgid as u32,
-            user_stack: -EFAULT,
-            kernel_stack: -EFAULT,
-            _pad: 0,
-        },
-        address,
-    };
-    emit(ctx, kind::STACK_PAGE, &record);
 }
 
 /// The user stack of the current task, as an id for the record.
@@ -594,9 +456,11 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     st.reason = WALKING;
     st.missed = 0;
     st.unread = 0;
+    st.from_pc = 0;
     let pid_tgid = if config!(unwind_tables) != 0 {
         let pid_tgid = bpf_get_current_pid_tgid();
         st.pid = (pid_tgid >> 32) as u32;
+        st.tid = pid_tgid as u32;
         let epoch = [
             UNWIND_EPOCH.get(0).copied().unwrap_or(0),
             UNWIND_EPOCH.get(1).copied().unwrap_or(0),
