@@ -21,7 +21,7 @@ const MAX_RSS_MB: f64 = 150.0;
 const CHANGES: &[(&str, &str)] = &[(
     "User stacks walked with unwind tables",
     "the programs walk user stacks with the tables the collector builds from `.eh_frame`, \
-     `.debug_frame` and Go's `.gopclntab` (`bar-ebpf/src/unwind.rs`), where the build before \
+     `.debug_frame` and Go's `.gopclntab` (`bar-ebpf/src/unwind/`), where the build before \
      walked by frame pointer only: stacks come out whole through code built without frame \
      pointers, and code with frame pointers pays for the frames only tables reach (glibc's \
      frameless start code) and a little per frame (see \"Unwinding user stacks\").",
