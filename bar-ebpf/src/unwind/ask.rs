@@ -23,31 +23,13 @@ static PAGE_ASKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 /// a walk stops at the first it cannot read.
 const ASK_PAGE_EVERY_NS: u64 = 5_000_000;
 
-/// Asks the collector to read the memory map of process `pid` again, at most every
+/// Asks the collector to read the memory map of the current process again, at most every
 /// [`ASK_EVERY_NS`].
 #[inline(always)]
-pub(super) fn ask_for_tables<C: EbpfContext>(ctx: &C, pid_tgid: u64) {
-    let pid = (pid_tgid >> 32) as u32;
-    let t = now();
-    if let Some(last) = UNWIND_ASKED.get_ptr_mut(pid) {
-        // SAFETY: the value lives as long as the entry; a race only sends one more request.
-        if t.wrapping_sub(unsafe { *last }) < ASK_EVERY_NS {
-            return;
-        }
-        unsafe { *last = t };
-    } else if UNWIND_ASKED.insert(pid, t, 0).is_err() {
-        return;
+pub(super) fn ask_for_tables<C: EbpfContext>(ctx: &C) {
+    if let Some(header) = due(&UNWIND_ASKED, ASK_EVERY_NS, kind::UNWIND_MISS) {
+        emit(ctx, kind::UNWIND_MISS, &header);
     }
-    let header = Header {
-        ts_ns: t,
-        kind: kind::UNWIND_MISS,
-        pid,
-        tid: pid_tgid as u32,
-        user_stack: -EFAULT,
-        kernel_stack: -EFAULT,
-        _pad: 0,
-    };
-    emit(ctx, kind::UNWIND_MISS, &header);
 }
 
 /// Asks the collector to fault in the page of the current process's stack that holds `address`,
@@ -55,29 +37,34 @@ pub(super) fn ask_for_tables<C: EbpfContext>(ctx: &C, pid_tgid: u64) {
 /// NUMA balancing took away comes back only when something touches it.
 #[inline(always)]
 pub(super) fn ask_for_page<C: EbpfContext>(ctx: &C, address: u64) {
+    if let Some(header) = due(&PAGE_ASKED, ASK_PAGE_EVERY_NS, kind::STACK_PAGE) {
+        emit(ctx, kind::STACK_PAGE, &StackPageRecord { header, address });
+    }
+}
+
+/// The header of a request of `kind` from the current process, if it last asked (in `asked`)
+/// at least `every` nanoseconds ago, or never.
+#[inline(always)]
+fn due(asked: &LruHashMap<u32, u64>, every: u64, kind: u32) -> Option<Header> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let t = now();
-    if let Some(last) = PAGE_ASKED.get_ptr_mut(pid) {
+    if let Some(last) = asked.get_ptr_mut(pid) {
         // SAFETY: the value lives as long as the entry; a race only sends one more request.
-        if t.wrapping_sub(unsafe { *last }) < ASK_PAGE_EVERY_NS {
-            return;
+        if t.wrapping_sub(unsafe { *last }) < every {
+            return None;
         }
         unsafe { *last = t };
-    } else if PAGE_ASKED.insert(pid, t, 0).is_err() {
-        return;
+    } else if asked.insert(pid, t, 0).is_err() {
+        return None;
     }
-    let record = StackPageRecord {
-        header: Header {
-            ts_ns: t,
-            kind: kind::STACK_PAGE,
-            pid,
-            tid: pid_tgid as u32,
-            user_stack: -EFAULT,
-            kernel_stack: -EFAULT,
-            _pad: 0,
-        },
-        address,
-    };
-    emit(ctx, kind::STACK_PAGE, &record);
+    Some(Header {
+        ts_ns: t,
+        kind,
+        pid,
+        tid: pid_tgid as u32,
+        user_stack: -EFAULT,
+        kernel_stack: -EFAULT,
+        _pad: 0,
+    })
 }

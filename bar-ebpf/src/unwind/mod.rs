@@ -457,7 +457,7 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     st.missed = 0;
     st.unread = 0;
     st.from_pc = 0;
-    let pid_tgid = if config!(unwind_tables) != 0 {
+    if config!(unwind_tables) != 0 {
         let pid_tgid = bpf_get_current_pid_tgid();
         st.pid = (pid_tgid >> 32) as u32;
         st.tid = pid_tgid as u32;
@@ -479,10 +479,7 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
             w.last_epoch = epoch;
         }
         st.sp = word(config!(layout.pt_regs_sp));
-        pid_tgid
-    } else {
-        0
-    };
+    }
     walk.nr = 0;
     // A loop written here would be verified once per possible frame (the verifier follows
     // every iteration), which made each program take up to 0.15 s to load natively and many
@@ -498,7 +495,7 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
         )
     };
     if st.missed != 0 {
-        ask_for_tables(ctx, pid_tgid);
+        ask_for_tables(ctx);
     }
     if st.reason == stop::READ && st.unread != 0 {
         ask_for_page(ctx, st.unread);
