@@ -171,8 +171,9 @@ pub(super) struct WalkState {
     /// Non-zero: the walk met code in no mapping the collector loaded.
     missed: u32,
     tid: u32,
-    /// The frame the last step was taken from, if by table (0 otherwise): when the frame it
-    /// reached is the outermost, that step is kept as the thread's [`Root`].
+    /// The frame the last step was taken from, if by table and read from the stack (0
+    /// otherwise): when the frame it reached is the outermost, that step is kept as the
+    /// thread's [`Root`].
     from_pc: u64,
     /// The stack word the walk could not read, if it stopped on one (0 otherwise).
     unread: u64,
@@ -275,6 +276,8 @@ fn table_step(
                 && r.generation == st.generation
                 && !in_window(st, cfa - 8) =>
         {
+            // Kept already: the frame it reaches need not keep it again.
+            st.from_pc = 0;
             (r.fp, r.ret)
         }
         _ => {

@@ -181,7 +181,7 @@ pub fn run(ctx: &mut Ctx, quick: bool, reps: usize, before_rev: Option<String>) 
     u.depth = run_depth(ctx, quick, reps, &frameless, &framed, u.extra_frames);
     if ctx.before.is_some() {
         let cases = slow_cases(quick, true);
-        u.frame_pointer_code = run_prog_cost(ctx, &cases, &["bar before", "bar"], reps);
+        u.frame_pointer_code = run_prog_cost(ctx, &cases, &["bar before", "bar fp", "bar"], reps);
     }
     u
 }
@@ -377,8 +377,9 @@ fn render_frame_pointer_code(s: &mut String, u: &UnwindBench) {
          of work (as in \"Where the time goes\", median of the repetitions, range in brackets) \
          on the storms of section 1, whose code (bar-probe's own workloads) keeps frame \
          pointers, by `bar before` (bar-probe built from `{rev}`, which walked user stacks by \
-         frame pointer only) and by bar. Target: at most 5% more.\n\n| storm | bar before \
-         | bar | change |\n|---|---:|---:|---:|"
+         frame pointer only), by bar with `--unwind frame-pointers` (the same walk as before, \
+         in today's walker) and by bar. Target: at most 5% more.\n\n| storm | bar before \
+         | bar fp | bar | change fp | change |\n|---|---:|---:|---:|---:|---:|"
     );
     for pc in &u.frame_pointer_code {
         let per_unit = |label: &str| {
@@ -389,19 +390,25 @@ fn render_frame_pointer_code(s: &mut String, u: &UnwindBench) {
                 .collect();
             Spread::of(&v)
         };
-        let (before, now) = (per_unit("bar before"), per_unit("bar"));
+        let before = per_unit("bar before");
+        let (fp, now) = (per_unit("bar fp"), per_unit("bar"));
         let ns = |x: &Spread| format!("{:.0} ns ({:.0}–{:.0})", x.median, x.min, x.max);
-        let change = before
-            .zip(now)
-            .map(|(b, n)| format!("{:+.1}%", 100.0 * (n.median / b.median - 1.0)))
-            .unwrap_or_else(|| "–".into());
+        let change = |after: Option<Spread>| {
+            before
+                .zip(after)
+                .map(|(b, n)| format!("{:+.1}%", 100.0 * (n.median / b.median - 1.0)))
+                .unwrap_or_else(|| "–".into())
+        };
         let _ = writeln!(
             s,
-            "| {} (per {}) | {} | {} | {change} |",
+            "| {} (per {}) | {} | {} | {} | {} | {} |",
             pc.case,
             pc.unit.trim_end_matches('s'),
             spread(before, ns),
+            spread(fp, ns),
             spread(now, ns),
+            change(fp),
+            change(now),
         );
     }
 }
