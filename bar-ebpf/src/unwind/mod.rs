@@ -179,41 +179,71 @@ pub(super) struct WalkState {
     unread: u64,
 }
 
-/// The word of user memory at `addr`, through the window: read again (a whole window from
-/// `addr`, or the word alone where the window would run past the stack) when it does not hold
+/// The word of user memory at `addr`, through the window: read again when it does not hold
 /// `addr`.
 #[inline(always)]
 fn fetch(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64) -> Option<u64> {
-    if !in_window(st, addr) {
-        let whole = (WINDOW_WORDS * 8) as u32;
-        let dst = window.as_mut_ptr().cast::<c_void>();
-        // SAFETY: `dst` has room for `whole` bytes; bpf_probe_read_user validates the source
-        // and fails on a bad one.
-        if unsafe { bpf_probe_read_user(dst, whole, addr as *const c_void) } == 0 {
-            st.len = u64::from(whole);
-        } else if unsafe { bpf_probe_read_user(dst, 8, addr as *const c_void) } == 0 {
-            st.len = 8;
-        } else {
-            st.len = 0;
-            // A frame's words lie above the stack pointer, and a stack is at most a few
-            // megabytes: anything else is a wrong frame pointer, not a page to bring back.
-            if addr.wrapping_sub(st.sp) < STACK_REACH {
-                st.unread = addr;
-            }
-            return None;
-        }
-        st.base = addr;
+    if !covers(st, addr, 8) && !refill(st, window, addr, 8) {
+        return None;
     }
     // Inside the window (checked above); the mask only shows it to the verifier.
     let at = ((addr - st.base) / 8) as usize & (WINDOW_WORDS - 1);
     window.get(at).copied()
 }
 
-/// Whether the window holds the word at `addr`.
+/// The words at `addr` and `addr + 8`, a frame's saved `rbp` and return address, with one
+/// check of the window: a frame pointer step and the usual table row read both, and the walk
+/// takes a step per frame.
 #[inline(always)]
-fn in_window(st: &WalkState, addr: u64) -> bool {
+fn fetch_pair(
+    st: &mut WalkState,
+    window: &mut [u64; WINDOW_WORDS + 1],
+    addr: u64,
+) -> Option<(u64, u64)> {
+    if !covers(st, addr, 16) && !refill(st, window, addr, 16) {
+        return None;
+    }
+    // As in `fetch`; the window has a word more than is read, so `at + 1` is inside too.
+    let at = ((addr - st.base) / 8) as usize & (WINDOW_WORDS - 1);
+    Some((*window.get(at)?, *window.get(at + 1)?))
+}
+
+/// Reads the window from `addr`: a whole window, or the `n` bytes wanted where the window
+/// would run past readable memory (the top of the stack). False, with the word that could not
+/// be read noted, when even those cannot be read.
+#[inline(always)]
+fn refill(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1], addr: u64, n: u32) -> bool {
+    let whole = (WINDOW_WORDS * 8) as u32;
+    let dst = window.as_mut_ptr().cast::<c_void>();
+    let read = |size: u32| {
+        // SAFETY: `dst` has room for `whole` bytes, and `size` is at most that;
+        // bpf_probe_read_user validates the source and fails on a bad one.
+        unsafe { bpf_probe_read_user(dst, size, addr as *const c_void) == 0 }
+    };
+    if read(whole) {
+        st.len = u64::from(whole);
+    } else if read(n) {
+        st.len = u64::from(n);
+    } else {
+        st.len = 0;
+        // Of a pair, the second word is the one missing when the first reads alone.
+        let unread = if n > 8 && read(8) { addr + 8 } else { addr };
+        // A frame's words lie above the stack pointer, and a stack is at most a few
+        // megabytes: anything else is a wrong frame pointer, not a page to bring back.
+        if unread.wrapping_sub(st.sp) < STACK_REACH {
+            st.unread = unread;
+        }
+        return false;
+    }
+    st.base = addr;
+    true
+}
+
+/// Whether the window holds the `n` bytes at `addr`.
+#[inline(always)]
+fn covers(st: &WalkState, addr: u64, n: u64) -> bool {
     let off = addr.wrapping_sub(st.base);
-    off < st.len && st.len - off >= 8 && off.is_multiple_of(8)
+    off < st.len && st.len - off >= n && off.is_multiple_of(8)
 }
 
 /// Steps from the current frame to its caller by frame pointer: the saved frame pointer, then
@@ -229,10 +259,7 @@ fn frame_pointer_step(st: &mut WalkState, window: &mut [u64; WINDOW_WORDS + 1]) 
     if !fp.is_multiple_of(8) || fp < st.sp {
         return Some(stop::NO_TABLE);
     }
-    let Some(next) = fetch(st, window, fp) else {
-        return Some(stop::READ);
-    };
-    let Some(ret) = fetch(st, window, fp + 8) else {
+    let Some((next, ret)) = fetch_pair(st, window, fp) else {
         return Some(stop::READ);
     };
     if ret == 0 {
@@ -274,30 +301,32 @@ fn table_step(
                 && r.tid == st.tid
                 && r.pid == st.pid
                 && r.generation == st.generation
-                && !in_window(st, cfa - 8) =>
+                && !covers(st, cfa - 8, 8) =>
         {
             // Kept already: the frame it reaches need not keep it again.
             st.from_pc = 0;
             (r.fp, r.ret)
         }
         _ => {
-            // The saved rbp lies below the return address: read it first, so that one window
-            // holds both.
-            let fp = match row.rbp() {
-                rbp::UNCHANGED => st.fp,
-                rbp::AT_CFA => {
-                    let at = cfa.wrapping_add((i64::from(row.rbp_offset) * 8) as u64);
-                    match fetch(st, window, at) {
-                        Some(fp) => fp,
-                        None => return Some(stop::READ),
-                    }
+            let read = match (row.rbp(), row.rbp_offset) {
+                // The usual frame: `rbp` saved right below the return address.
+                (rbp::AT_CFA, -2) => fetch_pair(st, window, cfa - 16),
+                (rbp::UNCHANGED, _) => fetch(st, window, cfa - 8).map(|ret| (st.fp, ret)),
+                // The saved rbp lies below the return address: read it first, so that one
+                // window holds both.
+                (rbp::AT_CFA, offset) => {
+                    let at = cfa.wrapping_add((i64::from(offset) * 8) as u64);
+                    let Some(fp) = fetch(st, window, at) else {
+                        return Some(stop::READ);
+                    };
+                    fetch(st, window, cfa - 8).map(|ret| (fp, ret))
                 }
                 _ => return Some(stop::UNSUPPORTED),
             };
-            let Some(ret) = fetch(st, window, cfa - 8) else {
-                return Some(stop::READ);
-            };
-            (fp, ret)
+            match read {
+                Some(words) => words,
+                None => return Some(stop::READ),
+            }
         }
     };
     if ret == 0 {
@@ -370,11 +399,11 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
     *slot = pc;
     walk.nr = n as u32 + 1;
     st.hash = mix(st.hash, pc);
-    // SAFETY: this CPU's walk slot.
-    let mut root = unsafe { (*uw).roots.get_mut(st.tid as usize & (ROOT_SLOTS - 1)) };
+    let root = st.tid as usize & (ROOT_SLOTS - 1);
     if rule.0.cfa() == cfa::END
         && st.from_pc != 0
-        && let Some(r) = root.as_deref_mut()
+        // SAFETY: this CPU's walk slot.
+        && let Some(r) = unsafe { (*uw).roots.get_mut(root) }
     {
         *r = Root {
             tid: st.tid,
@@ -393,7 +422,8 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
         st.from_pc = 0;
         frame_pointer_step(st, window)
     } else {
-        table_step(st, window, root.as_deref(), rule.0, rule.1)
+        // SAFETY: this CPU's walk slot.
+        table_step(st, window, unsafe { (*uw).roots.get(root) }, rule.0, rule.1)
     };
     match stopped {
         Some(reason) => {
