@@ -108,8 +108,14 @@ impl Trial {
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
+            let run_ns = last.saturating_sub(first);
+            // Programs that ran not at all between the samples: the work was over before the
+            // first, and nothing was measured (one such trial put 0 ns among the figures).
+            if run_ns == 0 {
+                return None;
+            }
             Some(ProgStat {
-                run_ns: last.saturating_sub(first),
+                run_ns,
                 window_ms: ms.get(1)? - ms.first()?,
             })
         })();
