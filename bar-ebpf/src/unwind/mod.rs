@@ -434,6 +434,15 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
     }
 }
 
+/// Sets a field to zero with a store of its own. LLVM merges neighbouring zero stores into a
+/// call of `memset`, which on the BPF target is a loop over bytes: four such calls, made when
+/// a walk starts, cost about 70 ns per event, as much as the rest of a short walk.
+#[inline(always)]
+fn clear<T: Default>(field: &mut T) {
+    // SAFETY: a valid, aligned, exclusive reference.
+    unsafe { core::ptr::write_volatile(field, T::default()) };
+}
+
 /// The user stack of the current task, as an id for the record.
 ///
 /// `bpf_get_stackid` walks user frame pointers until a read fails, and the chain of every
@@ -475,21 +484,21 @@ pub(crate) fn user_stack<C: StackIdContext>(ctx: &C, slot: u32) -> i32 {
     }
     st.pc = word(config!(layout.pt_regs_ip));
     st.fp = word(config!(layout.pt_regs_bp));
-    st.sp = 0;
-    st.base = 0;
-    st.len = 0;
     st.hash = 0xcbf2_9ce4_8422_2325;
-    st.mapped.start = 0;
-    st.mapped.end = 0;
-    st.mapped.len = 0;
-    st.generation = 0;
-    st.by_table = 0;
-    st.by_frame_pointer = 0;
-    st.by_go = 0;
     st.reason = WALKING;
-    st.missed = 0;
-    st.unread = 0;
-    st.from_pc = 0;
+    clear(&mut st.sp);
+    clear(&mut st.base);
+    clear(&mut st.len);
+    clear(&mut st.mapped.start);
+    clear(&mut st.mapped.end);
+    clear(&mut st.mapped.len);
+    clear(&mut st.generation);
+    clear(&mut st.by_table);
+    clear(&mut st.by_frame_pointer);
+    clear(&mut st.by_go);
+    clear(&mut st.missed);
+    clear(&mut st.unread);
+    clear(&mut st.from_pc);
     if config!(unwind_tables) != 0 {
         let pid_tgid = bpf_get_current_pid_tgid();
         st.pid = (pid_tgid >> 32) as u32;
