@@ -436,7 +436,7 @@ extern "C" fn walk_frame(i: u64, state: *mut c_void) -> i64 {
 
 /// Sets a field to zero with a store of its own. LLVM merges neighbouring zero stores into a
 /// call of `memset`, which on the BPF target is a loop over bytes: four such calls, made when
-/// a walk starts, cost about 70 ns per event, as much as the rest of a short walk.
+/// a walk starts, cost 70-90 ns per event, as much as the rest of a short walk.
 #[inline(always)]
 fn clear<T: Default>(field: &mut T) {
     // SAFETY: a valid, aligned, exclusive reference.
